@@ -1,0 +1,539 @@
+//! The immutable fence index: which fences a point is inside or within tolerance of, and how far.
+//!
+//! Three ways to the same answer, each cross-checked against the others in the tests:
+//! - [`FenceIndex::match_point`], the default: a lon/lat raster cover ([`super::raster`]). The point's cell
+//!   names the fences the cell lies wholly inside (answered without geometry) and the parts near whose
+//!   boundary it lies (answered exactly by [`PreparedPart`]).
+//! - [`FenceIndex::match_point_h3`], when built with [`IndexOptions::h3_resolution`]: the same cover in H3
+//!   cells. Point → cell at the fine resolution → its coarse ancestor says at which levels keys exist below it
+//!   → at most one hit, because keys are disjoint (no key is an ancestor of another).
+//! - [`FenceIndex::match_point_rtree`]: candidates from an R-tree of tolerance-grown part bounds, exact tests
+//!   for each; [`FenceIndex::match_point_brute_force`] tests every part.
+
+use std::time::{Duration, Instant};
+
+use h3o::{CellIndex, LatLng, Resolution};
+use rayon::prelude::*;
+use rstar::primitives::{GeomWithData, Rectangle};
+use rstar::RTree;
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use super::cover::{cover_part, insert_ancestors, PartCover};
+use super::fence::Fence;
+use super::metric::degrees_spanned;
+use super::part::PreparedPart;
+use super::point::GeoPoint;
+use super::raster::{rasterize_part, Raster, RasterGrid, INSIDE_BIT};
+
+/// A point this close to a boundary (metres) counts as on it, and boundaries belong to their fence.
+pub const ON_BOUNDARY_M: f64 = 0.001;
+
+/// How the index is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct IndexOptions {
+    /// Raster cells per degree (both axes). Finer means fewer points need exact work, and more memory.
+    pub cells_per_degree: u32,
+    /// Also build the H3 cover at this finest resolution (for [`FenceIndex::match_point_h3`]).
+    pub h3_resolution: Option<Resolution>,
+    /// Resolutions between the H3 coarse level (first lookup) and the fine one.
+    pub h3_levels: u8,
+}
+
+impl Default for IndexOptions {
+    fn default() -> Self {
+        Self {
+            cells_per_degree: 64,
+            h3_resolution: None,
+            h3_levels: 4,
+        }
+    }
+}
+
+impl IndexOptions {
+    pub fn cells_per_degree(mut self, cells: u32) -> Self {
+        self.cells_per_degree = cells.clamp(1, 1024);
+        self
+    }
+
+    pub fn h3_resolution(mut self, res: Option<Resolution>) -> Self {
+        self.h3_resolution = res;
+        self
+    }
+
+    fn h3_coarse_resolution(self, fine: Resolution) -> Resolution {
+        Resolution::try_from(u8::from(fine).saturating_sub(self.h3_levels))
+            .unwrap_or(Resolution::Zero)
+    }
+}
+
+/// Which lookup path answers a query; all give the same matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// The lon/lat raster cover: the fastest here.
+    #[default]
+    Raster,
+    /// The H3 cover (needs [`IndexOptions::h3_resolution`]; falls back to the R-tree without it).
+    H3,
+    /// R-tree candidates and exact tests only.
+    RTree,
+}
+
+/// What results refer to: a fence's identity, name and tolerance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FenceInfo {
+    pub id: String,
+    pub name: String,
+    pub tolerance_m: f64,
+    pub vertex_count: usize,
+}
+
+/// One fence a point matched.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FenceMatch {
+    /// Position of the fence in [`FenceIndex::fences`].
+    pub fence: u32,
+    pub inside: bool,
+    /// 0 when inside; otherwise metres to the nearest boundary point.
+    pub distance_m: f64,
+}
+
+/// Sizes and timings of a built index.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IndexStats {
+    pub fences: usize,
+    pub parts: usize,
+    pub vertices: usize,
+    pub raster_cells: usize,
+    pub raster_dense_tiles: usize,
+    pub distinct_entries: usize,
+    /// H3 table keys per resolution, when the H3 cover was built.
+    pub h3_cells_per_resolution: Vec<(u8, usize)>,
+    pub approx_heap_bytes: usize,
+    pub build_time: Duration,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub(crate) struct CellEntry {
+    /// Fences the whole cell is inside (sorted).
+    inside: Box<[u32]>,
+    /// Parts whose boundary band meets the cell, of fences not already in `inside` (sorted).
+    boundary: Box<[u32]>,
+}
+
+type PartBox = GeomWithData<Rectangle<[f64; 2]>, u32>;
+
+/// The built, immutable index. Share it behind [`super::SharedIndex`] to swap in a new one while readers match.
+#[derive(Debug)]
+pub struct FenceIndex {
+    fences: Vec<FenceInfo>,
+    parts: Vec<PreparedPart>,
+    /// Entry 0 is empty: nothing near.
+    entries: Vec<CellEntry>,
+    raster: Raster,
+    h3: Option<H3Table>,
+    rtree: RTree<PartBox>,
+    stats: IndexStats,
+}
+
+#[derive(Debug)]
+struct H3Table {
+    fine: Resolution,
+    coarse: Resolution,
+    /// Coarse cell → bit set of the resolutions at which table keys exist below it.
+    levels_below: FxHashMap<CellIndex, u16>,
+    table: FxHashMap<CellIndex, u32>,
+}
+
+/// Deduplicates cell entries: most cells share one of a few thousand combinations.
+struct Interner<'a> {
+    parts: &'a [PreparedPart],
+    entries: Vec<CellEntry>,
+    ids: FxHashMap<CellEntry, u32>,
+}
+
+impl<'a> Interner<'a> {
+    fn new(parts: &'a [PreparedPart]) -> Self {
+        let empty = CellEntry::default();
+        let mut ids = FxHashMap::default();
+        ids.insert(empty.clone(), 0);
+        Self {
+            parts,
+            entries: vec![empty],
+            ids,
+        }
+    }
+
+    fn intern(&mut self, mut inside: Vec<u32>, mut boundary: Vec<u32>) -> u32 {
+        inside.sort_unstable();
+        inside.dedup();
+        boundary.sort_unstable();
+        boundary.dedup();
+        let parts = self.parts;
+        boundary.retain(|&p| inside.binary_search(&parts[p as usize].fence).is_err());
+        let entry = CellEntry {
+            inside: inside.into_boxed_slice(),
+            boundary: boundary.into_boxed_slice(),
+        };
+        let next = self.entries.len() as u32;
+        let entries = &mut self.entries;
+        *self.ids.entry(entry).or_insert_with_key(|e| {
+            entries.push(e.clone());
+            next
+        })
+    }
+}
+
+impl FenceIndex {
+    /// Builds the index on all cores (rayon).
+    #[must_use]
+    pub fn build(fences: &[Fence], options: IndexOptions) -> Self {
+        let started = Instant::now();
+        let infos: Vec<FenceInfo> = fences
+            .iter()
+            .map(|f| FenceInfo {
+                id: f.id.clone(),
+                name: f.name.clone(),
+                tolerance_m: f.tolerance_m,
+                vertex_count: f.vertex_count(),
+            })
+            .collect();
+        let owners: Vec<(u32, &super::fence::Polygon)> = fences
+            .iter()
+            .enumerate()
+            .flat_map(|(i, f)| f.polygons.iter().map(move |p| (i as u32, p)))
+            .collect();
+        let parts: Vec<PreparedPart> = owners
+            .par_iter()
+            .map(|&(fence, polygon)| {
+                let tolerance = fences[fence as usize].tolerance_m;
+                PreparedPart::new(fence, polygon, tolerance.max(ON_BOUNDARY_M))
+            })
+            .collect();
+        let rtree = build_rtree(&parts, &infos);
+        let mut interner = Interner::new(&parts);
+
+        let grid = RasterGrid {
+            cells_per_degree: options.cells_per_degree,
+        };
+        let mut statuses: Vec<(u64, u32)> = parts
+            .par_iter()
+            .enumerate()
+            .flat_map_iter(|(i, part)| {
+                rasterize_part(grid, part, i as u32, infos[part.fence as usize].tolerance_m)
+            })
+            .collect();
+        statuses.par_sort_unstable();
+        let mut raster_cells = Vec::new();
+        for group in statuses.chunk_by(|a, b| a.0 == b.0) {
+            let inside = group
+                .iter()
+                .filter(|s| s.1 & INSIDE_BIT != 0)
+                .map(|s| s.1 & !INSIDE_BIT)
+                .collect();
+            let boundary = group
+                .iter()
+                .filter(|s| s.1 & INSIDE_BIT == 0)
+                .map(|s| s.1)
+                .collect();
+            raster_cells.push((group[0].0, interner.intern(inside, boundary)));
+        }
+        drop(statuses);
+        let raster = Raster::from_cells(grid, raster_cells.iter().copied());
+
+        let h3 = options.h3_resolution.map(|fine| {
+            let coarse = options.h3_coarse_resolution(fine);
+            let covers: Vec<PartCover> = parts
+                .par_iter()
+                .map(|part| cover_part(part, infos[part.fence as usize].tolerance_m, fine, coarse))
+                .collect();
+            build_h3_table(&mut interner, covers, fine, coarse)
+        });
+        let entries = interner.entries;
+
+        let mut per_res: FxHashMap<u8, usize> = FxHashMap::default();
+        for cell in h3.iter().flat_map(|t| t.table.keys()) {
+            *per_res.entry(u8::from(cell.resolution())).or_default() += 1;
+        }
+        let mut h3_cells_per_resolution: Vec<_> = per_res.into_iter().collect();
+        h3_cells_per_resolution.sort_unstable();
+        let approx_heap_bytes = parts.iter().map(PreparedPart::heap_bytes).sum::<usize>()
+            + raster.heap_bytes()
+            + h3.as_ref().map_or(0, |t| {
+                t.table.capacity() * 16 + t.levels_below.capacity() * 12
+            })
+            + entries
+                .iter()
+                .map(|e| 32 + 4 * (e.inside.len() + e.boundary.len()))
+                .sum::<usize>();
+        let stats = IndexStats {
+            fences: infos.len(),
+            parts: parts.len(),
+            vertices: infos.iter().map(|f| f.vertex_count).sum(),
+            raster_cells: raster_cells.len(),
+            raster_dense_tiles: raster.dense_tiles(),
+            distinct_entries: entries.len(),
+            h3_cells_per_resolution,
+            approx_heap_bytes,
+            build_time: started.elapsed(),
+        };
+        Self {
+            fences: infos,
+            parts,
+            entries,
+            raster,
+            h3,
+            rtree,
+            stats,
+        }
+    }
+
+    #[must_use]
+    pub fn fences(&self) -> &[FenceInfo] {
+        &self.fences
+    }
+
+    #[must_use]
+    pub fn fence(&self, index: u32) -> &FenceInfo {
+        &self.fences[index as usize]
+    }
+
+    #[must_use]
+    pub fn stats(&self) -> &IndexStats {
+        &self.stats
+    }
+
+    /// Every fence `point` is inside or within tolerance of, ordered by fence position; `out` is cleared first
+    /// so one buffer can serve a whole stream without allocating.
+    pub fn match_point(&self, point: GeoPoint, out: &mut Vec<FenceMatch>) {
+        out.clear();
+        let entry = self.raster.entry_at(point.lat(), point.lon());
+        if entry != 0 {
+            self.resolve_entry(&self.entries[entry as usize], point, out);
+            if out.len() > 1 {
+                out.sort_unstable_by_key(|m| m.fence);
+            }
+        }
+    }
+
+    /// Same answer as [`Self::match_point`] through the H3 cover; `None` when the index was built without one.
+    pub fn match_point_h3(&self, point: GeoPoint, out: &mut Vec<FenceMatch>) -> Option<()> {
+        let h3 = self.h3.as_ref()?;
+        out.clear();
+        let ll = LatLng::new(point.lat(), point.lon()).ok()?;
+        let cell = ll.to_cell(h3.fine);
+        let mask = cell
+            .parent(h3.coarse)
+            .and_then(|c| h3.levels_below.get(&c))
+            .copied();
+        let mut levels = mask.unwrap_or(0);
+        while levels != 0 {
+            let level = levels.trailing_zeros() as u8;
+            levels &= levels - 1;
+            let key = Resolution::try_from(level)
+                .ok()
+                .and_then(|r| cell.parent(r));
+            if let Some(&entry) = key.and_then(|k| h3.table.get(&k)) {
+                self.resolve_entry(&self.entries[entry as usize], point, out);
+                break;
+            }
+        }
+        if out.len() > 1 {
+            out.sort_unstable_by_key(|m| m.fence);
+        }
+        Some(())
+    }
+
+    /// The H3 cover of one fence as (cell, wholly inside?) pairs, when the index was built with one: lets
+    /// clients pre-filter locally or join with their own H3-keyed data.
+    #[must_use]
+    pub fn h3_cover(&self, fence: u32) -> Option<Vec<(CellIndex, bool)>> {
+        let h3 = self.h3.as_ref()?;
+        let mut cells: Vec<(CellIndex, bool)> = h3
+            .table
+            .iter()
+            .filter_map(|(&cell, &entry)| {
+                let e = &self.entries[entry as usize];
+                if e.inside.contains(&fence) {
+                    Some((cell, true))
+                } else if e
+                    .boundary
+                    .iter()
+                    .any(|&p| self.parts[p as usize].fence == fence)
+                {
+                    Some((cell, false))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        cells.sort_unstable();
+        Some(cells)
+    }
+
+    /// Matches through the chosen lookup path.
+    pub fn match_with(&self, strategy: Strategy, point: GeoPoint, out: &mut Vec<FenceMatch>) {
+        match strategy {
+            Strategy::Raster => self.match_point(point, out),
+            Strategy::H3 => {
+                if self.match_point_h3(point, out).is_none() {
+                    self.match_point_rtree(point, out);
+                }
+            }
+            Strategy::RTree => self.match_point_rtree(point, out),
+        }
+    }
+
+    /// Convenience form of [`Self::match_point`] that allocates.
+    #[must_use]
+    pub fn matches(&self, point: GeoPoint) -> Vec<FenceMatch> {
+        let mut out = Vec::new();
+        self.match_point(point, &mut out);
+        out
+    }
+
+    /// Same answer as [`Self::match_point`], with candidates from the R-tree and exact tests for each.
+    pub fn match_point_rtree(&self, point: GeoPoint, out: &mut Vec<FenceMatch>) {
+        out.clear();
+        for candidate in self.rtree.locate_all_at_point(&[point.lon(), point.lat()]) {
+            self.resolve_part(candidate.data, point, out);
+        }
+        out.sort_unstable_by_key(|m| m.fence);
+    }
+
+    /// Same answer as [`Self::match_point`], testing every part: the reference for tests.
+    pub fn match_point_brute_force(&self, point: GeoPoint, out: &mut Vec<FenceMatch>) {
+        out.clear();
+        for part in 0..self.parts.len() as u32 {
+            self.resolve_part(part, point, out);
+        }
+        out.sort_unstable_by_key(|m| m.fence);
+    }
+
+    fn resolve_entry(&self, entry: &CellEntry, point: GeoPoint, out: &mut Vec<FenceMatch>) {
+        out.extend(entry.inside.iter().map(|&fence| FenceMatch {
+            fence,
+            inside: true,
+            distance_m: 0.0,
+        }));
+        for &part in entry.boundary.iter() {
+            self.resolve_part(part, point, out);
+        }
+    }
+
+    /// Exact test of one part; merges into `out` (a fence matches by its nearest part).
+    fn resolve_part(&self, part_index: u32, point: GeoPoint, out: &mut Vec<FenceMatch>) {
+        let part = &self.parts[part_index as usize];
+        let existing = out.iter().position(|m| m.fence == part.fence);
+        if existing.is_some_and(|i| out[i].inside) {
+            return;
+        }
+        let lon = part.local_lon(point.lon());
+        let found = if part.contains(point.lat(), lon) {
+            Some(0.0)
+        } else {
+            let tolerance = self.fences[part.fence as usize].tolerance_m;
+            part.boundary_distance_within(point.lat(), lon, tolerance.max(ON_BOUNDARY_M))
+                .map(|d| if d <= ON_BOUNDARY_M { 0.0 } else { d })
+                .filter(|&d| d <= tolerance)
+        };
+        let Some(distance_m) = found else { return };
+        let candidate = FenceMatch {
+            fence: part.fence,
+            inside: distance_m == 0.0,
+            distance_m,
+        };
+        match existing {
+            Some(i) if out[i].distance_m <= distance_m => {}
+            Some(i) => out[i] = candidate,
+            None => out.push(candidate),
+        }
+    }
+}
+
+fn build_rtree(parts: &[PreparedPart], fences: &[FenceInfo]) -> RTree<PartBox> {
+    let mut boxes = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        let b = part.bounds;
+        let reach = fences[part.fence as usize].tolerance_m.max(ON_BOUNDARY_M) * 1.01 + 1.0;
+        let (dlat, dlon) = degrees_spanned(reach, b.min_lat, b.max_lat);
+        let (lo, hi) = (
+            [b.min_lon - dlon, b.min_lat - dlat],
+            [b.max_lon + dlon, b.max_lat + dlat],
+        );
+        // A box grown across the antimeridian is also inserted shifted by 360°, so that queries stay in
+        // [-180, 180] and still find it.
+        for shift in [0.0, 360.0, -360.0] {
+            let (slo, shi) = (lo[0] + shift, hi[0] + shift);
+            if shift == 0.0 || (shi >= -180.0 && slo <= 180.0) {
+                boxes.push(GeomWithData::new(
+                    Rectangle::from_corners([slo, lo[1]], [shi, hi[1]]),
+                    i as u32,
+                ));
+            }
+        }
+    }
+    RTree::bulk_load(boxes)
+}
+
+/// Merges per-part H3 covers into one table whose keys are disjoint: a key that has another key below it is
+/// split into its children, each inheriting its statuses, coarse levels first.
+fn build_h3_table(
+    interner: &mut Interner<'_>,
+    covers: Vec<PartCover>,
+    fine: Resolution,
+    coarse: Resolution,
+) -> H3Table {
+    #[derive(Default, Clone)]
+    struct Statuses {
+        inside: Vec<u32>,
+        boundary: Vec<u32>,
+    }
+    let mut cells: FxHashMap<CellIndex, Statuses> = FxHashMap::default();
+    for (part, cover) in covers.into_iter().enumerate() {
+        let fence = interner.parts[part].fence;
+        for cell in cover.inside {
+            cells.entry(cell).or_default().inside.push(fence);
+        }
+        for cell in cover.boundary {
+            cells.entry(cell).or_default().boundary.push(part as u32);
+        }
+    }
+    let mut has_keys_below: FxHashSet<CellIndex> = FxHashSet::default();
+    for &cell in cells.keys() {
+        insert_ancestors(cell, coarse, &mut has_keys_below);
+    }
+    for level in Resolution::range(coarse, fine) {
+        let Some(next) = level.succ() else { break };
+        let to_split: Vec<CellIndex> = cells
+            .keys()
+            .filter(|c| c.resolution() == level && has_keys_below.contains(c))
+            .copied()
+            .collect();
+        for cell in to_split {
+            let Some(statuses) = cells.remove(&cell) else {
+                continue;
+            };
+            for child in cell.children(next) {
+                let target = cells.entry(child).or_default();
+                target.inside.extend_from_slice(&statuses.inside);
+                target.boundary.extend_from_slice(&statuses.boundary);
+            }
+        }
+    }
+    let mut table = FxHashMap::default();
+    table.reserve(cells.len());
+    let mut levels_below: FxHashMap<CellIndex, u16> = FxHashMap::default();
+    for (cell, s) in cells {
+        table.insert(cell, interner.intern(s.inside, s.boundary));
+        if let Some(root) = cell.parent(coarse) {
+            *levels_below.entry(root).or_default() |= 1 << u8::from(cell.resolution());
+        }
+    }
+    H3Table {
+        fine,
+        coarse,
+        levels_below,
+        table,
+    }
+}

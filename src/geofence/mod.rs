@@ -1,0 +1,21 @@
+//! The geofence engine: pure, synchronous, free of I/O. Fences come in as GeoJSON ([`geojson`]), are
+//! validated into [`Fence`]s, and are indexed into a [`FenceIndex`] that matches points.
+
+mod cover;
+pub mod fence;
+pub mod geojson;
+pub mod index;
+pub mod metric;
+pub mod part;
+pub mod point;
+mod raster;
+pub mod sample;
+mod validate;
+
+pub use fence::{Fence, FenceProblem, Polygon, RejectedFeature, Repair};
+pub use geojson::{parse_fences, GeoJsonError, ParseOptions, ParsedFences};
+pub use index::{FenceIndex, FenceInfo, FenceMatch, IndexOptions, IndexStats, Strategy};
+pub use point::{GeoPoint, PointError};
+
+/// A fence index that can be replaced atomically while readers keep matching against the one they loaded.
+pub type SharedIndex = arc_swap::ArcSwap<FenceIndex>;

@@ -1,0 +1,364 @@
+//! One polygon of a fence, prepared for exact work: point-in-polygon through latitude slabs and
+//! nearest-boundary distance through a grid of edges grown by the tolerance.
+//!
+//! All coordinates stay in the part's own lon/lat frame. A query point is first moved by ±360° to the side of
+//! the antimeridian the part lies on ([`PreparedPart::local_lon`]); parts never span more than 180° of
+//! longitude (validation), so that shift is unambiguous.
+
+use super::fence::Polygon;
+use super::metric::{degrees_spanned, distance_m, wrap_lon_delta, LocalMetric};
+use super::validate::crossing_lon;
+
+/// Margin on approximate (local-metric) distances before the exact evaluation decides: the local metric is
+/// within 1% of the ellipsoidal one inside a 100 km radius below 85° latitude.
+const APPROX_SLACK: f64 = 1.02;
+
+/// Axis-aligned bounds in degrees.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bounds {
+    pub min_lon: f64,
+    pub min_lat: f64,
+    pub max_lon: f64,
+    pub max_lat: f64,
+}
+
+/// Compressed lists of edge ids per bucket (CSR layout: one allocation, cache-friendly scans).
+#[derive(Debug, Clone, Default)]
+struct Buckets {
+    offsets: Vec<u32>,
+    items: Vec<u32>,
+}
+
+impl Buckets {
+    fn build(count: usize, mut assign: impl FnMut(&mut dyn FnMut(usize, u32))) -> Self {
+        let mut counts = vec![0u32; count + 1];
+        assign(&mut |bucket, _| counts[bucket + 1] += 1);
+        for i in 0..count {
+            counts[i + 1] += counts[i];
+        }
+        let mut fill = counts.clone();
+        let mut items = vec![0u32; counts[count] as usize];
+        assign(&mut |bucket, edge| {
+            items[fill[bucket] as usize] = edge;
+            fill[bucket] += 1;
+        });
+        Self {
+            offsets: counts,
+            items,
+        }
+    }
+
+    fn get(&self, bucket: usize) -> &[u32] {
+        &self.items[self.offsets[bucket] as usize..self.offsets[bucket + 1] as usize]
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+}
+
+/// A polygon (exterior + holes) ready for point-in-polygon and distance queries.
+#[derive(Debug, Clone)]
+pub struct PreparedPart {
+    /// Index of the owning fence in the fence set.
+    pub fence: u32,
+    /// Closed rings, concatenated.
+    vertices: Vec<[f64; 2]>,
+    /// Edge `e` runs from `vertices[e]` to `vertices[e + 1]`.
+    edges: Vec<u32>,
+    pub bounds: Bounds,
+    center_lon: f64,
+    slab_lat0: f64,
+    slab_inv_height: f64,
+    slabs: Buckets,
+    /// The tolerance (metres) the grid was grown by; distance queries may not look further.
+    reach_m: f64,
+    grid_lon0: f64,
+    grid_lat0: f64,
+    grid_inv_w: f64,
+    grid_inv_h: f64,
+    grid_nx: usize,
+    grid_ny: usize,
+    grid: Buckets,
+}
+
+impl PreparedPart {
+    /// Prepares `polygon` for queries up to `reach_m` metres from its boundary.
+    #[must_use]
+    pub fn new(fence: u32, polygon: &Polygon, reach_m: f64) -> Self {
+        let mut vertices = Vec::with_capacity(polygon.vertex_count() + polygon.rings.len());
+        let mut edges = Vec::with_capacity(polygon.vertex_count());
+        for ring in &polygon.rings {
+            let start = vertices.len() as u32;
+            vertices.extend_from_slice(ring);
+            edges.extend(start..start + ring.len() as u32 - 1);
+        }
+        let mut bounds = Bounds {
+            min_lon: f64::INFINITY,
+            min_lat: f64::INFINITY,
+            max_lon: f64::NEG_INFINITY,
+            max_lat: f64::NEG_INFINITY,
+        };
+        for &[lon, lat] in &vertices {
+            bounds.min_lon = bounds.min_lon.min(lon);
+            bounds.max_lon = bounds.max_lon.max(lon);
+            bounds.min_lat = bounds.min_lat.min(lat);
+            bounds.max_lat = bounds.max_lat.max(lat);
+        }
+        let mut part = Self {
+            fence,
+            vertices,
+            edges,
+            bounds,
+            center_lon: 0.5 * (bounds.min_lon + bounds.max_lon),
+            slab_lat0: bounds.min_lat,
+            slab_inv_height: 0.0,
+            slabs: Buckets::default(),
+            reach_m,
+            grid_lon0: 0.0,
+            grid_lat0: 0.0,
+            grid_inv_w: 0.0,
+            grid_inv_h: 0.0,
+            grid_nx: 1,
+            grid_ny: 1,
+            grid: Buckets::default(),
+        };
+        part.build_slabs();
+        part.build_grid();
+        part
+    }
+
+    #[must_use]
+    pub fn edge_count(&self) -> usize {
+        self.edges.len()
+    }
+
+    /// Iterates over the edges as ((lon, lat), (lon, lat)) pairs.
+    pub fn edge_segments(&self) -> impl Iterator<Item = ([f64; 2], [f64; 2])> + '_ {
+        self.edges
+            .iter()
+            .map(|&e| (self.vertices[e as usize], self.vertices[e as usize + 1]))
+    }
+
+    /// Bytes held by this part's vertices and indexes (for capacity reports).
+    #[must_use]
+    pub fn heap_bytes(&self) -> usize {
+        self.vertices.len() * 16
+            + self.edges.len() * 4
+            + (self.slabs.len()
+                + self.slabs.offsets.len()
+                + self.grid.len()
+                + self.grid.offsets.len())
+                * 4
+    }
+
+    fn segment(&self, edge: u32) -> ([f64; 2], [f64; 2]) {
+        (
+            self.vertices[edge as usize],
+            self.vertices[edge as usize + 1],
+        )
+    }
+
+    fn build_slabs(&mut self) {
+        let height = self.bounds.max_lat - self.bounds.min_lat;
+        let count = if height > 0.0 {
+            (self.edges.len() / 4).clamp(1, 1 << 16)
+        } else {
+            1
+        };
+        self.slab_inv_height = if height > 0.0 {
+            count as f64 / height
+        } else {
+            0.0
+        };
+        let (lat0, inv, edges, vertices) = (
+            self.slab_lat0,
+            self.slab_inv_height,
+            &self.edges,
+            &self.vertices,
+        );
+        let slab_of = |lat: f64| (((lat - lat0) * inv) as usize).min(count - 1);
+        self.slabs = Buckets::build(count, |put| {
+            for &e in edges {
+                let (a, b) = (vertices[e as usize], vertices[e as usize + 1]);
+                for s in slab_of(a[1].min(b[1]))..=slab_of(a[1].max(b[1])) {
+                    put(s, e);
+                }
+            }
+        });
+    }
+
+    fn build_grid(&mut self) {
+        let b = self.bounds;
+        let (dlat, dlon) = degrees_spanned(self.reach_m * APPROX_SLACK + 1.0, b.min_lat, b.max_lat);
+        let (lon0, lat0) = (b.min_lon - dlon, b.min_lat - dlat);
+        let width = b.max_lon - b.min_lon + 2.0 * dlon;
+        let height = b.max_lat - b.min_lat + 2.0 * dlat;
+        // About two edges per cell, but cells no smaller than the tolerance box so an edge lands in few cells.
+        let ideal = (width * height / (2.0 * self.edges.len() as f64)).sqrt();
+        let cell_w = ideal.max(dlon).max(width / 2048.0);
+        let cell_h = ideal.max(dlat).max(height / 2048.0);
+        let nx = ((width / cell_w).ceil() as usize).max(1);
+        let ny = ((height / cell_h).ceil() as usize).max(1);
+        let (inv_w, inv_h) = (nx as f64 / width, ny as f64 / height);
+        let cell = |v: f64, origin: f64, inv: f64, n: usize| {
+            (((v - origin) * inv).max(0.0) as usize).min(n - 1)
+        };
+        let (edges, vertices) = (&self.edges, &self.vertices);
+        self.grid = Buckets::build(nx * ny, |put| {
+            for &e in edges {
+                let (a, c) = (vertices[e as usize], vertices[e as usize + 1]);
+                let x0 = cell(a[0].min(c[0]) - dlon, lon0, inv_w, nx);
+                let x1 = cell(a[0].max(c[0]) + dlon, lon0, inv_w, nx);
+                let y0 = cell(a[1].min(c[1]) - dlat, lat0, inv_h, ny);
+                let y1 = cell(a[1].max(c[1]) + dlat, lat0, inv_h, ny);
+                for y in y0..=y1 {
+                    for x in x0..=x1 {
+                        put(y * nx + x, e);
+                    }
+                }
+            }
+        });
+        (
+            self.grid_lon0,
+            self.grid_lat0,
+            self.grid_inv_w,
+            self.grid_inv_h,
+        ) = (lon0, lat0, inv_w, inv_h);
+        (self.grid_nx, self.grid_ny) = (nx, ny);
+    }
+
+    /// The query longitude moved to this part's side of the antimeridian.
+    #[must_use]
+    pub fn local_lon(&self, lon: f64) -> f64 {
+        self.center_lon + wrap_lon_delta(lon - self.center_lon)
+    }
+
+    /// Even-odd point-in-polygon (holes excluded). `lon` must come from [`Self::local_lon`].
+    #[must_use]
+    pub fn contains(&self, lat: f64, lon: f64) -> bool {
+        let b = &self.bounds;
+        if lat < b.min_lat || lat > b.max_lat || lon < b.min_lon || lon > b.max_lon {
+            return false;
+        }
+        self.slab_crossings(lat).filter(|&x| lon < x).count() % 2 == 1
+    }
+
+    /// Longitudes where the boundary crosses the parallel at `lat` (unsorted), for scanline fills.
+    pub fn crossings(&self, lat: f64, out: &mut Vec<f64>) {
+        out.clear();
+        let b = &self.bounds;
+        if lat < b.min_lat || lat > b.max_lat {
+            return;
+        }
+        out.extend(self.slab_crossings(lat));
+    }
+
+    /// Crossings of the parallel at `lat` by the edges of its slab; `lat` must be within the bounds.
+    fn slab_crossings(&self, lat: f64) -> impl Iterator<Item = f64> + '_ {
+        let slab_count = self.slabs.offsets.len() - 1;
+        let slab = (((lat - self.slab_lat0) * self.slab_inv_height) as usize).min(slab_count - 1);
+        self.slabs.get(slab).iter().filter_map(move |&e| {
+            let (a, c) = self.segment(e);
+            crossing_lon(a, c, lat)
+        })
+    }
+
+    /// Distance in metres from the point to the nearest boundary point, if it is at most `limit_m`
+    /// (which must not exceed the reach the part was prepared with). `lon` must come from [`Self::local_lon`].
+    #[must_use]
+    pub fn boundary_distance_within(&self, lat: f64, lon: f64, limit_m: f64) -> Option<f64> {
+        debug_assert!(limit_m <= self.reach_m + 1e-9);
+        let fx = (lon - self.grid_lon0) * self.grid_inv_w;
+        let fy = (lat - self.grid_lat0) * self.grid_inv_h;
+        if fx < 0.0 || fy < 0.0 || fx >= self.grid_nx as f64 || fy >= self.grid_ny as f64 {
+            return None;
+        }
+        let bucket = fy as usize * self.grid_nx + fx as usize;
+        let metric = LocalMetric::at_latitude(lat);
+        let (kx, ky) = (metric.m_per_deg_lon, metric.m_per_deg_lat);
+        let mut best = (f64::INFINITY, 0u32, 0.0f64);
+        for &e in self.grid.get(bucket) {
+            let (a, c) = self.segment(e);
+            let (ax, ay) = ((a[0] - lon) * kx, (a[1] - lat) * ky);
+            let (dx, dy) = ((c[0] - a[0]) * kx, (c[1] - a[1]) * ky);
+            let len2 = dx * dx + dy * dy;
+            let t = if len2 > 0.0 {
+                (-(ax * dx + ay * dy) / len2).clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+            let (qx, qy) = (ax + t * dx, ay + t * dy);
+            let d2 = qx * qx + qy * qy;
+            if d2 < best.0 {
+                best = (d2, e, t);
+            }
+        }
+        let (d2, e, t) = best;
+        let approx_limit = limit_m * APPROX_SLACK + 1.0;
+        if d2 > approx_limit * approx_limit {
+            return None;
+        }
+        let (a, c) = self.segment(e);
+        let q = [a[0] + t * (c[0] - a[0]), a[1] + t * (c[1] - a[1])];
+        let d = distance_m(lat, lon, q[1], q[0]);
+        (d <= limit_m).then_some(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn square_with_hole() -> Polygon {
+        Polygon {
+            rings: vec![
+                vec![[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.0, 0.0]],
+                vec![[0.4, 0.4], [0.6, 0.4], [0.6, 0.6], [0.4, 0.6], [0.4, 0.4]],
+            ],
+        }
+    }
+
+    #[test]
+    fn holes_are_outside() {
+        let part = PreparedPart::new(0, &square_with_hole(), 1000.0);
+        assert!(part.contains(0.2, 0.2));
+        assert!(!part.contains(0.5, 0.5));
+        assert!(!part.contains(1.5, 0.5));
+    }
+
+    #[test]
+    fn distance_to_the_hole_edge_is_measured_from_inside_the_hole() {
+        let part = PreparedPart::new(0, &square_with_hole(), 2000.0);
+        // 0.005° of latitude north of the hole's southern edge at the equator: ~553 m.
+        let d = part.boundary_distance_within(0.405, 0.5, 2000.0).unwrap();
+        assert!((d - 552.9).abs() < 1.0, "{d}");
+        assert_eq!(part.boundary_distance_within(0.5, 0.5, 500.0), None);
+    }
+
+    #[test]
+    fn far_points_are_not_within_reach() {
+        let part = PreparedPart::new(0, &square_with_hole(), 1000.0);
+        assert_eq!(part.boundary_distance_within(3.0, 3.0, 1000.0), None);
+        let d = part.boundary_distance_within(0.5, 1.005, 1000.0).unwrap();
+        assert!((d - 556.6).abs() < 1.0, "{d}");
+    }
+
+    #[test]
+    fn antimeridian_shift_brings_the_point_next_to_the_part() {
+        let east = Polygon {
+            rings: vec![vec![
+                [179.0, 51.0],
+                [180.0, 51.0],
+                [180.0, 52.0],
+                [179.0, 52.0],
+                [179.0, 51.0],
+            ]],
+        };
+        let part = PreparedPart::new(0, &east, 1000.0);
+        let lon = part.local_lon(-179.995);
+        assert!((lon - 180.005).abs() < 1e-9);
+        let d = part.boundary_distance_within(51.5, lon, 1000.0).unwrap();
+        assert!((d - 348.0).abs() < 2.0, "{d}");
+    }
+}

@@ -1,0 +1,610 @@
+//! The geofence engine against hand-made cases, the whole US counties file, and Karney's geodesics.
+
+use geo::{Distance, Geodesic, Point};
+use geopromo::geofence::sample::{
+    near_boundary_points, uniform_points, wobbly_polygon, SampleRng, CONUS_BOUNDS,
+};
+use geopromo::geofence::{
+    parse_fences, Fence, FenceIndex, FenceMatch, FenceProblem, GeoJsonError, GeoPoint,
+    IndexOptions, ParseOptions, Polygon, Strategy,
+};
+use h3o::Resolution;
+use serde_json::json;
+
+fn feature(id: &str, geometry: serde_json::Value) -> serde_json::Value {
+    json!({"type": "Feature", "id": id, "properties": {"name": id}, "geometry": geometry})
+}
+
+fn polygon(rings: serde_json::Value) -> serde_json::Value {
+    json!({"type": "Polygon", "coordinates": rings})
+}
+
+fn square(lon: f64, lat: f64, size: f64) -> serde_json::Value {
+    json!([
+        [lon, lat],
+        [lon + size, lat],
+        [lon + size, lat + size],
+        [lon, lat + size],
+        [lon, lat]
+    ])
+}
+
+/// The problems of the only rejected feature of a one-feature input.
+fn problems_of(geojson: serde_json::Value) -> Vec<FenceProblem> {
+    match parse_fences(geojson.to_string().as_bytes(), &ParseOptions::default()) {
+        Err(GeoJsonError::Invalid { rejected, .. }) => {
+            assert_eq!(rejected.len(), 1, "{rejected:?}");
+            rejected[0].problems.clone()
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+fn codes(problems: &[FenceProblem]) -> Vec<&'static str> {
+    problems.iter().map(FenceProblem::code).collect()
+}
+
+fn index_of(fences: &[Fence]) -> FenceIndex {
+    FenceIndex::build(
+        fences,
+        IndexOptions::default().h3_resolution(Some(Resolution::Eight)),
+    )
+}
+
+fn fences_of(features: Vec<serde_json::Value>, tolerance_m: f64) -> Vec<Fence> {
+    let fc = json!({"type": "FeatureCollection", "features": features});
+    let options = ParseOptions::default().default_tolerance_m(tolerance_m);
+    parse_fences(fc.to_string().as_bytes(), &options)
+        .unwrap()
+        .fences
+}
+
+/// Matches through every strategy and checks they agree before returning the answer.
+fn matches_everywhere(index: &FenceIndex, lat: f64, lon: f64) -> Vec<FenceMatch> {
+    let point = GeoPoint::new(lat, lon).unwrap();
+    let mut reference = Vec::new();
+    index.match_point_brute_force(point, &mut reference);
+    for strategy in [Strategy::Raster, Strategy::H3, Strategy::RTree] {
+        let mut out = Vec::new();
+        index.match_with(strategy, point, &mut out);
+        assert_eq!(out, reference, "{strategy:?} at ({lat}, {lon})");
+    }
+    reference
+}
+
+mod validation {
+    use super::*;
+
+    #[test]
+    fn out_of_range_coordinates_name_the_position() {
+        let p = problems_of(feature(
+            "a",
+            polygon(json!([[[0, 0], [1, 0], [1, 91], [0, 0]]])),
+        ));
+        assert_eq!(
+            p[0].to_string(),
+            "polygon 0 ring 0 position 2: coordinate (1, 91) is out of range (lon in [-180, 180], lat in [-90, 90])"
+        );
+        let p = problems_of(feature(
+            "a",
+            polygon(json!([[[0, 0], [181, 0], [1, 1], [0, 0]]])),
+        ));
+        assert_eq!(codes(&p), ["coordinate_out_of_range"]);
+    }
+
+    #[test]
+    fn nan_and_huge_numbers_are_json_errors_with_a_location() {
+        let err = parse_fences(
+            b"{\"type\":\"Feature\",\n\"id\":1,\"geometry\":NaN}",
+            &ParseOptions::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+        let err = parse_fences(b"[1e999]", &ParseOptions::default()).unwrap_err();
+        assert!(err.to_string().starts_with("not valid JSON"), "{err}");
+    }
+
+    #[test]
+    fn unclosed_ring() {
+        let p = problems_of(feature(
+            "a",
+            polygon(json!([[[0, 0], [1, 0], [1, 1], [0, 1]]])),
+        ));
+        assert_eq!(codes(&p), ["ring_not_closed"]);
+        assert!(p[0]
+            .to_string()
+            .contains("first position [0.0, 0.0] differs from last [0.0, 1.0]"));
+    }
+
+    #[test]
+    fn ring_with_fewer_than_four_positions() {
+        let p = problems_of(feature("a", polygon(json!([[[0, 0], [1, 0], [0, 0]]]))));
+        assert_eq!(
+            p[0].to_string(),
+            "polygon 0 ring 0: ring has 3 positions; a closed ring needs at least 4"
+        );
+    }
+
+    #[test]
+    fn self_intersecting_ring_reports_where() {
+        let p = problems_of(feature(
+            "a",
+            polygon(json!([[[0, 0], [2, 2], [2, 0], [0, 2], [0, 0]]])),
+        ));
+        assert_eq!(
+            p,
+            vec![FenceProblem::SelfIntersection {
+                at: geopromo::geofence::fence::CoordPath {
+                    polygon: 0,
+                    ring: 0,
+                    position: None
+                },
+                lon: 1.0,
+                lat: 1.0,
+            }]
+        );
+    }
+
+    #[test]
+    fn zero_area_polygon() {
+        let p = problems_of(feature(
+            "a",
+            polygon(json!([[[0, 0], [1, 1], [2, 2], [0, 0]]])),
+        ));
+        assert_eq!(codes(&p), ["zero_area"]);
+    }
+
+    #[test]
+    fn hole_outside_and_hole_crossing_the_shell() {
+        let outside = json!([square(0.0, 0.0, 1.0), square(5.0, 5.0, 0.5)]);
+        assert_eq!(
+            codes(&problems_of(feature("a", polygon(outside)))),
+            ["hole_outside_shell"]
+        );
+        let crossing = json!([square(0.0, 0.0, 1.0), square(0.5, 0.5, 1.0)]);
+        assert!(codes(&problems_of(feature("a", polygon(crossing)))).contains(&"rings_cross"));
+    }
+
+    #[test]
+    fn duplicate_ids_name_the_first_use() {
+        let fc = json!({"type": "FeatureCollection", "features": [
+            feature("dup", polygon(json!([square(0.0, 0.0, 1.0)]))),
+            feature("dup", polygon(json!([square(2.0, 0.0, 1.0)]))),
+        ]});
+        let err = parse_fences(fc.to_string().as_bytes(), &ParseOptions::default()).unwrap_err();
+        assert_eq!(
+            err.report_lines(),
+            ["feature 1 (id \"dup\"): id \"dup\" is already used by feature 0"]
+        );
+    }
+
+    #[test]
+    fn vertex_limit_is_configurable() {
+        let fc = feature("a", polygon(json!([square(0.0, 0.0, 1.0)])));
+        let options = ParseOptions::default().max_vertices(3);
+        let err = parse_fences(fc.to_string().as_bytes(), &options).unwrap_err();
+        assert_eq!(
+            err.report_lines(),
+            ["feature 0 (id \"a\"): 4 vertices exceed the limit of 3"]
+        );
+        assert!(parse_fences(fc.to_string().as_bytes(), &options.max_vertices(4)).is_ok());
+    }
+
+    #[test]
+    fn ids_names_tolerances_and_geometry_types_are_checked() {
+        let no_id = json!({"type": "Feature", "properties": {}, "geometry": polygon(json!([square(0.0, 0.0, 1.0)]))});
+        assert_eq!(codes(&problems_of(no_id)), ["missing_id"]);
+        let bad_tol = json!({"type": "Feature", "properties": {"id": "x", "tolerance_m": -5},
+            "geometry": polygon(json!([square(0.0, 0.0, 1.0)]))});
+        assert_eq!(codes(&problems_of(bad_tol)), ["bad_tolerance"]);
+        let point = feature("p", json!({"type": "Point", "coordinates": [0, 0]}));
+        assert_eq!(
+            problems_of(point)[0].to_string(),
+            "geometry type Point is not supported (only Polygon and MultiPolygon)"
+        );
+        let bad_pos = feature("b", polygon(json!([[[0, 0], [1, "x"], [1, 1], [0, 0]]])));
+        assert!(problems_of(bad_pos)[0]
+            .to_string()
+            .starts_with("polygon 0 ring 0 position 1: position must be"));
+    }
+
+    #[test]
+    fn polar_fences_and_antimeridian_spanning_edges_are_rejected_with_a_reason() {
+        let polar = problems_of(feature("n", polygon(json!([square(0.0, 85.5, 1.0)]))));
+        assert_eq!(codes(&polar)[0], "beyond_supported_latitude");
+        let wide = problems_of(feature(
+            "w",
+            polygon(json!([[[170, 0], [-170, 0], [-170, 1], [170, 0]]])),
+        ));
+        assert!(
+            wide[0].to_string().contains("must be split at ±180°"),
+            "{}",
+            wide[0]
+        );
+    }
+
+    #[test]
+    fn every_bad_feature_is_listed_and_skip_invalid_keeps_the_good_ones() {
+        let fc = json!({"type": "FeatureCollection", "features": [
+            feature("good", polygon(json!([square(0.0, 0.0, 1.0)]))),
+            feature("open", polygon(json!([[[0, 0], [1, 0], [1, 1], [0, 1]]]))),
+            json!({"type": "Nope"}),
+        ]});
+        let bytes = fc.to_string();
+        let err = parse_fences(bytes.as_bytes(), &ParseOptions::default()).unwrap_err();
+        assert_eq!(err.to_string(), "2 of 3 features are invalid");
+        let parsed = parse_fences(
+            bytes.as_bytes(),
+            &ParseOptions::default().skip_invalid(true),
+        )
+        .unwrap();
+        assert_eq!(parsed.fences.len(), 1);
+        assert_eq!(
+            parsed
+                .skipped
+                .iter()
+                .map(|s| s.feature.index)
+                .collect::<Vec<_>>(),
+            [1, 2]
+        );
+    }
+
+    #[test]
+    fn collapsed_members_and_holes_are_dropped_and_reported() {
+        let multi = json!({"type": "MultiPolygon", "coordinates": [
+            [square(0.0, 0.0, 1.0), [[0.2, 0.2], [0.3, 0.3], [0.4, 0.4], [0.2, 0.2]]],
+            [[[5, 5], [6, 6], [7, 7], [5, 5]]],
+        ]});
+        let fc = json!({"type": "FeatureCollection", "features": [feature("m", multi)]});
+        let parsed = parse_fences(fc.to_string().as_bytes(), &ParseOptions::default()).unwrap();
+        assert_eq!(parsed.fences[0].polygons.len(), 1);
+        assert_eq!(parsed.fences[0].polygons[0].rings.len(), 1);
+        let repairs: Vec<String> = parsed.repairs.iter().map(ToString::to_string).collect();
+        assert_eq!(repairs, [
+            "feature 0 (id \"m\"): repaired: dropped collapsed hole: polygon 0 ring 1",
+            "feature 0 (id \"m\"): repaired: dropped collapsed member polygon 1 of the multipolygon",
+        ]);
+    }
+
+    #[test]
+    fn top_level_must_be_features() {
+        let err = parse_fences(
+            br#"{"type":"Polygon","coordinates":[]}"#,
+            &ParseOptions::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "expected a GeoJSON Feature or FeatureCollection at the top level, found type \"Polygon\"");
+    }
+}
+
+mod matching {
+    use super::*;
+
+    #[test]
+    fn holes_are_not_inside_but_their_edges_are_within_tolerance() {
+        let donut = polygon(json!([square(10.0, 10.0, 1.0), square(10.4, 10.4, 0.2)]));
+        let index = index_of(&fences_of(vec![feature("donut", donut)], 1000.0));
+        assert!(matches_everywhere(&index, 10.2, 10.2)[0].inside);
+        assert!(
+            matches_everywhere(&index, 10.5, 10.5).is_empty(),
+            "middle of the hole is 11 km from any edge"
+        );
+        let near_hole_edge = matches_everywhere(&index, 10.405, 10.5);
+        assert!(!near_hole_edge[0].inside);
+        assert!(
+            (near_hole_edge[0].distance_m - 553.0).abs() < 2.0,
+            "{near_hole_edge:?}"
+        );
+    }
+
+    #[test]
+    fn multipolygon_matches_by_its_nearest_member() {
+        let multi = json!({"type": "MultiPolygon", "coordinates": [[square(0.0, 0.0, 0.1)], [square(0.2, 0.0, 0.1)]]});
+        let index = index_of(&fences_of(vec![feature("two", multi)], 2000.0));
+        assert!(
+            matches_everywhere(&index, 0.05, 0.15).is_empty(),
+            "5.6 km from both members"
+        );
+        let near_first = matches_everywhere(&index, 0.05, 0.11);
+        assert_eq!(
+            near_first.len(),
+            1,
+            "one match per fence, whichever member is nearer"
+        );
+        assert!(
+            (near_first[0].distance_m - 1113.2).abs() < 1.0,
+            "{near_first:?}"
+        );
+        let near_second = matches_everywhere(&index, 0.05, 0.195);
+        assert!(
+            (near_second[0].distance_m - 556.6).abs() < 1.0,
+            "{near_second:?}"
+        );
+        assert!(matches_everywhere(&index, 0.05, 0.25)[0].inside);
+    }
+
+    #[test]
+    fn tolerance_zero_matches_inside_and_on_the_boundary_only() {
+        let index = index_of(&fences_of(
+            vec![feature("z", polygon(json!([square(0.0, 0.0, 1.0)])))],
+            0.0,
+        ));
+        assert!(matches_everywhere(&index, 0.5, 0.5)[0].inside);
+        for (lat, lon) in [(0.0, 0.5), (0.5, 1.0), (0.0, 0.0), (1.0, 1.0)] {
+            let on_edge = matches_everywhere(&index, lat, lon);
+            assert_eq!(
+                on_edge,
+                vec![FenceMatch {
+                    fence: 0,
+                    inside: true,
+                    distance_m: 0.0
+                }],
+                "({lat}, {lon})"
+            );
+        }
+        assert!(
+            matches_everywhere(&index, 1.000_01, 0.5).is_empty(),
+            "1.1 m outside with tolerance 0"
+        );
+    }
+
+    #[test]
+    fn tolerance_is_per_fence() {
+        let a = json!({"type": "Feature", "id": "a", "properties": {"tolerance_m": 100},
+            "geometry": polygon(json!([square(0.0, 0.0, 1.0)]))});
+        let b = feature("b", polygon(json!([square(0.0, 1.02, 1.0)])));
+        let index = index_of(&fences_of(vec![a, b], 5000.0));
+        // 0.01° (1.1 km) north of a, 0.01° south of b: only b's 5 km tolerance reaches.
+        let m = matches_everywhere(&index, 1.01, 0.5);
+        assert_eq!(m.len(), 1);
+        assert_eq!(index.fence(m[0].fence).id, "b");
+    }
+
+    #[test]
+    fn antimeridian_neighbours_are_found_from_the_other_side() {
+        let west = polygon(json!([[
+            [-180, 51],
+            [-179.5, 51],
+            [-179.5, 52],
+            [-180, 52],
+            [-180, 51]
+        ]]));
+        let east = polygon(json!([[
+            [179.5, 51],
+            [180, 51],
+            [180, 52],
+            [179.5, 52],
+            [179.5, 51]
+        ]]));
+        let index = index_of(&fences_of(
+            vec![feature("west", west), feature("east", east)],
+            1000.0,
+        ));
+        let on_west_side = matches_everywhere(&index, 51.5, -179.995);
+        assert_eq!(on_west_side.len(), 2, "{on_west_side:?}");
+        assert!(on_west_side[0].inside);
+        assert!(
+            (on_west_side[1].distance_m - 348.0).abs() < 2.0,
+            "{on_west_side:?}"
+        );
+        let beyond_east = matches_everywhere(&index, 51.5, 179.49);
+        assert!(
+            (beyond_east[0].distance_m - 696.0).abs() < 3.0,
+            "{beyond_east:?}"
+        );
+    }
+
+    #[test]
+    fn high_latitude_fence_and_points_at_the_poles() {
+        let north = polygon(json!([[[10, 84], [20, 84], [20, 85], [10, 85], [10, 84]]]));
+        let index = index_of(&fences_of(vec![feature("north", north)], 5000.0));
+        assert!(matches_everywhere(&index, 84.5, 15.0)[0].inside);
+        let beyond = matches_everywhere(&index, 85.02, 15.0);
+        assert!((beyond[0].distance_m - 2236.0).abs() < 15.0, "{beyond:?}");
+        assert!(matches_everywhere(&index, 90.0, 0.0).is_empty());
+        assert!(matches_everywhere(&index, -90.0, 180.0).is_empty());
+    }
+
+    #[test]
+    fn ten_thousand_vertex_polygon_agrees_with_brute_force() {
+        let fence = Fence {
+            id: "big".into(),
+            name: "big".into(),
+            tolerance_m: 1000.0,
+            polygons: vec![wobbly_polygon(-6.2, 106.8, 20_000.0, 10_000, 3)],
+        };
+        let fences = vec![fence];
+        let index = index_of(&fences);
+        let mut points = uniform_points((-6.45, 106.55, -5.95, 107.05), 3000, 9);
+        points.extend(near_boundary_points(&fences, 3000, 1500.0, 10));
+        let hits = points
+            .iter()
+            .filter(|p| !matches_everywhere(&index, p.lat(), p.lon()).is_empty())
+            .count();
+        assert!(hits > 3000, "{hits}");
+    }
+}
+
+mod accuracy {
+    use super::*;
+
+    /// The geodesic distance from `p` to the lon/lat-straight segment a→b, by dense sampling then golden
+    /// section search with Karney's algorithm: the reference the contract is stated against.
+    fn reference_distance(p: [f64; 2], a: [f64; 2], b: [f64; 2]) -> f64 {
+        let at = |t: f64| {
+            Geodesic.distance(
+                Point::new(p[0], p[1]),
+                Point::new(a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1])),
+            )
+        };
+        let best = (0..=200)
+            .map(|i| i as f64 / 200.0)
+            .min_by(|x, y| at(*x).total_cmp(&at(*y)))
+            .unwrap();
+        let (mut lo, mut hi) = ((best - 0.005).max(0.0), (best + 0.005).min(1.0));
+        for _ in 0..60 {
+            let (m1, m2) = (lo + (hi - lo) * 0.382, lo + (hi - lo) * 0.618);
+            if at(m1) < at(m2) {
+                hi = m2
+            } else {
+                lo = m1
+            }
+        }
+        at(0.5 * (lo + hi)).min(at(0.0)).min(at(1.0))
+    }
+
+    #[test]
+    fn distances_are_within_half_a_percent_of_geodesics_up_to_100_km() {
+        let mut rng = SampleRng::new(42);
+        let mut worst: f64 = 0.0;
+        for _ in 0..400 {
+            let lat = rng.range(-80.0, 80.0);
+            let lon = rng.range(-179.0, 179.0);
+            let len = rng.range(0.001, 1.0);
+            let angle = rng.range(0.0, std::f64::consts::TAU);
+            let a = [lon, lat];
+            let b = [
+                lon + len * angle.cos(),
+                (lat + len * angle.sin()).clamp(-84.9, 84.9),
+            ];
+            let c = [
+                lon + len * 0.5 * angle.sin(),
+                (lat - len * 0.5 * angle.cos()).clamp(-84.9, 84.9),
+            ];
+            let poly = Polygon {
+                rings: vec![vec![a, b, c, a]],
+            };
+            let fence = Fence {
+                id: "t".into(),
+                name: "t".into(),
+                tolerance_m: 100_000.0,
+                polygons: vec![poly],
+            };
+            let index = FenceIndex::build(std::slice::from_ref(&fence), IndexOptions::default());
+            let (dlat, dlon) = (
+                rng.range(-0.8, 0.8),
+                rng.range(-0.8, 0.8) / lat.to_radians().cos().max(0.2),
+            );
+            let Ok(p) = GeoPoint::new((lat + dlat).clamp(-85.0, 85.0), lon + dlon) else {
+                continue;
+            };
+            let found = index.matches(p);
+            let reference = [(a, b), (b, c), (c, a)]
+                .iter()
+                .map(|&(s, e)| reference_distance([p.lon(), p.lat()], s, e))
+                .fold(f64::INFINITY, f64::min);
+            match found.first() {
+                Some(m) if m.inside => {}
+                Some(m) => {
+                    let err = (m.distance_m - reference).abs();
+                    assert!(
+                        err <= (0.005 * reference).max(1.0),
+                        "{p}: {} vs {reference}",
+                        m.distance_m
+                    );
+                    worst = worst.max(err / reference.max(200.0));
+                }
+                None => assert!(reference > 99_000.0, "{p}: missed at {reference} m"),
+            }
+        }
+        assert!(worst < 0.005, "worst relative error {worst}");
+    }
+}
+
+mod counties {
+    use super::*;
+
+    fn load() -> geopromo::geofence::ParsedFences {
+        let bytes = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/geodata/us-counties.geojson"
+        ))
+        .unwrap();
+        parse_fences(&bytes, &ParseOptions::default().skip_invalid(true)).unwrap()
+    }
+
+    #[test]
+    fn the_whole_file_validates_with_known_problems() {
+        let parsed = load();
+        assert_eq!(parsed.fences.len() + parsed.skipped.len(), 3231);
+        assert_eq!(parsed.skipped.len(), 22, "{:#?}", parsed.skipped);
+        assert_eq!(parsed.repairs.len(), 21);
+        assert!(parsed
+            .skipped
+            .iter()
+            .all(|s| !s.problems.is_empty() && s.feature.id.is_some()));
+        let aleutians = parsed.fences.iter().find(|f| f.id == "02016").unwrap();
+        assert!(aleutians.polygons.iter().any(|p| p.rings[0][0][0] > 170.0));
+        assert!(aleutians.polygons.iter().any(|p| p.rings[0][0][0] < -170.0));
+    }
+
+    #[test]
+    fn every_strategy_agrees_with_brute_force_over_the_counties() {
+        let parsed = load();
+        let index = FenceIndex::build(
+            &parsed.fences,
+            IndexOptions::default().h3_resolution(Some(Resolution::Seven)),
+        );
+        let mut points = uniform_points(CONUS_BOUNDS, 4000, 11);
+        points.extend(near_boundary_points(&parsed.fences, 4000, 1200.0, 12));
+        points.extend(uniform_points((51.0, 172.0, 53.5, 180.0), 500, 13));
+        points.extend(uniform_points((51.0, -180.0, 53.5, -165.0), 500, 14));
+        let matched = points
+            .iter()
+            .filter(|p| !matches_everywhere(&index, p.lat(), p.lon()).is_empty())
+            .count();
+        assert!(matched > 6000, "{matched}");
+        let sf = index.matches(GeoPoint::new(37.7793, -122.4193).unwrap());
+        assert_eq!(index.fence(sf[0].fence).name, "San Francisco");
+    }
+}
+
+mod swapping {
+    use super::*;
+    use geopromo::geofence::SharedIndex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn readers_keep_matching_while_the_index_is_swapped() {
+        let a = fences_of(
+            vec![feature("a", polygon(json!([square(0.0, 0.0, 1.0)])))],
+            0.0,
+        );
+        let b = fences_of(
+            vec![feature("b", polygon(json!([square(0.0, 0.0, 1.0)])))],
+            0.0,
+        );
+        let shared = Arc::new(SharedIndex::from_pointee(FenceIndex::build(
+            &a,
+            IndexOptions::default(),
+        )));
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let point = GeoPoint::new(0.5, 0.5).unwrap();
+                    let mut seen = std::collections::BTreeSet::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let index = shared.load();
+                        let m = index.matches(point);
+                        assert_eq!(m.len(), 1, "a reader never sees a half-built index");
+                        seen.insert(index.fence(m[0].fence).id.clone());
+                    }
+                    seen
+                })
+            })
+            .collect();
+        for i in 0..50 {
+            let next = if i % 2 == 0 { &b } else { &a };
+            shared.store(Arc::new(FenceIndex::build(next, IndexOptions::default())));
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        stop.store(true, Ordering::Relaxed);
+        for reader in readers {
+            let seen = reader.join().unwrap();
+            assert!(seen.contains("a") && seen.contains("b"), "{seen:?}");
+        }
+    }
+}

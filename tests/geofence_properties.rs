@@ -1,0 +1,141 @@
+//! Property tests: the indexed lookups must give exactly what testing every part gives, for random points,
+//! points near boundaries and points on vertices, over random fences with holes and varied tolerances.
+
+use geopromo::geofence::sample::wobbly_polygon;
+use geopromo::geofence::{Fence, FenceIndex, GeoPoint, IndexOptions, Polygon, Strategy as Lookup};
+use h3o::Resolution;
+use proptest::prelude::*;
+
+fn ring_around(lat: f64, lon: f64, radius_m: f64, vertices: usize, seed: u64) -> Vec<[f64; 2]> {
+    wobbly_polygon(lat, lon, radius_m, vertices, seed)
+        .rings
+        .remove(0)
+}
+
+/// A random town: a wobbly outline, sometimes with a hole, sometimes with a second member, anywhere below
+/// 80° latitude (including across the antimeridian's neighbourhood).
+fn fence_strategy(id: usize) -> impl Strategy<Value = Fence> {
+    (
+        -80.0f64..80.0,
+        -179.5f64..179.5,
+        500.0f64..30_000.0,
+        4usize..300,
+        any::<u64>(),
+        prop_oneof![Just(0.0), 1.0f64..5000.0],
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            move |(lat, lon, radius, vertices, seed, tolerance_m, hole, second)| {
+                let mut rings = vec![ring_around(lat, lon, radius, vertices, seed)];
+                if hole {
+                    rings.push(ring_around(lat, lon, radius * 0.3, 8, seed ^ 1));
+                }
+                let mut polygons = vec![Polygon { rings }];
+                if second {
+                    let offset = radius * 3.0 / 111_000.0;
+                    polygons.push(Polygon {
+                        rings: vec![ring_around(lat, lon + offset, radius * 0.5, 12, seed ^ 2)],
+                    });
+                }
+                Fence {
+                    id: format!("f{id}"),
+                    name: format!("town {id}"),
+                    tolerance_m,
+                    polygons,
+                }
+            },
+        )
+}
+
+fn fences_strategy() -> impl Strategy<Value = Vec<Fence>> {
+    (1usize..4).prop_flat_map(|n| (0..n).map(fence_strategy).collect::<Vec<_>>())
+}
+
+/// Points around the fences: near vertices, on vertices, on edge midpoints, and anywhere near.
+fn probe_points(fences: &[Fence], jitter: &[(f64, f64)]) -> Vec<GeoPoint> {
+    let mut points = Vec::new();
+    for (k, ring) in fences
+        .iter()
+        .flat_map(|f| f.polygons.iter())
+        .flat_map(|p| p.rings.iter())
+        .enumerate()
+    {
+        for (i, w) in ring.windows(2).enumerate().step_by(1 + ring.len() / 12) {
+            let (dlat, dlon) = jitter[(i + k) % jitter.len()];
+            for (lon, lat) in [
+                (w[0][0], w[0][1]),
+                (0.5 * (w[0][0] + w[1][0]), 0.5 * (w[0][1] + w[1][1])),
+                (w[0][0] + dlon, w[0][1] + dlat),
+            ] {
+                let lon = if lon > 180.0 {
+                    lon - 360.0
+                } else if lon < -180.0 {
+                    lon + 360.0
+                } else {
+                    lon
+                };
+                points.extend(GeoPoint::new(lat.clamp(-90.0, 90.0), lon).ok());
+            }
+        }
+    }
+    points
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Boundaries belong to their fence: every vertex matches its own fence as inside, at distance 0.
+    #[test]
+    fn every_vertex_is_inside_its_fence(fences in fences_strategy()) {
+        let index = FenceIndex::build(&fences, IndexOptions::default());
+        for (f, fence) in fences.iter().enumerate() {
+            for &[lon, lat] in fence.polygons.iter().flat_map(|p| p.rings.iter()).flatten() {
+                let found = index.matches(GeoPoint::new(lat, lon).unwrap());
+                let own = found.iter().find(|m| m.fence == f as u32);
+                prop_assert!(own.is_some_and(|m| m.inside && m.distance_m == 0.0), "({}, {}): {:?}", lat, lon, found);
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn indexed_lookups_equal_brute_force(
+        fences in fences_strategy(),
+        jitter in prop::collection::vec((-0.08f64..0.08, -0.08f64..0.08), 16),
+        cells_per_degree in prop_oneof![Just(16u32), Just(64), Just(200)],
+    ) {
+        let options = IndexOptions::default()
+            .cells_per_degree(cells_per_degree)
+            .h3_resolution(Some(Resolution::Eight));
+        let index = FenceIndex::build(&fences, options);
+        let (mut expected, mut actual) = (Vec::new(), Vec::new());
+        let probes = probe_points(&fences, &jitter);
+        prop_assert!(probes.len() >= 3);
+        for point in probes {
+            index.match_point_brute_force(point, &mut expected);
+            for strategy in [Lookup::Raster, Lookup::H3, Lookup::RTree] {
+                index.match_with(strategy, point, &mut actual);
+                prop_assert_eq!(&actual, &expected, "{:?} at {}", strategy, point);
+            }
+        }
+    }
+
+    #[test]
+    fn distances_respect_tolerance_and_inside_means_zero(
+        fences in fences_strategy(),
+        jitter in prop::collection::vec((-0.05f64..0.05, -0.05f64..0.05), 8),
+    ) {
+        let index = FenceIndex::build(&fences, IndexOptions::default());
+        for point in probe_points(&fences, &jitter) {
+            for m in index.matches(point) {
+                let tolerance = index.fence(m.fence).tolerance_m;
+                prop_assert!(m.distance_m >= 0.0 && m.distance_m <= tolerance, "{:?} tol {}", m, tolerance);
+                prop_assert_eq!(m.inside, m.distance_m == 0.0);
+            }
+        }
+    }
+}
