@@ -10,11 +10,16 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use h3o::Resolution;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use crate::batch::run_batch;
 use crate::geofence::{
     geojson, parse_fences, FenceIndex, GeoJsonError, IndexOptions, ParseOptions, ParsedFences,
     Strategy,
 };
+use crate::stream::simulate::{run_simulation, SimulateOptions};
+use crate::{app, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,17 +28,65 @@ use crate::geofence::{
     about = "Location-based promotions from GPS points and city polygons"
 )]
 pub struct Cli {
+    /// Directory of the layered settings (base.toml, then {GEOPROMO_ENV}.toml); missing files are skipped.
+    #[arg(
+        long,
+        global = true,
+        default_value = "config",
+        env = "GEOPROMO_CONFIG_DIR"
+    )]
+    pub config_dir: PathBuf,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the stream processor. With no kafka.brokers configured, first start an embedded, non-durable
+    /// Kafka-protocol broker on 127.0.0.1 (dev mode) and print its address.
+    Serve(ServeArgs),
+    /// Run the stream processor against the configured brokers only (no embedded broker).
+    Process,
+    /// Produce realistic GPS traffic to the input topic and print the achieved rate.
+    Simulate(SimulateArgs),
     /// Match a file of points against fences; one NDJSON line per point, in input order.
     Match(MatchArgs),
     /// Work with fence files.
     #[command(subcommand)]
     Fences(FencesCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Also produce this many simulated GPS events per second into the input topic (dev mode demo).
+    #[arg(long, default_value_t = 0.0)]
+    pub simulate_rate: f64,
+    /// Simulated users, with --simulate-rate.
+    #[arg(long, default_value_t = 1000)]
+    pub simulate_users: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Bootstrap servers (default: kafka.brokers from the settings).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Events per second; 0 for as fast as possible.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    #[arg(long, default_value_t = 1000)]
+    pub users: usize,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub events: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    pub duration_s: Option<f64>,
+    /// Share of deliberately broken events (they must reach the dead-letter topic).
+    #[arg(long, default_value_t = 0.001)]
+    pub bad_ratio: f64,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,6 +158,16 @@ pub struct ValidateArgs {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => run_serve(&cli.config_dir, &args, false),
+        Command::Process => run_serve(
+            &cli.config_dir,
+            &ServeArgs {
+                simulate_rate: 0.0,
+                simulate_users: 0,
+            },
+            true,
+        ),
+        Command::Simulate(args) => run_simulate(&cli.config_dir, &args),
         Command::Match(args) => run_match(&args),
         Command::Fences(FencesCommand::Validate(args)) => run_validate(&args),
     };
@@ -112,6 +175,89 @@ pub fn run() -> ExitCode {
         eprintln!("error: {err:#}");
         ExitCode::from(2)
     })
+}
+
+fn run_serve(
+    config_dir: &Path,
+    args: &ServeArgs,
+    require_brokers: bool,
+) -> anyhow::Result<ExitCode> {
+    let settings = app::settings_from(config_dir)?;
+    telemetry::init_logging(&settings.log);
+    let simulate = (args.simulate_rate > 0.0).then(|| SimulateOptions {
+        rate: args.simulate_rate,
+        users: args.simulate_users,
+        ..SimulateOptions::default()
+    });
+    let options = app::ServeOptions {
+        simulate,
+        require_brokers,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(app::serve(settings, options, app::shutdown_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_simulate(config_dir: &Path, args: &SimulateArgs) -> anyhow::Result<ExitCode> {
+    let settings = app::settings_from(config_dir)?;
+    telemetry::init_logging(&settings.log);
+    let brokers = args
+        .brokers
+        .clone()
+        .unwrap_or_else(|| settings.kafka.brokers.clone());
+    anyhow::ensure!(
+        !brokers.trim().is_empty(),
+        "no brokers: pass --brokers (e.g. the address `geopromo serve` printed) or set kafka.brokers"
+    );
+    anyhow::ensure!(args.users > 0, "--users must be at least 1");
+    let fences = app::load_fence_file(&settings)?;
+    let options = SimulateOptions {
+        rate: args.rate,
+        users: args.users,
+        events: args.events,
+        duration: args.duration_s.map(std::time::Duration::from_secs_f64),
+        bad_ratio: args.bad_ratio,
+        seed: args.seed,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler_stop = stop.clone();
+    // Ctrl-C ends the run cleanly (flushing what was produced) instead of killing it.
+    std::thread::spawn(move || {
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            runtime.block_on(app::shutdown_signal());
+            handler_stop.store(true, Ordering::Relaxed);
+        }
+    });
+    let report = run_simulation(
+        &settings.kafka,
+        &brokers,
+        &fences,
+        &options,
+        &stop,
+        |report| {
+            eprintln!(
+                "produced {:>10}  {:>9.0} events/s",
+                report.produced,
+                report.rate()
+            );
+        },
+    )?;
+    println!(
+        "produced {} events ({} deliberately bad) to {} in {:.2} s: {:.0} events/s",
+        report.produced,
+        report.bad,
+        settings.kafka.input_topic,
+        report.elapsed.as_secs_f64(),
+        report.rate()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {

@@ -1,9 +1,20 @@
 //! geopromo: GPS points in, location-based promotion eligibility out.
 //!
-//! - [`geofence`]: the pure core: fences from GeoJSON, validation, the H3/R-tree index, matching.
+//! - [`geofence`]: pure core: fences from GeoJSON, validation, the raster/H3/R-tree index, matching.
+//! - [`promo`]: pure core: promotions, per-user enter/exit state, the input and output event contracts.
+//! - [`stream`]: Kafka adapter: the consume → match → rules → produce processor, dead letters, state
+//!   changelog, the embedded dev broker and the traffic simulator.
+//! - [`telemetry`]: tracing and Prometheus metrics.
+//! - [`config`]: layered settings (file → environment file → `GEOPROMO__` variables).
+//! - [`app`]: wiring: build everything, run until a shutdown future resolves.
 //! - [`batch`]: the `geopromo match` job: points from CSV/NDJSON, matches as NDJSON, on all cores.
 //! - [`cli`]: command-line interface.
 
+pub mod app;
 pub mod batch;
 pub mod cli;
+pub mod config;
 pub mod geofence;
+pub mod promo;
+pub mod stream;
+pub mod telemetry;

@@ -1,0 +1,317 @@
+//! Settings, layered: built-in defaults → `config/base.toml` → `config/{GEOPROMO_ENV}.toml` → `GEOPROMO__`
+//! environment variables (`GEOPROMO__KAFKA__BROKERS=b1:9092`, `GEOPROMO__RULES__HYSTERESIS_M=150`).
+//! Every layer is optional, so a fresh checkout runs on the defaults.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::promo::RuleOptions;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub fences: FenceSettings,
+    pub promotions: PromotionSettings,
+    pub rules: RuleSettings,
+    pub kafka: KafkaSettings,
+    pub metrics: MetricsSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FenceSettings {
+    pub path: PathBuf,
+    pub default_tolerance_m: f64,
+    /// Load the valid fences of a file that also has invalid ones (each problem is logged).
+    pub skip_invalid: bool,
+    pub cells_per_degree: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PromotionSettings {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuleSettings {
+    pub max_accuracy_m: f64,
+    pub hysteresis_m: f64,
+    pub max_future_skew_s: u64,
+}
+
+/// What survives a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    /// Outputs are acknowledged before input offsets are committed: nothing lost, duplicates possible
+    /// (with the same `event_id`) after a crash.
+    AtLeastOnce,
+    /// Outputs, state and input offsets commit in one Kafka transaction; `read_committed` consumers see
+    /// each event once.
+    ExactlyOnce,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSettings {
+    /// `host:port,...`. Empty: start the embedded, non-durable dev broker.
+    pub brokers: String,
+    pub input_topic: String,
+    pub output_topic: String,
+    pub dlq_topic: String,
+    /// Compacted changelog of per-user state, partitioned like the input topic.
+    pub state_topic: String,
+    pub group_id: String,
+    pub guarantee: Guarantee,
+    /// Needed for `exactly_once`: unique and stable per processor instance. Default `{group_id}-{host}`.
+    pub transactional_id: Option<String>,
+    /// How often progress is checkpointed (outputs acknowledged, offsets committed or transaction committed).
+    pub commit_interval_ms: u64,
+    /// Larger input payloads go to the dead-letter topic.
+    pub max_event_bytes: usize,
+    /// Partitions of each topic the embedded broker creates.
+    pub embedded_partitions: i32,
+    /// librdkafka properties for every client (`security.protocol`, `sasl.*`, `ssl.*`, ...).
+    /// In environment variables, write `_` for `.`: `GEOPROMO__KAFKA__PROPERTIES__SASL_MECHANISM`.
+    pub properties: BTreeMap<String, String>,
+    /// Extra librdkafka properties for the consumers only.
+    pub consumer_properties: BTreeMap<String, String>,
+    /// Extra librdkafka properties for the producers only.
+    pub producer_properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Where `/metrics` (Prometheus text format) and `/healthz` are served. Empty: not served.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `tracing` filter, e.g. `info` or `geopromo=debug,rdkafka=warn`. `RUST_LOG` wins when set.
+    pub filter: String,
+    pub json: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            fences: FenceSettings::default(),
+            promotions: PromotionSettings::default(),
+            rules: RuleSettings::default(),
+            kafka: KafkaSettings::default(),
+            metrics: MetricsSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+impl Default for FenceSettings {
+    fn default() -> Self {
+        Self {
+            path: "geodata/cities.geojson".into(),
+            default_tolerance_m: 1000.0,
+            skip_invalid: false,
+            cells_per_degree: 64,
+        }
+    }
+}
+
+impl Default for PromotionSettings {
+    fn default() -> Self {
+        Self {
+            path: "config/promotions.json".into(),
+        }
+    }
+}
+
+impl Default for RuleSettings {
+    fn default() -> Self {
+        let rules = RuleOptions::default();
+        Self {
+            max_accuracy_m: rules.max_accuracy_m,
+            hysteresis_m: rules.hysteresis_m,
+            max_future_skew_s: (rules.max_future_skew_ms / 1000) as u64,
+        }
+    }
+}
+
+impl RuleSettings {
+    #[must_use]
+    pub fn to_options(self) -> RuleOptions {
+        RuleOptions {
+            max_accuracy_m: self.max_accuracy_m,
+            hysteresis_m: self.hysteresis_m,
+            max_future_skew_ms: (self.max_future_skew_s as i64).saturating_mul(1000),
+        }
+    }
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            brokers: String::new(),
+            input_topic: "gps-events".into(),
+            output_topic: "promo-eligible".into(),
+            dlq_topic: "gps-events.dlq".into(),
+            state_topic: "geopromo.user-state".into(),
+            group_id: "geopromo".into(),
+            guarantee: Guarantee::AtLeastOnce,
+            transactional_id: None,
+            commit_interval_ms: 1000,
+            max_event_bytes: 16 * 1024,
+            embedded_partitions: 6,
+            properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9898".into(),
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+            json: false,
+        }
+    }
+}
+
+/// Why settings could not be loaded; figment's error names the key and the layer it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Rule(String),
+}
+
+impl Settings {
+    /// Loads the layers from `dir` (normally `config/`); `GEOPROMO_ENV` picks the environment file
+    /// (default `local`).
+    pub fn load(dir: &Path) -> Result<Self, ConfigError> {
+        let environment = std::env::var("GEOPROMO_ENV").unwrap_or_else(|_| "local".into());
+        Self::from_figment(
+            Figment::from(Serialized::defaults(Settings::default()))
+                .merge(Toml::file(dir.join("base.toml")))
+                .merge(Toml::file(dir.join(format!("{environment}.toml"))))
+                .merge(Env::prefixed("GEOPROMO__").split("__")),
+        )
+    }
+
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let mut settings: Settings = figment.extract().map_err(Box::new)?;
+        for map in [
+            &mut settings.kafka.properties,
+            &mut settings.kafka.consumer_properties,
+            &mut settings.kafka.producer_properties,
+        ] {
+            // Environment variables cannot hold dots portably; librdkafka property names have no underscores.
+            *map = std::mem::take(map)
+                .into_iter()
+                .map(|(k, v)| (k.replace('_', ".").to_lowercase(), v))
+                .collect();
+        }
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let fail = |text: String| Err(ConfigError::Rule(text));
+        let kafka = &self.kafka;
+        for (name, topic) in [
+            ("kafka.input_topic", &kafka.input_topic),
+            ("kafka.output_topic", &kafka.output_topic),
+            ("kafka.dlq_topic", &kafka.dlq_topic),
+            ("kafka.state_topic", &kafka.state_topic),
+            ("kafka.group_id", &kafka.group_id),
+        ] {
+            if topic.trim().is_empty() {
+                return fail(format!("{name} must not be empty"));
+            }
+        }
+        if kafka.commit_interval_ms == 0 {
+            return fail("kafka.commit_interval_ms must be at least 1".into());
+        }
+        if kafka.max_event_bytes < 64 {
+            return fail("kafka.max_event_bytes must be at least 64".into());
+        }
+        if !(1..=1000).contains(&kafka.embedded_partitions) {
+            return fail("kafka.embedded_partitions must be between 1 and 1000".into());
+        }
+        if !(self.rules.max_accuracy_m > 0.0) {
+            return fail("rules.max_accuracy_m must be positive".into());
+        }
+        if !(0.0..=10_000.0).contains(&self.rules.hysteresis_m) {
+            return fail("rules.hysteresis_m must be between 0 and 10000".into());
+        }
+        Ok(())
+    }
+
+    /// The transactional id this instance uses in `exactly_once` mode.
+    #[must_use]
+    pub fn transactional_id(&self) -> String {
+        self.kafka.transactional_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "local".into());
+            format!("{}-{host}", self.kafka.group_id)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_override_in_order_and_properties_get_their_dots() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "base.toml",
+                "[kafka]\nbrokers = \"a:9092\"\ngroup_id = \"base\"\n",
+            )?;
+            jail.create_file("prod.toml", "[kafka]\ngroup_id = \"prod\"\n")?;
+            jail.set_env("GEOPROMO_ENV", "prod");
+            jail.set_env("GEOPROMO__KAFKA__PROPERTIES__SASL_MECHANISM", "PLAIN");
+            jail.set_env("GEOPROMO__RULES__HYSTERESIS_M", "150");
+            let settings = Settings::load(Path::new(".")).unwrap();
+            assert_eq!(settings.kafka.brokers, "a:9092");
+            assert_eq!(settings.kafka.group_id, "prod");
+            assert_eq!(settings.rules.hysteresis_m, 150.0);
+            assert_eq!(settings.kafka.properties["sasl.mechanism"], "PLAIN");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("base.toml", "[kafka]\nguarantee = \"twice\"\n")?;
+            let err = Settings::load(Path::new(".")).unwrap_err().to_string();
+            assert!(err.contains("guarantee"), "{err}");
+            assert!(err.contains("base.toml"), "{err}");
+            jail.create_file("base.toml", "[rules]\nhysteresis_m = -1\n")?;
+            let err = Settings::load(Path::new(".")).unwrap_err().to_string();
+            assert!(err.contains("rules.hysteresis_m"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,178 @@
+//! Per-user state persisted Kafka-Streams style: a compacted topic partitioned like the input, one record
+//! per user (key = user id), written whenever a point changes the user's eligibility.
+//!
+//! Each record carries the input offset that caused it. On restore, records at or past the partition's
+//! committed input offset are skipped: those inputs will be processed again, and the state must be the one
+//! that matches the committed position. Compaction could otherwise have removed the older record a skipped
+//! one replaced, so the topic is meant to have `min.compaction.lag.ms` above the commit interval (the
+//! embedded broker never compacts).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::config::KafkaSettings;
+use crate::promo::UserState;
+use crate::stream::client::{client_config, Role};
+use crate::stream::processor::StreamError;
+
+/// Users of one partition.
+pub type PartitionUsers = HashMap<Box<str>, UserState>;
+
+pub const STATE_RECORD_VERSION: u32 = 1;
+
+#[derive(Serialize)]
+struct StateRecordOut<'a> {
+    v: u32,
+    input_offset: i64,
+    state: &'a UserState,
+}
+
+#[derive(Deserialize)]
+struct StateRecordIn {
+    input_offset: i64,
+    state: UserState,
+}
+
+/// Appends the JSON changelog value for `state` to `out`.
+pub fn encode_state(out: &mut Vec<u8>, input_offset: i64, state: &UserState) {
+    let record = StateRecordOut {
+        v: STATE_RECORD_VERSION,
+        input_offset,
+        state,
+    };
+    // Serializing plain data into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, &record);
+}
+
+/// The state and the input offset of one changelog value; `None` for a tombstone.
+pub fn decode_state(payload: Option<&[u8]>) -> Result<Option<(i64, UserState)>, serde_json::Error> {
+    let Some(payload) = payload else {
+        return Ok(None);
+    };
+    let record: StateRecordIn = serde_json::from_slice(payload)?;
+    Ok(Some((record.input_offset, record.state)))
+}
+
+/// Reads the changelog partitions that mirror `partitions` (input partition, committed input offset or
+/// `None` when nothing was ever committed) and rebuilds their users.
+pub fn restore(
+    settings: &KafkaSettings,
+    brokers: &str,
+    read_committed: bool,
+    partitions: &[(i32, Option<i64>)],
+    timeout: Duration,
+) -> Result<HashMap<i32, PartitionUsers>, StreamError> {
+    let mut restored: HashMap<i32, PartitionUsers> = partitions
+        .iter()
+        .map(|(p, _)| (*p, PartitionUsers::new()))
+        .collect();
+    let mut config = client_config(settings, brokers, Role::Consumer);
+    config
+        .set("group.id", format!("{}-restore", settings.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set(
+            "isolation.level",
+            if read_committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        );
+    let consumer: BaseConsumer = config.create().map_err(StreamError::Client)?;
+    let topic = settings.state_topic.as_str();
+    let mut tpl = TopicPartitionList::new();
+    let mut end: HashMap<i32, i64> = HashMap::new();
+    let mut cutoff: HashMap<i32, Option<i64>> = HashMap::new();
+    for &(partition, committed) in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, timeout)
+            .map_err(|source| StreamError::kafka("reading state changelog watermarks", source))?;
+        if high > low && committed.is_some() {
+            tpl.add_partition_offset(topic, partition, Offset::Beginning)
+                .map_err(|source| StreamError::kafka("assigning state changelog", source))?;
+            end.insert(partition, high);
+            cutoff.insert(partition, committed);
+        }
+    }
+    if end.is_empty() {
+        return Ok(restored);
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|source| StreamError::kafka("assigning state changelog", source))?;
+    let deadline = Instant::now() + timeout;
+    while !end.is_empty() {
+        if Instant::now() > deadline {
+            return Err(StreamError::Fatal(format!(
+                "restoring state from {topic} took longer than {timeout:?}; partitions left: {:?}",
+                end.keys().collect::<Vec<_>>()
+            )));
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                end.remove(&partition);
+            }
+            Some(Err(source)) => {
+                tracing::warn!(error = %source, "while restoring state");
+            }
+            Some(Ok(message)) => {
+                let partition = message.partition();
+                if message.offset() + 1 >= end.get(&partition).copied().unwrap_or(0) {
+                    end.remove(&partition);
+                }
+                let Some(key) = message.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                    continue;
+                };
+                let users = restored.entry(partition).or_default();
+                let Some(Some(committed)) = cutoff.get(&partition).copied() else {
+                    continue;
+                };
+                match decode_state(message.payload()) {
+                    Ok(Some((input_offset, _))) if input_offset >= committed => {}
+                    Ok(Some((_, state))) => {
+                        users.insert(key.into(), state);
+                    }
+                    Ok(None) => {
+                        users.remove(key);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, partition, offset = message.offset(), "unreadable state record skipped");
+                    }
+                }
+            }
+        }
+    }
+    Ok(restored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::promo::PromotionStanding;
+
+    #[test]
+    fn state_round_trips() {
+        let state = UserState {
+            last_ts_ms: 1_763_798_400_000,
+            standings: vec![PromotionStanding {
+                promotion_id: "p".into(),
+                fence_id: "jakarta".into(),
+                eligible: true,
+                last_enter_ms: 1_763_798_400_000,
+            }],
+        };
+        let mut buf = Vec::new();
+        encode_state(&mut buf, 42, &state);
+        assert_eq!(decode_state(Some(&buf)).unwrap(), Some((42, state)));
+        assert_eq!(decode_state(None).unwrap(), None);
+        assert!(decode_state(Some(b"{")).is_err());
+    }
+}

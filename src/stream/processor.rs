@@ -1,0 +1,843 @@
+//! The stream processor: consume GPS events → decode → match → promotion rules → produce eligibility events.
+//!
+//! One thread drives a consumer-group member: it processes messages in the order librdkafka hands them
+//! over, so each partition (and so each user) is processed in order. Work in flight is bounded by
+//! librdkafka's fetch queue on one side and the producer queue on the other (a full producer queue blocks
+//! the loop: backpressure, not an unbounded buffer).
+//!
+//! Progress is checkpointed every `commit_interval_ms`, on rebalance and on shutdown:
+//! - at-least-once: wait until every output, dead letter and state record produced so far is
+//!   acknowledged, then commit the input offsets. A failed delivery rewinds to the last checkpoint.
+//! - exactly-once: the same records and the input offsets commit in one transaction; an aborted
+//!   transaction rewinds to the last checkpoint.
+//!
+//! Rewinding means seeking each partition back to its last committed offset and reloading its users from
+//! the changelog, so the replay decides exactly as the first run did (and produces the same event ids).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::{Guarantee, KafkaSettings};
+use crate::promo::event::{eligibility_event_id, ELIGIBILITY_SCHEMA_VERSION};
+use crate::promo::timestamp::{format_rfc3339_ms, now_ms};
+use crate::promo::{
+    decode_gps_event, DecodeError, EligibilityEvent, GpsEvent, Outcome, Scratch, SharedCatalog,
+    Transition, TransitionKind, UserState,
+};
+use crate::stream::changelog::{self, PartitionUsers};
+use crate::stream::client::{check_topics, client_config, Role};
+use crate::telemetry::PipelineMetrics;
+
+/// Timeout for broker round trips that block the loop (commits, transactions, restores, metadata).
+const BROKER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Stage timings are taken for 1 event in this many, so that timing does not cost more than the work.
+const SAMPLE_EVERY: u64 = 64;
+
+/// Why the processor could not start or had to stop. The cause chain is kept.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("cannot create a Kafka client")]
+    Client(#[source] KafkaError),
+    #[error("cannot reach the Kafka brokers at {brokers} (check kafka.brokers and the security properties)")]
+    Unreachable {
+        brokers: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error(
+        "topic {topic:?} does not exist on {brokers}: create it (the state topic with cleanup.policy=compact \
+         and as many partitions as the input topic)"
+    )]
+    MissingTopic { topic: String, brokers: String },
+    #[error("state topic {state:?} has {state_partitions} partitions but input topic {input:?} has {input_partitions}; they must match")]
+    StatePartitions {
+        state: String,
+        state_partitions: usize,
+        input: String,
+        input_partitions: usize,
+    },
+    #[error("Kafka failed while {context}")]
+    Kafka {
+        context: &'static str,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl StreamError {
+    pub(crate) fn kafka(context: &'static str, source: KafkaError) -> Self {
+        Self::Kafka { context, source }
+    }
+}
+
+/// Totals of one run, for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessorReport {
+    pub consumed: u64,
+    pub emitted: u64,
+    pub dead_lettered: u64,
+    pub checkpoints: u64,
+}
+
+/// A configured processor; [`Processor::run`] drives it until `stop` is set.
+pub struct Processor {
+    settings: KafkaSettings,
+    brokers: String,
+    transactional_id: String,
+    catalog: Arc<SharedCatalog>,
+    metrics: PipelineMetrics,
+}
+
+impl Processor {
+    #[must_use]
+    pub fn new(
+        settings: KafkaSettings,
+        brokers: impl Into<String>,
+        catalog: Arc<SharedCatalog>,
+        metrics: PipelineMetrics,
+    ) -> Self {
+        let transactional_id = settings
+            .transactional_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-processor", settings.group_id));
+        Self {
+            settings,
+            brokers: brokers.into(),
+            transactional_id,
+            catalog,
+            metrics,
+        }
+    }
+
+    /// The transactional id used in exactly-once mode: unique and stable per instance.
+    #[must_use]
+    pub fn with_transactional_id(mut self, id: impl Into<String>) -> Self {
+        self.transactional_id = id.into();
+        self
+    }
+
+    /// Runs until `stop` becomes true, then checkpoints and leaves the group. Returns an error for
+    /// problems a restart cannot fix by itself being quiet about them (unreachable brokers, missing topics,
+    /// a fenced transactional producer).
+    pub fn run(self, stop: &AtomicBool) -> Result<ProcessorReport, StreamError> {
+        let settings = &self.settings;
+        let found = check_topics(
+            settings,
+            &self.brokers,
+            &[
+                &settings.input_topic,
+                &settings.output_topic,
+                &settings.dlq_topic,
+                &settings.state_topic,
+            ],
+            BROKER_TIMEOUT,
+        )?;
+        let (input_partitions, state_partitions) = (found[0].1, found[3].1);
+        if state_partitions < input_partitions {
+            return Err(StreamError::StatePartitions {
+                state: settings.state_topic.clone(),
+                state_partitions,
+                input: settings.input_topic.clone(),
+                input_partitions,
+            });
+        }
+
+        let producer = self.create_producer()?;
+        let core = Arc::new(Mutex::new(Core {
+            producer,
+            settings: settings.clone(),
+            brokers: self.brokers.clone(),
+            catalog: self.catalog.clone(),
+            metrics: self.metrics.clone(),
+            partitions: HashMap::new(),
+            dirty: false,
+            fatal: None,
+            scratch: Scratch::default(),
+            transitions: Vec::new(),
+            buffer: Vec::new(),
+            report: ProcessorReport::default(),
+            last_checkpoint: Instant::now(),
+        }));
+        let consumer = self.create_consumer(core.clone())?;
+        consumer
+            .subscribe(&[&settings.input_topic])
+            .map_err(|source| StreamError::kafka("subscribing to the input topic", source))?;
+        tracing::info!(
+            brokers = %self.brokers,
+            input = %settings.input_topic,
+            output = %settings.output_topic,
+            group = %settings.group_id,
+            guarantee = ?settings.guarantee,
+            "processor started"
+        );
+
+        let interval = Duration::from_millis(settings.commit_interval_ms);
+        let mut polls: u64 = 0;
+        let result = loop {
+            if stop.load(Ordering::Relaxed) {
+                break Ok(());
+            }
+            if let Some(error) = lock(&core).fatal.take() {
+                break Err(error);
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(error)) => tracing::warn!(%error, "consumer error"),
+                Some(Ok(message)) => {
+                    let mut core = lock(&core);
+                    if let Err(error) = core.process(&message) {
+                        break Err(error);
+                    }
+                }
+            }
+            polls += 1;
+            let mut core = lock(&core);
+            if polls % 256 == 0 {
+                core.producer.poll(Duration::ZERO);
+            }
+            if core.last_checkpoint.elapsed() >= interval {
+                if let Err(error) = core.checkpoint(&consumer, CommitMode::Async) {
+                    break Err(error);
+                }
+            }
+        };
+        let final_checkpoint = lock(&core).checkpoint(&consumer, CommitMode::Sync);
+        // Leaving the group runs the revoke callback, which checkpoints again (a no-op by now).
+        consumer.unsubscribe();
+        for _ in 0..10 {
+            if consumer.poll(Duration::from_millis(50)).is_none() {
+                break;
+            }
+        }
+        drop(consumer);
+        let report = lock(&core).report;
+        tracing::info!(?report, "processor stopped");
+        result.and(final_checkpoint).map(|()| report)
+    }
+
+    fn create_producer(&self) -> Result<BaseProducer<DeliveryTracker>, StreamError> {
+        let mut config = client_config(&self.settings, &self.brokers, Role::Producer);
+        let defaults = [
+            ("enable.idempotence", "true"),
+            ("linger.ms", "5"),
+            ("batch.num.messages", "10000"),
+            ("queue.buffering.max.messages", "100000"),
+            ("compression.type", "lz4"),
+        ];
+        for (key, value) in defaults {
+            if config.get(key).is_none() {
+                config.set(key, value);
+            }
+        }
+        if self.settings.guarantee == Guarantee::ExactlyOnce {
+            config.set("transactional.id", &self.transactional_id);
+        }
+        let producer: BaseProducer<DeliveryTracker> = config
+            .create_with_context(DeliveryTracker::new(self.metrics.clone()))
+            .map_err(StreamError::Client)?;
+        if self.settings.guarantee == Guarantee::ExactlyOnce {
+            producer
+                .init_transactions(BROKER_TIMEOUT)
+                .map_err(|source| StreamError::kafka("initialising transactions", source))?;
+            producer
+                .begin_transaction()
+                .map_err(|source| StreamError::kafka("beginning a transaction", source))?;
+        }
+        Ok(producer)
+    }
+
+    fn create_consumer(
+        &self,
+        core: Arc<Mutex<Core>>,
+    ) -> Result<BaseConsumer<GroupContext>, StreamError> {
+        let mut config = client_config(&self.settings, &self.brokers, Role::Consumer);
+        let read_committed = self.settings.guarantee == Guarantee::ExactlyOnce;
+        let defaults = [
+            ("auto.offset.reset", "earliest"),
+            ("fetch.max.bytes", "52428800"),
+            ("max.partition.fetch.bytes", "4194304"),
+            ("queued.min.messages", "200000"),
+            ("statistics.interval.ms", "5000"),
+            (
+                "isolation.level",
+                if read_committed {
+                    "read_committed"
+                } else {
+                    "read_uncommitted"
+                },
+            ),
+        ];
+        for (key, value) in defaults {
+            if config.get(key).is_none() {
+                config.set(key, value);
+            }
+        }
+        // Not overridable: the processor's correctness depends on them.
+        config
+            .set("group.id", &self.settings.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("partition.assignment.strategy", "range,roundrobin");
+        config
+            .create_with_context(GroupContext {
+                core,
+                input_topic: self.settings.input_topic.clone(),
+                metrics: self.metrics.clone(),
+            })
+            .map_err(StreamError::Client)
+    }
+}
+
+fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+    core.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One assigned input partition.
+struct PartitionState {
+    users: PartitionUsers,
+    /// Offset to commit next: one past the last processed message.
+    next_offset: Option<i64>,
+    /// Where a rewind goes: the last committed offset (or the first offset seen, before any commit).
+    rewind_to: Option<i64>,
+}
+
+/// Everything the loop and the rebalance callbacks share. Only the processor thread touches it (the
+/// callbacks run inside `poll`), so the mutex is never contended; it exists to satisfy `Sync`.
+struct Core {
+    producer: BaseProducer<DeliveryTracker>,
+    settings: KafkaSettings,
+    brokers: String,
+    catalog: Arc<SharedCatalog>,
+    metrics: PipelineMetrics,
+    partitions: HashMap<i32, PartitionState>,
+    /// Progress since the last checkpoint.
+    dirty: bool,
+    /// An error raised inside a callback, surfaced by the loop.
+    fatal: Option<StreamError>,
+    scratch: Scratch,
+    transitions: Vec<Transition>,
+    buffer: Vec<u8>,
+    report: ProcessorReport,
+    last_checkpoint: Instant,
+}
+
+impl Core {
+    fn process(&mut self, message: &BorrowedMessage<'_>) -> Result<(), StreamError> {
+        let partition = message.partition();
+        let offset = message.offset();
+        if !self.partitions.contains_key(&partition) {
+            // Fetched before a revoke took effect; another member owns it now.
+            return Ok(());
+        }
+        self.metrics.consumed.inc();
+        self.report.consumed += 1;
+        let sampled = self.report.consumed % SAMPLE_EVERY == 0;
+        let started = sampled.then(Instant::now);
+        let payload = message.payload().unwrap_or_default();
+        let decoded = decode_gps_event(message.key(), payload, self.settings.max_event_bytes);
+        let decoded_at = sampled.then(Instant::now);
+        match decoded {
+            Err(error) => self.dead_letter(message, &error)?,
+            Ok(event) => {
+                let now = now_ms();
+                let catalog = self.catalog.load_full();
+                self.transitions.clear();
+                let state = self.partitions.get_mut(&partition).map(|p| &mut p.users);
+                let Some(users) = state else { return Ok(()) };
+                let user = match users.get_mut(&*event.user_id) {
+                    Some(user) => user,
+                    None => users.entry(event.user_id.as_ref().into()).or_default(),
+                };
+                let outcome =
+                    catalog.evaluate(user, &event, now, &mut self.scratch, &mut self.transitions);
+                let evaluated_at = sampled.then(Instant::now);
+                match outcome {
+                    Outcome::IgnoredInaccurate => {
+                        self.metrics.ignored_inaccurate.inc();
+                    }
+                    Outcome::IgnoredLate => {
+                        self.metrics.ignored_late.inc();
+                    }
+                    Outcome::Applied => {
+                        if self.scratch.matched_any() {
+                            self.metrics.matched.inc();
+                        }
+                    }
+                }
+                if !self.transitions.is_empty() {
+                    let user = users.get(&*event.user_id).cloned().unwrap_or_default();
+                    self.emit(&event, now, partition, offset, &user)?;
+                }
+                if let (Some(started), Some(decoded_at), Some(evaluated_at)) =
+                    (started, decoded_at, evaluated_at)
+                {
+                    self.metrics
+                        .decode_seconds
+                        .observe((decoded_at - started).as_secs_f64());
+                    self.metrics
+                        .evaluate_seconds
+                        .observe((evaluated_at - decoded_at).as_secs_f64());
+                    self.metrics
+                        .produce_seconds
+                        .observe(evaluated_at.elapsed().as_secs_f64());
+                    if let Some(created) = message.timestamp().to_millis() {
+                        self.metrics
+                            .event_age_seconds
+                            .observe((now - created).max(0) as f64 / 1000.0);
+                    }
+                }
+            }
+        }
+        if let Some(state) = self.partitions.get_mut(&partition) {
+            state.next_offset = Some(offset + 1);
+            state.rewind_to.get_or_insert(offset);
+        }
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Produces the transitions of one event, then the user's new state to the changelog.
+    fn emit(
+        &mut self,
+        event: &GpsEvent<'_>,
+        now: i64,
+        partition: i32,
+        offset: i64,
+        user: &UserState,
+    ) -> Result<(), StreamError> {
+        let emitted_at = format_rfc3339_ms(now);
+        let event_ts = format_rfc3339_ms(event.ts_ms);
+        for transition in std::mem::take(&mut self.transitions) {
+            let output = EligibilityEvent {
+                schema_version: ELIGIBILITY_SCHEMA_VERSION,
+                event_id: eligibility_event_id(event, &transition.promotion_id, transition.kind),
+                kind: transition.kind,
+                user_id: event.user_id.to_string(),
+                promotion_id: transition.promotion_id.to_string(),
+                fence_id: transition.fence_id.to_string(),
+                fence_name: transition.fence_name.to_string(),
+                inside: transition.inside,
+                distance_m: transition.distance_m.map(|d| (d * 10.0).round() / 10.0),
+                lat: event.point.lat(),
+                lon: event.point.lon(),
+                event_ts: event_ts.clone(),
+                emitted_at: emitted_at.clone(),
+                source_event_id: event.event_id.as_deref().map(str::to_owned),
+            };
+            self.buffer.clear();
+            // Serializing plain data into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut self.buffer, &output);
+            let record = BaseRecord::to(&self.settings.output_topic)
+                .key(event.user_id.as_bytes())
+                .payload(&self.buffer[..]);
+            send(&self.producer, record)?;
+            match transition.kind {
+                TransitionKind::Enter => self.metrics.emitted_enter.inc(),
+                TransitionKind::Exit => self.metrics.emitted_exit.inc(),
+            };
+            self.report.emitted += 1;
+        }
+        self.buffer.clear();
+        let payload = if user.standings.is_empty() {
+            None
+        } else {
+            changelog::encode_state(&mut self.buffer, offset, user);
+            Some(&self.buffer[..])
+        };
+        let mut record = BaseRecord::<[u8], [u8], ()>::to(&self.settings.state_topic)
+            .key(event.user_id.as_bytes())
+            .partition(partition);
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        send(&self.producer, record)
+    }
+
+    /// Sends the original message to the dead-letter topic with the reason and its origin in headers.
+    fn dead_letter(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        error: &DecodeError,
+    ) -> Result<(), StreamError> {
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        let reason = error.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "dlq.reason",
+                value: Some(error.code()),
+            })
+            .insert(Header {
+                key: "dlq.error",
+                value: Some(reason.as_str()),
+            })
+            .insert(Header {
+                key: "dlq.source.topic",
+                value: Some(message.topic()),
+            })
+            .insert(Header {
+                key: "dlq.source.partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "dlq.source.offset",
+                value: Some(offset.as_str()),
+            });
+        let mut record =
+            BaseRecord::<[u8], [u8], ()>::to(&self.settings.dlq_topic).headers(headers);
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = message.payload() {
+            record = record.payload(payload);
+        }
+        send(&self.producer, record)?;
+        self.metrics.dead_lettered(error.code());
+        self.report.dead_lettered += 1;
+        tracing::debug!(code = error.code(), %reason, partition = message.partition(), offset = message.offset(), "dead-lettered");
+        Ok(())
+    }
+
+    /// Makes everything processed so far durable, or rewinds to the last durable point.
+    fn checkpoint<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        mode: CommitMode,
+    ) -> Result<(), StreamError> {
+        self.last_checkpoint = Instant::now();
+        self.metrics
+            .users_in_state
+            .set(self.partitions.values().map(|p| p.users.len() as i64).sum());
+        if !self.dirty {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let offsets = self.progress()?;
+        match self.settings.guarantee {
+            Guarantee::AtLeastOnce => {
+                self.producer.flush(BROKER_TIMEOUT).map_err(|source| {
+                    StreamError::kafka("waiting for outputs to be acknowledged", source)
+                })?;
+                let failures = self.producer.context().take_failures();
+                if failures > 0 {
+                    tracing::warn!(
+                        failures,
+                        "deliveries failed; rewinding to the last checkpoint"
+                    );
+                    return self.rewind(consumer);
+                }
+                if offsets.count() > 0 {
+                    if let Err(error) = consumer.commit(&offsets, mode) {
+                        // The outputs are safe; the commit is retried at the next checkpoint.
+                        tracing::warn!(%error, "offset commit failed");
+                        return Ok(());
+                    }
+                }
+            }
+            Guarantee::ExactlyOnce => {
+                let group = consumer.group_metadata().ok_or_else(|| {
+                    StreamError::Fatal("the consumer has no group metadata".into())
+                })?;
+                let result = self
+                    .producer
+                    .send_offsets_to_transaction(&offsets, &group, BROKER_TIMEOUT)
+                    .and_then(|()| self.producer.commit_transaction(BROKER_TIMEOUT));
+                if let Err(error) = result {
+                    let abortable =
+                        matches!(&error, KafkaError::Transaction(e) if e.txn_requires_abort());
+                    if !abortable {
+                        return Err(StreamError::kafka("committing a transaction", error));
+                    }
+                    tracing::warn!(%error, "transaction aborted; rewinding to the last checkpoint");
+                    self.producer
+                        .abort_transaction(BROKER_TIMEOUT)
+                        .map_err(|source| StreamError::kafka("aborting a transaction", source))?;
+                    self.producer.context().take_failures();
+                    self.producer
+                        .begin_transaction()
+                        .map_err(|source| StreamError::kafka("beginning a transaction", source))?;
+                    return self.rewind(consumer);
+                }
+                self.producer
+                    .begin_transaction()
+                    .map_err(|source| StreamError::kafka("beginning a transaction", source))?;
+            }
+        }
+        for state in self.partitions.values_mut() {
+            if state.next_offset.is_some() {
+                state.rewind_to = state.next_offset;
+            }
+        }
+        self.dirty = false;
+        self.metrics.checkpoints.inc();
+        self.report.checkpoints += 1;
+        self.metrics
+            .checkpoint_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    fn progress(&self) -> Result<TopicPartitionList, StreamError> {
+        let mut offsets = TopicPartitionList::new();
+        for (&partition, state) in &self.partitions {
+            if let Some(next) = state.next_offset {
+                offsets
+                    .add_partition_offset(
+                        &self.settings.input_topic,
+                        partition,
+                        Offset::Offset(next),
+                    )
+                    .map_err(|source| StreamError::kafka("recording offsets", source))?;
+            }
+        }
+        Ok(offsets)
+    }
+
+    /// Seeks every partition back to its last checkpoint and reloads its users from the changelog.
+    fn rewind<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), StreamError> {
+        self.metrics.rewinds.inc();
+        let targets: Vec<(i32, Option<i64>)> = self
+            .partitions
+            .iter()
+            .map(|(p, s)| (*p, s.rewind_to))
+            .collect();
+        let mut restored = changelog::restore(
+            &self.settings,
+            &self.brokers,
+            self.settings.guarantee == Guarantee::ExactlyOnce,
+            &targets,
+            BROKER_TIMEOUT,
+        )?;
+        for (partition, rewind_to) in targets {
+            if let Some(offset) = rewind_to {
+                consumer
+                    .seek(
+                        &self.settings.input_topic,
+                        partition,
+                        Offset::Offset(offset),
+                        BROKER_TIMEOUT,
+                    )
+                    .map_err(|source| {
+                        StreamError::kafka("seeking back to the last checkpoint", source)
+                    })?;
+            }
+            if let Some(state) = self.partitions.get_mut(&partition) {
+                state.users = restored.remove(&partition).unwrap_or_default();
+                state.next_offset = None;
+            }
+        }
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Loads the state of newly assigned partitions from the changelog.
+    fn assign<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        assigned: &[i32],
+    ) -> Result<(), StreamError> {
+        let mut query = TopicPartitionList::new();
+        for &partition in assigned {
+            query.add_partition(&self.settings.input_topic, partition);
+        }
+        let committed = consumer
+            .committed_offsets(query, BROKER_TIMEOUT)
+            .map_err(|source| StreamError::kafka("reading committed offsets", source))?;
+        let targets: Vec<(i32, Option<i64>)> = committed
+            .elements()
+            .iter()
+            .map(|e| {
+                let offset = match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                };
+                (e.partition(), offset)
+            })
+            .collect();
+        let started = Instant::now();
+        let mut restored = changelog::restore(
+            &self.settings,
+            &self.brokers,
+            self.settings.guarantee == Guarantee::ExactlyOnce,
+            &targets,
+            BROKER_TIMEOUT,
+        )?;
+        let mut users_restored = 0;
+        for (partition, committed) in targets {
+            let users = restored.remove(&partition).unwrap_or_default();
+            users_restored += users.len();
+            self.partitions.insert(
+                partition,
+                PartitionState {
+                    users,
+                    next_offset: None,
+                    rewind_to: committed,
+                },
+            );
+        }
+        self.metrics
+            .state_restored_users
+            .inc_by(users_restored as u64);
+        tracing::info!(partitions = ?assigned, users_restored, elapsed = ?started.elapsed(), "partitions assigned");
+        Ok(())
+    }
+}
+
+/// Sends one record, waiting while the producer queue is full: the loop's backpressure.
+fn send<K, P>(
+    producer: &BaseProducer<DeliveryTracker>,
+    mut record: BaseRecord<'_, K, P, ()>,
+) -> Result<(), StreamError>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                record = returned;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((source, _)) => return Err(StreamError::kafka("producing", source)),
+        }
+    }
+}
+
+/// Counts failed deliveries; a checkpoint that sees any rewinds instead of committing.
+pub struct DeliveryTracker {
+    failures: AtomicU64,
+    metrics: PipelineMetrics,
+}
+
+impl DeliveryTracker {
+    fn new(metrics: PipelineMetrics) -> Self {
+        Self {
+            failures: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    fn take_failures(&self) -> u64 {
+        self.failures.swap(0, Ordering::Relaxed)
+    }
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, message)) = result {
+            if self.failures.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::warn!(%error, topic = message.topic(), "delivery failed");
+            }
+            self.metrics.delivery_failures.inc();
+        }
+    }
+}
+
+/// The consumer's callbacks: drain and commit before partitions go, restore state when they come.
+pub struct GroupContext {
+    core: Arc<Mutex<Core>>,
+    input_topic: String,
+    metrics: PipelineMetrics,
+}
+
+impl GroupContext {
+    fn partitions(&self, list: &TopicPartitionList) -> Vec<i32> {
+        list.elements_for_topic(&self.input_topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect()
+    }
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .get(&self.input_topic)
+            .map(|topic| {
+                topic
+                    .partitions
+                    .values()
+                    .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                    .map(|p| p.consumer_lag)
+                    .sum()
+            })
+            .unwrap_or(0);
+        self.metrics.consumer_lag.set(lag);
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            self.metrics.rebalances.inc();
+            let mut core = lock(&self.core);
+            let revoked = self.partitions(list);
+            if consumer.assignment_lost() {
+                tracing::warn!(partitions = ?revoked, "assignment lost; dropping uncommitted work");
+                core.dirty = false;
+            } else if let Err(error) = core.checkpoint(consumer, CommitMode::Sync) {
+                tracing::error!(%error, "checkpoint on revoke failed");
+                core.fatal.get_or_insert(error);
+            }
+            for partition in &revoked {
+                core.partitions.remove(partition);
+            }
+            tracing::info!(partitions = ?revoked, "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let assigned = self.partitions(list);
+                if assigned.is_empty() {
+                    return;
+                }
+                let mut core = lock(&self.core);
+                if let Err(error) = core.assign(consumer, &assigned) {
+                    tracing::error!(%error, "restoring state for assigned partitions failed");
+                    core.fatal.get_or_insert(error);
+                }
+            }
+            Rebalance::Error(error) => tracing::error!(%error, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        _offsets: &TopicPartitionList,
+    ) {
+        if let Err(error) = result {
+            if !matches!(
+                error,
+                KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)
+            ) {
+                tracing::warn!(%error, "offset commit failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Logs (tracing) and Prometheus metrics.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogSettings;
+use crate::promo::DecodeError;
+
+/// Installs the global subscriber; `RUST_LOG` overrides the configured filter. Safe to call twice.
+pub fn init_logging(settings: &LogSettings) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if settings.json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+type Labels = Vec<(String, String)>;
+
+fn label(key: &str, value: &str) -> Labels {
+    vec![(key.to_owned(), value.to_owned())]
+}
+
+/// The processor's metrics. Counters on the hot path are resolved once, so counting is an atomic add.
+#[derive(Debug, Clone)]
+pub struct PipelineMetrics {
+    pub consumed: Counter,
+    pub matched: Counter,
+    pub emitted_enter: Counter,
+    pub emitted_exit: Counter,
+    pub ignored_inaccurate: Counter,
+    pub ignored_late: Counter,
+    dead_lettered: Family<Labels, Counter>,
+    stage_seconds: Family<Labels, Histogram>,
+    pub decode_seconds: Histogram,
+    pub evaluate_seconds: Histogram,
+    pub produce_seconds: Histogram,
+    pub checkpoint_seconds: Histogram,
+    /// Processing time minus the input message's Kafka timestamp.
+    pub event_age_seconds: Histogram,
+    pub consumer_lag: Gauge,
+    pub rebalances: Counter,
+    pub checkpoints: Counter,
+    pub rewinds: Counter,
+    pub delivery_failures: Counter,
+    pub users_in_state: Gauge,
+    pub state_restored_users: Counter,
+}
+
+impl Default for PipelineMetrics {
+    fn default() -> Self {
+        let stage_seconds = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(1e-7, 4.0, 12))
+        });
+        let stage = |name: &str| stage_seconds.get_or_create(&label("stage", name)).clone();
+        let metrics = Self {
+            consumed: Counter::default(),
+            matched: Counter::default(),
+            emitted_enter: Counter::default(),
+            emitted_exit: Counter::default(),
+            ignored_inaccurate: Counter::default(),
+            ignored_late: Counter::default(),
+            dead_lettered: Family::default(),
+            decode_seconds: stage("decode"),
+            evaluate_seconds: stage("match_and_rules"),
+            produce_seconds: stage("produce"),
+            checkpoint_seconds: stage("checkpoint"),
+            stage_seconds,
+            event_age_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            consumer_lag: Gauge::default(),
+            rebalances: Counter::default(),
+            checkpoints: Counter::default(),
+            rewinds: Counter::default(),
+            delivery_failures: Counter::default(),
+            users_in_state: Gauge::default(),
+            state_restored_users: Counter::default(),
+        };
+        for code in DecodeError::CODES {
+            let _ = metrics.dead_lettered.get_or_create(&label("reason", code));
+        }
+        metrics
+    }
+}
+
+impl PipelineMetrics {
+    pub fn dead_lettered(&self, reason: &str) {
+        self.dead_lettered
+            .get_or_create(&label("reason", reason))
+            .inc();
+    }
+
+    #[must_use]
+    pub fn dead_lettered_total(&self) -> u64 {
+        DecodeError::CODES
+            .iter()
+            .map(|code| {
+                self.dead_lettered
+                    .get_or_create(&label("reason", code))
+                    .get()
+            })
+            .sum()
+    }
+
+    /// A registry holding these metrics, ready to encode.
+    #[must_use]
+    pub fn registry(&self) -> Registry {
+        let mut registry = Registry::with_prefix("geopromo");
+        registry.register(
+            "events_consumed",
+            "Input messages consumed",
+            self.consumed.clone(),
+        );
+        registry.register(
+            "events_matched",
+            "Applied points within tolerance of a fence some promotion targets",
+            self.matched.clone(),
+        );
+        registry.register(
+            "events_emitted_enter",
+            "Eligibility enter events produced",
+            self.emitted_enter.clone(),
+        );
+        registry.register(
+            "events_emitted_exit",
+            "Eligibility exit events produced",
+            self.emitted_exit.clone(),
+        );
+        registry.register(
+            "events_ignored_inaccurate",
+            "Points ignored because their accuracy_m was worse than rules.max_accuracy_m",
+            self.ignored_inaccurate.clone(),
+        );
+        registry.register(
+            "events_ignored_late",
+            "Points ignored because they were older than the user's newest applied point",
+            self.ignored_late.clone(),
+        );
+        registry.register(
+            "events_dead_lettered",
+            "Input messages sent to the dead-letter topic, by reason",
+            self.dead_lettered.clone(),
+        );
+        registry.register(
+            "stage_seconds",
+            "Time per event in each processing stage (sampled 1 in 64 events)",
+            self.stage_seconds.clone(),
+        );
+        registry.register(
+            "event_age_seconds",
+            "Processing time minus the input message timestamp (sampled 1 in 64 events)",
+            self.event_age_seconds.clone(),
+        );
+        registry.register(
+            "consumer_lag",
+            "Messages behind the high watermark, summed over assigned partitions",
+            self.consumer_lag.clone(),
+        );
+        registry.register(
+            "rebalances",
+            "Consumer group rebalances",
+            self.rebalances.clone(),
+        );
+        registry.register(
+            "checkpoints",
+            "Offset or transaction commits",
+            self.checkpoints.clone(),
+        );
+        registry.register(
+            "rewinds",
+            "Rewinds to the last checkpoint after a failed delivery or an aborted transaction",
+            self.rewinds.clone(),
+        );
+        registry.register(
+            "delivery_failures",
+            "Produced messages the broker did not acknowledge",
+            self.delivery_failures.clone(),
+        );
+        registry.register(
+            "users_in_state",
+            "Users with state held by this instance",
+            self.users_in_state.clone(),
+        );
+        registry.register(
+            "state_restored_users",
+            "User states restored from the changelog on partition assignment",
+            self.state_restored_users.clone(),
+        );
+        registry
+    }
+}
+
+/// The Prometheus text exposition of `registry`.
+#[must_use]
+pub fn encode_metrics(registry: &Registry) -> String {
+    let mut text = String::new();
+    // Writing to a String cannot fail.
+    let _ = encode(&mut text, registry);
+    text
+}
