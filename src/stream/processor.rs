@@ -23,7 +23,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -184,7 +184,6 @@ impl Processor {
         );
 
         let interval = Duration::from_millis(settings.commit_interval_ms);
-        let mut polls: u64 = 0;
         let result = loop {
             if stop.load(Ordering::Relaxed) {
                 break Ok(());
@@ -203,11 +202,7 @@ impl Processor {
                     }
                 }
             }
-            polls += 1;
             let mut core = lock(&core);
-            if polls % 256 == 0 {
-                core.producer.poll(Duration::ZERO);
-            }
             if core.last_checkpoint.elapsed() >= interval {
                 if let Err(error) = core.checkpoint(&consumer, CommitMode::Async) {
                     break Err(error);
@@ -228,7 +223,7 @@ impl Processor {
         result.and(final_checkpoint).map(|()| report)
     }
 
-    fn create_producer(&self) -> Result<BaseProducer<DeliveryTracker>, StreamError> {
+    fn create_producer(&self) -> Result<ThreadedProducer<DeliveryTracker>, StreamError> {
         let mut config = client_config(&self.settings, &self.brokers, Role::Producer);
         let defaults = [
             ("enable.idempotence", "true"),
@@ -245,7 +240,7 @@ impl Processor {
         if self.settings.guarantee == Guarantee::ExactlyOnce {
             config.set("transactional.id", &self.transactional_id);
         }
-        let producer: BaseProducer<DeliveryTracker> = config
+        let producer: ThreadedProducer<DeliveryTracker> = config
             .create_with_context(DeliveryTracker::new(self.metrics.clone()))
             .map_err(StreamError::Client)?;
         if self.settings.guarantee == Guarantee::ExactlyOnce {
@@ -317,7 +312,7 @@ struct PartitionState {
 /// Everything the loop and the rebalance callbacks share. Only the processor thread touches it (the
 /// callbacks run inside `poll`), so the mutex is never contended; it exists to satisfy `Sync`.
 struct Core {
-    producer: BaseProducer<DeliveryTracker>,
+    producer: ThreadedProducer<DeliveryTracker>,
     settings: KafkaSettings,
     brokers: String,
     catalog: Arc<SharedCatalog>,
@@ -701,7 +696,7 @@ impl Core {
 
 /// Sends one record, waiting while the producer queue is full: the loop's backpressure.
 fn send<K, P>(
-    producer: &BaseProducer<DeliveryTracker>,
+    producer: &ThreadedProducer<DeliveryTracker>,
     mut record: BaseRecord<'_, K, P, ()>,
 ) -> Result<(), StreamError>
 where
@@ -713,7 +708,8 @@ where
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                 record = returned;
-                producer.poll(Duration::from_millis(10));
+                // The producer's own thread serves delivery reports and frees queue space.
+                std::thread::sleep(Duration::from_micros(500));
             }
             Err((source, _)) => return Err(StreamError::kafka("producing", source)),
         }

@@ -1,0 +1,294 @@
+//! Shared helpers for the Kafka tests: real clients against real (mock or separate) brokers.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use geopromo::config::{Guarantee, KafkaSettings};
+use geopromo::geofence::{parse_fences, IndexOptions, ParseOptions};
+use geopromo::promo::event::eligibility_event_id;
+use geopromo::promo::{
+    decode_gps_event, parse_promotions, Catalog, RuleOptions, Scratch, SharedCatalog, UserState,
+};
+use geopromo::stream::{Processor, ProcessorReport, StreamError};
+use geopromo::telemetry::PipelineMetrics;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+/// A 0.1° square near Jakarta with a 1 km tolerance, and a second square far away.
+pub const FENCES: &str = r#"{"type":"FeatureCollection","features":[
+ {"type":"Feature","id":"square","properties":{"name":"Square","tolerance_m":1000},
+  "geometry":{"type":"Polygon","coordinates":[[[106.0,-6.1],[106.1,-6.1],[106.1,-6.0],[106.0,-6.0],[106.0,-6.1]]]}},
+ {"type":"Feature","id":"far","properties":{"name":"Far"},
+  "geometry":{"type":"Polygon","coordinates":[[[110.0,-7.1],[110.1,-7.1],[110.1,-7.0],[110.0,-7.0],[110.0,-7.1]]]}}]}"#;
+
+pub const PROMOTIONS: &str = r#"{"promotions":[
+ {"id":"square-promo","fences":["square"],"cooldown_s":3600},
+ {"id":"far-promo","fences":["far"]}]}"#;
+
+pub fn catalog(promotions: &str) -> Arc<SharedCatalog> {
+    let fences = parse_fences(FENCES.as_bytes(), &ParseOptions::default())
+        .unwrap()
+        .fences;
+    let promotions = parse_promotions(promotions.as_bytes()).unwrap();
+    let catalog = Catalog::build(
+        &fences,
+        promotions,
+        RuleOptions::default(),
+        IndexOptions::default(),
+    )
+    .unwrap();
+    Arc::new(SharedCatalog::from_pointee(catalog))
+}
+
+pub fn settings(group: &str, guarantee: Guarantee) -> KafkaSettings {
+    KafkaSettings {
+        group_id: group.into(),
+        guarantee,
+        commit_interval_ms: 200,
+        embedded_partitions: 3,
+        transactional_id: Some(format!("{group}-tx")),
+        // The mock cluster waits out a departed member's session before rebalancing; keep that short.
+        consumer_properties: [
+            ("session.timeout.ms", "6000"),
+            ("heartbeat.interval.ms", "500"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+        ..KafkaSettings::default()
+    }
+}
+
+/// A processor on its own thread.
+pub struct Running {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<Result<ProcessorReport, StreamError>>,
+    pub metrics: PipelineMetrics,
+}
+
+impl Running {
+    pub fn start(settings: &KafkaSettings, brokers: &str, catalog: Arc<SharedCatalog>) -> Self {
+        geopromo::telemetry::init_logging(&geopromo::config::LogSettings {
+            filter: std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            json: false,
+        });
+        let metrics = PipelineMetrics::default();
+        let processor = Processor::new(settings.clone(), brokers, catalog, metrics.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = stop.clone();
+        let handle = std::thread::spawn(move || processor.run(&thread_stop));
+        Self {
+            stop,
+            handle,
+            metrics,
+        }
+    }
+
+    /// Waits until `consumed` input messages were processed (or panics after `timeout`).
+    pub fn wait_consumed(&self, consumed: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.metrics.consumed.get() < consumed {
+            assert!(
+                Instant::now() < deadline,
+                "processed {} of {consumed} within {timeout:?}",
+                self.metrics.consumed.get()
+            );
+            assert!(!self.handle.is_finished(), "processor stopped early");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(self) -> ProcessorReport {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap().unwrap()
+    }
+}
+
+pub fn producer(brokers: &str) -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "1")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .unwrap()
+}
+
+/// Produces keyed payloads in order and waits for all acknowledgements.
+pub fn produce(brokers: &str, topic: &str, events: &[(String, Vec<u8>)]) {
+    let producer = producer(brokers);
+    for (key, payload) in events {
+        let mut record = BaseRecord::to(topic)
+            .key(key.as_str())
+            .payload(payload.as_slice());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, returned)) => {
+                    record = returned;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+}
+
+/// One consumed message, owned.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+impl Received {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).unwrap()
+    }
+}
+
+/// Reads `topic` from the beginning until `expected` messages arrived and nothing more came for `quiet`,
+/// or `timeout` passed.
+pub fn consume(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    read_committed: bool,
+    quiet: Duration,
+    timeout: Duration,
+) -> Vec<Received> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "isolation.level",
+            if read_committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    let mut list = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&list).unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut last_message = Instant::now();
+    let mut received = Vec::new();
+    while Instant::now() < deadline {
+        if received.len() >= expected && last_message.elapsed() >= quiet {
+            break;
+        }
+        match consumer.poll(Duration::from_millis(50)) {
+            Some(Ok(message)) => {
+                last_message = Instant::now();
+                let headers = message
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|header| {
+                                (
+                                    header.key.to_owned(),
+                                    String::from_utf8_lossy(header.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                received.push(Received {
+                    key: message
+                        .key()
+                        .map(|k| String::from_utf8_lossy(k).into_owned()),
+                    payload: message.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+            }
+            Some(Err(error)) => eprintln!("reader: {error}"),
+            None => {}
+        }
+    }
+    received
+}
+
+/// A GPS event payload.
+pub fn gps(user: &str, lat: f64, lon: f64, ts_ms: i64) -> (String, Vec<u8>) {
+    (
+        user.to_owned(),
+        format!(r#"{{"user_id":"{user}","lat":{lat},"lon":{lon},"ts":{ts_ms}}}"#).into_bytes(),
+    )
+}
+
+/// What the processor must emit for `events`, computed with the pure core alone (the reference model):
+/// event ids in the order decided.
+pub fn expected_event_ids(
+    catalog: &Catalog,
+    events: &[(String, Vec<u8>)],
+    now_ms: i64,
+) -> Vec<String> {
+    let mut users: HashMap<String, UserState> = HashMap::new();
+    let mut scratch = Scratch::default();
+    let mut ids = Vec::new();
+    for (key, payload) in events {
+        let Ok(event) = decode_gps_event(Some(key.as_bytes()), payload, 16 * 1024) else {
+            continue;
+        };
+        let state = users.entry(event.user_id.to_string()).or_default();
+        let mut transitions = Vec::new();
+        catalog.evaluate(state, &event, now_ms, &mut scratch, &mut transitions);
+        for t in transitions {
+            ids.push(eligibility_event_id(&event, &t.promotion_id, t.kind));
+        }
+    }
+    ids
+}
+
+/// Ids of received eligibility events, with how often each arrived.
+pub fn id_counts(received: &[Received]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for message in received {
+        let id = message.json()["event_id"].as_str().unwrap().to_owned();
+        *counts.entry(id).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Simulated, realistic traffic around the test fences: `count` events from `users` users, one second of
+/// event time apart, starting a day ago.
+pub fn traffic(
+    users: usize,
+    count: usize,
+    bad_ratio: f64,
+    seed: u64,
+) -> (Vec<(String, Vec<u8>)>, i64) {
+    let fences = parse_fences(FENCES.as_bytes(), &ParseOptions::default())
+        .unwrap()
+        .fences;
+    let mut model =
+        geopromo::stream::simulate::TrafficModel::new(&fences[..1], users, bad_ratio, seed);
+    let start = geopromo::promo::timestamp::now_ms() - 86_400_000;
+    let mut payload = Vec::new();
+    let events = (0..count)
+        .map(|i| {
+            let (key, _) = model.next_event(start + i as i64 * 1000, &mut payload);
+            (key.to_owned(), payload.clone())
+        })
+        .collect();
+    (events, start)
+}

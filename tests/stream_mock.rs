@@ -1,0 +1,344 @@
+//! The processor end to end against librdkafka's mock cluster: real Kafka protocol, consumer groups,
+//! transactions and fault injection, in process.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use geopromo::config::Guarantee;
+use geopromo::stream::EmbeddedBroker;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+const MINUTE: i64 = 60_000;
+const SECONDS_30: Duration = Duration::from_secs(30);
+const QUIET: Duration = Duration::from_millis(1500);
+
+/// Longitude `metres` east of the test square's east edge (at latitude -6.05).
+fn east_of_square(metres: f64) -> f64 {
+    106.1 + metres / 110_700.0
+}
+
+#[test]
+fn enter_exit_hysteresis_cooldown_late_and_inaccurate() {
+    let settings = settings("e2e", Guarantee::AtLeastOnce);
+    let broker = EmbeddedBroker::start(&settings, 1).unwrap();
+    let brokers = broker.bootstrap_servers().to_owned();
+    let t0 = geopromo::promo::timestamp::now_ms() - 86_400_000;
+    let lat = -6.05;
+    let mut events = vec![
+        gps("alice", lat, east_of_square(2000.0), t0), // far: nothing
+        gps("alice", lat, east_of_square(1100.0), t0 + MINUTE), // beyond tolerance: nothing
+        gps("alice", lat, 106.05, t0 + 2 * MINUTE),    // inside: ENTER
+        gps("alice", lat, east_of_square(1100.0), t0 + 3 * MINUTE), // jitter within hysteresis: nothing
+        gps("alice", lat, 106.05, t0 + 4 * MINUTE),                 // still eligible: nothing
+        gps("alice", lat, east_of_square(2000.0), t0 + 5 * MINUTE), // gone: EXIT
+        gps("alice", lat, 106.05, t0 + 7 * MINUTE), // back within the cooldown: nothing
+        gps("alice", lat, east_of_square(2000.0), t0 + 8 * MINUTE), // not eligible: nothing
+        gps("alice", lat, 106.05, t0 + 120 * MINUTE), // after the cooldown: ENTER
+        gps("alice", lat, east_of_square(2000.0), t0 + 60 * MINUTE), // late: ignored
+        gps("alice", -7.05, 110.05, t0 + 121 * MINUTE), // other city: EXIT square, ENTER far
+        gps("bob", lat, east_of_square(500.0), t0), // within tolerance: ENTER
+    ];
+    let (key, _) = gps("bob", 0.0, 0.0, 0);
+    events.push((
+        key,
+        format!(
+            r#"{{"user_id":"bob","lat":-7.05,"lon":110.05,"ts":{},"accuracy_m":500}}"#,
+            t0 + MINUTE
+        )
+        .into_bytes(),
+    )); // inaccurate: ignored, bob stays eligible
+    produce(&brokers, &settings.input_topic, &events);
+
+    let running = Running::start(&settings, &brokers, catalog(PROMOTIONS));
+    running.wait_consumed(events.len() as u64, SECONDS_30);
+    let output = consume(
+        &brokers,
+        &settings.output_topic,
+        6,
+        false,
+        QUIET,
+        SECONDS_30,
+    );
+    assert_eq!(running.metrics.ignored_late.get(), 1);
+    assert_eq!(running.metrics.ignored_inaccurate.get(), 1);
+    running.stop();
+
+    let of = |user: &str| -> Vec<serde_json::Value> {
+        output
+            .iter()
+            .filter(|m| m.key.as_deref() == Some(user))
+            .map(Received::json)
+            .collect()
+    };
+    let alice: Vec<(String, String)> = of("alice")
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().into(),
+                e["promotion_id"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let pair = |k: &str, p: &str| (k.to_owned(), p.to_owned());
+    assert_eq!(
+        alice,
+        [
+            pair("enter", "square-promo"),
+            pair("exit", "square-promo"),
+            pair("enter", "square-promo"),
+            pair("exit", "square-promo"),
+            pair("enter", "far-promo"),
+        ]
+    );
+    let first = &of("alice")[0];
+    assert_eq!(first["fence_id"], "square");
+    assert_eq!(first["fence_name"], "Square");
+    assert_eq!(first["inside"], true);
+    assert_eq!(first["distance_m"], 0.0);
+    assert_eq!(first["lat"], -6.05);
+    assert_eq!(
+        first["event_ts"],
+        geopromo::promo::timestamp::format_rfc3339_ms(t0 + 2 * MINUTE)
+    );
+    assert_eq!(first["event_id"].as_str().unwrap().len(), 32);
+    let bob = of("bob");
+    assert_eq!(bob.len(), 1, "{bob:?}");
+    assert_eq!(bob[0]["inside"], false);
+    let distance = bob[0]["distance_m"].as_f64().unwrap();
+    assert!((distance - 500.0).abs() < 5.0, "{distance}");
+}
+
+#[test]
+fn poison_messages_go_to_the_dead_letter_topic_and_processing_continues() {
+    let settings = settings("dlq", Guarantee::AtLeastOnce);
+    let broker = EmbeddedBroker::start(&settings, 1).unwrap();
+    let brokers = broker.bootstrap_servers().to_owned();
+    let t0 = geopromo::promo::timestamp::now_ms() - 86_400_000;
+    let raw = |key: &str, payload: &str| (key.to_owned(), payload.as_bytes().to_vec());
+    let oversized = format!(
+        r#"{{"user_id":"u","lat":1,"lon":1,"ts":{t0},"pad":"{}"}}"#,
+        "x".repeat(20_000)
+    );
+    let events = vec![
+        gps("u", -6.05, 106.05, t0),
+        raw("u", "{\"user_id\":\"u\",\"lat\":"),
+        raw(
+            "u",
+            &format!(r#"{{"user_id":"u","lat":"NaN","lon":1,"ts":{t0}}}"#),
+        ),
+        raw(
+            "u",
+            &format!(r#"{{"user_id":"u","lat":95,"lon":1,"ts":{t0}}}"#),
+        ),
+        raw("u", &oversized),
+        raw(
+            "u",
+            &format!(r#"{{"user_id":"u","lat":1,"lon":1,"ts":{t0},"schema_version":9}}"#),
+        ),
+        raw(
+            "v",
+            &format!(r#"{{"user_id":"u","lat":1,"lon":1,"ts":{t0}}}"#),
+        ),
+        gps("w", -6.05, 106.05, t0),
+    ];
+    produce(&brokers, &settings.input_topic, &events);
+    let running = Running::start(&settings, &brokers, catalog(PROMOTIONS));
+    running.wait_consumed(events.len() as u64, SECONDS_30);
+    let dead = consume(&brokers, &settings.dlq_topic, 6, false, QUIET, SECONDS_30);
+    let output = consume(
+        &brokers,
+        &settings.output_topic,
+        2,
+        false,
+        QUIET,
+        SECONDS_30,
+    );
+    assert_eq!(running.metrics.dead_lettered_total(), 6);
+    running.stop();
+
+    let mut reasons: Vec<&str> = dead
+        .iter()
+        .map(|m| m.headers["dlq.reason"].as_str())
+        .collect();
+    reasons.sort_unstable();
+    assert_eq!(
+        reasons,
+        [
+            "invalid_position",
+            "key_mismatch",
+            "malformed_json",
+            "oversized",
+            "schema_violation",
+            "unsupported_schema_version"
+        ]
+    );
+    for message in &dead {
+        assert_eq!(message.headers["dlq.source.topic"], settings.input_topic);
+        let _: i64 = message.headers["dlq.source.offset"].parse().unwrap();
+        assert!(
+            events
+                .iter()
+                .any(|(key, payload)| *payload == message.payload
+                    && message.key.as_deref() == Some(key.as_str())),
+            "the original key and payload are kept"
+        );
+        assert!(!message.headers["dlq.error"].is_empty());
+        assert_eq!(
+            message.headers["dlq.source.partition"]
+                .parse::<i32>()
+                .unwrap()
+                >= 0,
+            true
+        );
+    }
+    assert_eq!(output.len(), 2, "both good events were still processed");
+}
+
+#[test]
+fn a_restarted_processor_resumes_from_its_commits_and_restores_state() {
+    let settings = settings("restart", Guarantee::AtLeastOnce);
+    let broker = EmbeddedBroker::start(&settings, 1).unwrap();
+    let brokers = broker.bootstrap_servers().to_owned();
+    let (events, _) = traffic(300, 6000, 0.01, 11);
+    let catalog = catalog(PROMOTIONS);
+    let expected = expected_event_ids(
+        &catalog.load(),
+        &events,
+        geopromo::promo::timestamp::now_ms(),
+    );
+    assert!(
+        expected.len() > 100,
+        "the traffic crosses the fence often: {}",
+        expected.len()
+    );
+
+    produce(&brokers, &settings.input_topic, &events[..3000]);
+    let first = Running::start(&settings, &brokers, catalog.clone());
+    first.wait_consumed(3000, SECONDS_30);
+    first.stop();
+
+    produce(&brokers, &settings.input_topic, &events[3000..]);
+    let second = Running::start(&settings, &brokers, catalog.clone());
+    second.wait_consumed(3000, SECONDS_30);
+    assert!(
+        second.metrics.state_restored_users.get() > 0,
+        "state came back from the changelog"
+    );
+    let report = second.stop();
+    assert_eq!(
+        report.consumed, 3000,
+        "the second run started exactly at the first run's commit"
+    );
+
+    let output = consume(
+        &brokers,
+        &settings.output_topic,
+        expected.len(),
+        false,
+        QUIET,
+        SECONDS_30,
+    );
+    let counts = id_counts(&output);
+    assert_eq!(
+        output.len(),
+        expected.len(),
+        "a clean restart neither loses nor repeats events"
+    );
+    for id in &expected {
+        assert_eq!(counts.get(id), Some(&1), "event {id}");
+    }
+}
+
+#[test]
+fn a_broker_outage_loses_nothing() {
+    let settings = settings("outage", Guarantee::AtLeastOnce);
+    let broker = EmbeddedBroker::start(&settings, 1).unwrap();
+    let brokers = broker.bootstrap_servers().to_owned();
+    let (events, _) = traffic(200, 4000, 0.0, 5);
+    let catalog = catalog(PROMOTIONS);
+    let expected = expected_event_ids(
+        &catalog.load(),
+        &events,
+        geopromo::promo::timestamp::now_ms(),
+    );
+
+    produce(&brokers, &settings.input_topic, &events[..2000]);
+    let running = Running::start(&settings, &brokers, catalog);
+    running.wait_consumed(1000, SECONDS_30);
+    broker.cluster().broker_down(1).unwrap();
+    let late_events = events[2000..].to_vec();
+    let late_brokers = brokers.clone();
+    let topic = settings.input_topic.clone();
+    let producing = std::thread::spawn(move || produce(&late_brokers, &topic, &late_events));
+    std::thread::sleep(Duration::from_secs(3));
+    broker.cluster().broker_up(1).unwrap();
+    producing.join().unwrap();
+    running.wait_consumed(4000, Duration::from_secs(60));
+    running.stop();
+
+    let output = consume(
+        &brokers,
+        &settings.output_topic,
+        expected.len(),
+        false,
+        QUIET,
+        SECONDS_30,
+    );
+    let counts = id_counts(&output);
+    for id in &expected {
+        assert!(counts.contains_key(id), "event {id} lost");
+    }
+    assert_eq!(counts.len(), expected.len(), "no invented events");
+}
+
+/// librdkafka's mock broker never reports aborted transactions in fetch responses (it writes an empty
+/// AbortedTransactions list), so a `read_committed` reader of the mock sees aborted records too. What this
+/// test can check on the mock: the abort happened and was replayed from the transaction's start, nothing
+/// was lost or invented, and replays repeat only what aborted transactions had produced (same event ids).
+/// The mock also accepts but ignores TxnOffsetCommit, so the offsets sent to the transaction cannot be read
+/// back from it either.
+#[test]
+fn exactly_once_replays_an_aborted_transaction_without_losing_or_inventing_events() {
+    let settings = settings("eos", Guarantee::ExactlyOnce);
+    let broker = EmbeddedBroker::start(&settings, 1).unwrap();
+    let brokers = broker.bootstrap_servers().to_owned();
+    let (events, _) = traffic(200, 3000, 0.01, 9);
+    let catalog = catalog(PROMOTIONS);
+    let expected = expected_event_ids(
+        &catalog.load(),
+        &events,
+        geopromo::promo::timestamp::now_ms(),
+    );
+    produce(&brokers, &settings.input_topic, &events);
+
+    // The processor's first produce request fails permanently, which dooms its first transaction.
+    broker.cluster().request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    let running = Running::start(&settings, &brokers, catalog);
+    let output = consume(
+        &brokers,
+        &settings.output_topic,
+        expected.len(),
+        true,
+        QUIET,
+        Duration::from_secs(60),
+    );
+    let rewinds = running.metrics.rewinds.get();
+    assert!(rewinds >= 1, "a transaction was aborted and replayed");
+    running.stop();
+
+    let counts = id_counts(&output);
+    for id in &expected {
+        let seen = counts.get(id).copied().unwrap_or(0);
+        assert!(seen >= 1, "event {id} lost");
+        assert!(
+            seen as u64 <= rewinds + 1,
+            "event {id} seen {seen} times with {rewinds} aborts"
+        );
+    }
+    assert_eq!(counts.len(), expected.len(), "no invented events");
+}
