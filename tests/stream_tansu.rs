@@ -1,0 +1,253 @@
+//! Against a real, separate broker process (tansu 0.6, SQLite storage): the processor runs as a
+//! subprocess, is killed with SIGKILL mid-stream and restarted; every expected eligibility event must
+//! arrive, and the only repeats allowed are at-least-once replays of the same event ids.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+
+/// Kills the child when dropped, so a failing test leaves no processes behind.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn tansu_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("TANSU_BIN") {
+        return path.into();
+    }
+    let candidates = std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("tansu"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let home_bin = std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo/bin/tansu"));
+    candidates
+        .into_iter()
+        .chain(home_bin)
+        .find(|path| path.is_file())
+        .expect("tansu is not installed: run `bash .ci/test` (it installs it) or `cargo install tansu --locked --features libsql`")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_tansu(dir: &Path) -> (Guard, String) {
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let log = std::fs::File::create(dir.join("tansu.log")).unwrap();
+    let child = Command::new(tansu_binary())
+        // tansu resolves the database path against its working directory.
+        .current_dir(dir)
+        .args(["broker", "--storage-engine", "sqlite://tansu.db"])
+        .args(["--listener-url", &url, "--advertised-listener-url", &url])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("cannot start tansu");
+    let guard = Guard(child);
+    let brokers = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(&brokers).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "tansu did not listen on {brokers}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for topic in [
+        "gps-events",
+        "promo-eligible",
+        "gps-events.dlq",
+        "geopromo.user-state",
+    ] {
+        let status = Command::new(tansu_binary())
+            .args([
+                "topic",
+                "create",
+                topic,
+                "--broker",
+                &url,
+                "--partitions",
+                "3",
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "cannot create topic {topic}");
+    }
+    (guard, brokers)
+}
+
+fn start_processor(config_dir: &Path, log: &Path) -> Guard {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Guard(
+        Command::new(env!("CARGO_BIN_EXE_geopromo"))
+            .args(["process", "--config-dir"])
+            .arg(config_dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Reads the output topic from the beginning, incrementally.
+struct Reader(BaseConsumer);
+
+impl Reader {
+    fn new(brokers: &str) -> Self {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "tansu-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut list = rdkafka::TopicPartitionList::new();
+        for p in 0..3 {
+            list.add_partition_offset("promo-eligible", p, rdkafka::Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&list).unwrap();
+        Self(consumer)
+    }
+
+    fn read_for(&self, duration: Duration, into: &mut Vec<String>) {
+        let until = Instant::now() + duration;
+        while Instant::now() < until {
+            if let Some(Ok(message)) = self.0.poll(Duration::from_millis(50)) {
+                let value: serde_json::Value =
+                    serde_json::from_slice(message.payload().unwrap()).unwrap();
+                into.push(value["event_id"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+}
+
+#[test]
+fn sigkill_mid_stream_then_restart_loses_nothing_on_a_real_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_tansu, brokers) = start_tansu(dir.path());
+
+    let (events, _) = traffic(300, 9000, 0.005, 21);
+    let catalog = catalog(PROMOTIONS);
+    let expected = expected_event_ids(
+        &catalog.load(),
+        &events,
+        geopromo::promo::timestamp::now_ms(),
+    );
+    let expected_set: HashSet<&String> = expected.iter().collect();
+    // Events keep arriving while the processor runs (~1,500/s), so the SIGKILL lands mid-stream.
+    let producing = {
+        let (brokers, events) = (brokers.clone(), events.clone());
+        std::thread::spawn(move || {
+            for chunk in events.chunks(150) {
+                produce(&brokers, "gps-events", chunk);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    std::fs::write(config.join("fences.geojson"), FENCES).unwrap();
+    std::fs::write(config.join("promotions.json"), PROMOTIONS).unwrap();
+    std::fs::write(
+        config.join("base.toml"),
+        format!(
+            "[fences]\npath = \"{fences}\"\n[promotions]\npath = \"{promotions}\"\n\
+             [kafka]\nbrokers = \"{brokers}\"\ncommit_interval_ms = 200\n\
+             [kafka.consumer_properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
+             [metrics]\nlisten = \"\"\n",
+            fences = config.join("fences.geojson").display(),
+            promotions = config.join("promotions.json").display(),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("processor.log");
+
+    let reader = Reader::new(&brokers);
+    let mut received = Vec::new();
+    let mut first = start_processor(&config, &log);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while received.len() < expected.len() / 3 {
+        assert!(
+            Instant::now() < deadline,
+            "first run produced {} of {} events; log:\n{}",
+            received.len(),
+            expected.len(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        reader.read_for(Duration::from_millis(100), &mut received);
+    }
+    first.0.kill().unwrap(); // SIGKILL: no checkpoint, no goodbye
+    first.0.wait().unwrap();
+    let at_kill = received.len();
+    assert!(
+        !producing.is_finished(),
+        "the kill must land while events are still arriving"
+    );
+
+    let second = start_processor(&config, &log);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let distinct: HashSet<&String> = received.iter().collect();
+        if expected_set.iter().all(|id| distinct.contains(id)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the restart {} of {} distinct events arrived; log:\n{}",
+            distinct.len(),
+            expected.len(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        reader.read_for(Duration::from_millis(200), &mut received);
+    }
+    producing.join().unwrap();
+    // Let the second run finish, then stop it the polite way and expect a clean exit.
+    reader.read_for(Duration::from_secs(2), &mut received);
+    let status = Command::new("kill")
+        .args(["-TERM", &second.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut second = second;
+    let exit = second.0.wait().unwrap();
+    assert!(exit.success(), "SIGTERM must end in a clean exit: {exit:?}");
+
+    for id in &received {
+        assert!(expected_set.contains(id), "invented event {id}");
+    }
+    let duplicates = received.len() - expected.len();
+    eprintln!(
+        "{} expected events, {} received ({at_kill} before the SIGKILL), {duplicates} at-least-once repeats",
+        expected.len(),
+        received.len()
+    );
+}
