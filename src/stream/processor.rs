@@ -265,6 +265,8 @@ impl Processor {
             ("fetch.max.bytes", "52428800"),
             ("max.partition.fetch.bytes", "4194304"),
             ("queued.min.messages", "200000"),
+            // librdkafka's default (1 s) idles the loop after every full local queue.
+            ("fetch.queue.backoff.ms", "5"),
             ("statistics.interval.ms", "5000"),
             (
                 "isolation.level",
