@@ -34,8 +34,15 @@ const MAX_AHEAD: u64 = 300_000;
 const PARTITIONS: i32 = 12;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
-    let number = |i: usize, default: u64| args.get(i).and_then(|a| a.replace('_', "").parse().ok()).unwrap_or(default);
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let number = |i: usize, default: u64| {
+        args.get(i)
+            .and_then(|a| a.replace('_', "").parse().ok())
+            .unwrap_or(default)
+    };
     match args.first().map(String::as_str) {
         Some("latency") => latency(number(1, 100_000), number(2, 20)),
         Some("memory") => memory(number(1, 1_000_000) as usize),
@@ -50,8 +57,13 @@ fn settings() -> Settings {
         guarantee: Guarantee::AtLeastOnce,
         embedded_partitions: PARTITIONS,
         group_id: "bench".into(),
+        commit_interval_ms: std::env::var("COMMIT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000),
         ..KafkaSettings::default()
     };
+    EmbeddedBroker::tune_client_settings(&mut settings.kafka);
     settings
 }
 
@@ -68,10 +80,17 @@ fn start_pipeline() -> Pipeline {
     let settings = settings();
     let broker = EmbeddedBroker::start(&settings.kafka, 1).unwrap();
     let brokers = broker.bootstrap_servers().to_owned();
-    let catalog = Arc::new(SharedCatalog::from_pointee(geopromo::app::load_catalog(&settings).unwrap()));
+    let catalog = Arc::new(SharedCatalog::from_pointee(
+        geopromo::app::load_catalog(&settings).unwrap(),
+    ));
     let metrics = PipelineMetrics::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let processor = Processor::new(settings.kafka.clone(), brokers.clone(), catalog, metrics.clone());
+    let processor = Processor::new(
+        settings.kafka.clone(),
+        brokers.clone(),
+        catalog,
+        metrics.clone(),
+    );
     let thread_stop = stop.clone();
     let processor = std::thread::Builder::new()
         .name("processor".into())
@@ -135,7 +154,10 @@ fn throughput(events: u64, users: usize) {
                 started = Some(Instant::now());
             }
             if produced % 1_000_000 == 0 && produced > 0 {
-                eprintln!("  {produced} produced, {} consumed", pipeline.metrics.consumed.get());
+                eprintln!(
+                    "  {produced} produced, {} consumed",
+                    pipeline.metrics.consumed.get()
+                );
             }
         }
         let (key, _) = model.next_event(ts, &mut payload);
@@ -162,14 +184,29 @@ fn throughput(events: u64, users: usize) {
         pipeline.metrics.dead_lettered_total()
     );
     for stage in ["decode", "match_and_rules", "produce"] {
-        let sum = metric_value(&text, &format!("geopromo_stage_seconds_sum{{stage=\"{stage}\"}}"));
-        let count = metric_value(&text, &format!("geopromo_stage_seconds_count{{stage=\"{stage}\"}}"));
-        println!("  stage {stage:<16} mean {:>7.0} ns/event", sum / count.max(1.0) * 1e9);
+        let sum = metric_value(
+            &text,
+            &format!("geopromo_stage_seconds_sum{{stage=\"{stage}\"}}"),
+        );
+        let count = metric_value(
+            &text,
+            &format!("geopromo_stage_seconds_count{{stage=\"{stage}\"}}"),
+        );
+        println!(
+            "  stage {stage:<16} mean {:>7.0} ns/event",
+            sum / count.max(1.0) * 1e9
+        );
     }
     let total: f64 = threads.iter().map(|(_, s)| s).sum();
-    println!("  CPU by thread over the whole run ({total:.1} s in all, {:.2} cores busy on average):", total / elapsed.as_secs_f64());
+    println!(
+        "  CPU by thread over the whole run ({total:.1} s in all, {:.2} cores busy on average):",
+        total / elapsed.as_secs_f64()
+    );
     for (name, seconds) in threads.iter().take(8) {
-        println!("    {name:<20} {seconds:>6.1} s  {:>4.0}%", seconds / total * 100.0);
+        println!(
+            "    {name:<20} {seconds:>6.1} s  {:>4.0}%",
+            seconds / total * 100.0
+        );
     }
     println!(
         "  process RSS grew {:.0} MiB during the run (broker tail + state + client buffers)",
@@ -190,7 +227,9 @@ fn latency(rate: u64, seconds: u64) {
         .set("auto.offset.reset", "latest")
         .create()
         .unwrap();
-    reader.subscribe(&[&pipeline.settings.kafka.output_topic]).unwrap();
+    reader
+        .subscribe(&[&pipeline.settings.kafka.output_topic])
+        .unwrap();
     // Let the group settle before measuring.
     let settle = Instant::now();
     while settle.elapsed() < Duration::from_secs(6) {
@@ -202,7 +241,8 @@ fn latency(rate: u64, seconds: u64) {
         let mut latencies_ms: Vec<i64> = Vec::new();
         while !stop_flag.load(Ordering::Relaxed) {
             if let Some(Ok(message)) = reader.poll(Duration::from_millis(20)) {
-                let event: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+                let event: serde_json::Value =
+                    serde_json::from_slice(message.payload().unwrap()).unwrap();
                 let event_ts = event["event_ts"].as_str().unwrap();
                 let produced = geopromo::promo::timestamp::parse_rfc3339_ms(event_ts).unwrap();
                 latencies_ms.push(now_ms() - produced);
@@ -214,7 +254,11 @@ fn latency(rate: u64, seconds: u64) {
     let mut payload = Vec::with_capacity(256);
     let started = Instant::now();
     let total = rate * seconds;
+    let mut ts = now_ms();
     for produced in 0..total {
+        if produced % 16 == 0 {
+            ts = now_ms();
+        }
         if produced % 64 == 0 {
             let due = Duration::from_secs_f64(produced as f64 / rate as f64);
             if let Some(ahead) = due.checked_sub(started.elapsed()) {
@@ -223,9 +267,10 @@ fn latency(rate: u64, seconds: u64) {
             producer.poll(Duration::ZERO);
         }
         // The event time is the produce time, so output time minus event_ts is produce-to-output latency.
-        let (key, _) = model.next_event(now_ms(), &mut payload);
+        let (key, _) = model.next_event(ts, &mut payload);
         send(&producer, &topic, key, &payload);
     }
+    let producing = started.elapsed();
     producer.flush(Duration::from_secs(30)).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     stop_reading.store(true, Ordering::Relaxed);
@@ -233,10 +278,15 @@ fn latency(rate: u64, seconds: u64) {
     pipeline.stop.store(true, Ordering::Relaxed);
     pipeline.processor.join().unwrap();
     latencies.sort_unstable();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(-1);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(-1)
+    };
     println!(
         "achieved {:.0} events/s; {} output events; produce→output latency ms: p50 {} p90 {} p99 {} max {}",
-        total as f64 / started.elapsed().as_secs_f64(),
+        total as f64 / producing.as_secs_f64(),
         latencies.len(),
         pct(0.5),
         pct(0.9),
@@ -264,7 +314,10 @@ fn memory(users: usize) {
         transitions.clear();
         catalog.evaluate(state, &event, now, &mut scratch, &mut transitions);
     }
-    let eligible = states.values().filter(|s| s.standings.iter().any(|p| p.eligible)).count();
+    let eligible = states
+        .values()
+        .filter(|s| s.standings.iter().any(|p| p.eligible))
+        .count();
     let grown = rss_bytes().saturating_sub(before);
     println!(
         "{users} users ({eligible} eligible for something): state grew RSS by {:.1} MiB = {:.0} bytes/user → {:.0} MiB per 1 M users",
@@ -276,7 +329,10 @@ fn memory(users: usize) {
 
 fn metric_value(text: &str, name: &str) -> f64 {
     text.lines()
-        .find_map(|line| line.strip_prefix(name).map(|v| v.trim().parse().unwrap_or(0.0)))
+        .find_map(|line| {
+            line.strip_prefix(name)
+                .map(|v| v.trim().parse().unwrap_or(0.0))
+        })
         .unwrap_or(0.0)
 }
 
@@ -284,14 +340,25 @@ fn metric_value(text: &str, name: &str) -> f64 {
 fn thread_cpu_seconds() -> Vec<(String, f64)> {
     let ticks_per_second = 100.0;
     let mut by_name: HashMap<String, f64> = HashMap::new();
-    for entry in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+    for entry in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
         let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
         let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
         let fields: Vec<&str> = after_name.split_whitespace().collect();
         // utime and stime are fields 14 and 15 of stat, i.e. 12 and 13 after the name.
-        let ticks: f64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
-        let name: String = comm.trim().chars().filter(|c| !c.is_ascii_digit()).collect();
+        let ticks: f64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+            .sum();
+        let name: String = comm
+            .trim()
+            .chars()
+            .filter(|c| !c.is_ascii_digit())
+            .collect();
         *by_name.entry(name).or_default() += ticks / ticks_per_second;
     }
     let mut sorted: Vec<(String, f64)> = by_name.into_iter().collect();
@@ -301,6 +368,10 @@ fn thread_cpu_seconds() -> Vec<(String, f64)> {
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }

@@ -315,7 +315,7 @@ mod tests {
         let a = decode(r#"{"user_id":"u1","lat":-6.2,"lon":106.8,"ts":"2026-11-22T08:00:00Z"}"#)
             .unwrap();
         let b =
-            decode(r#"{"user_id":"u1","lat":-6.2,"lon":106.8,"ts":1763798400000,"accuracy_m":5}"#)
+            decode(r#"{"user_id":"u1","lat":-6.2,"lon":106.8,"ts":1795334400000,"accuracy_m":5}"#)
                 .unwrap();
         assert_eq!(a.ts_ms, b.ts_ms);
         assert_eq!(b.accuracy_m, Some(5.0));
@@ -327,15 +327,15 @@ mod tests {
         let cases = [
             ("{\"user_id\":", "malformed_json"),
             (
-                r#"{"user_id":"u","lat":1,"ts":1763798400000}"#,
+                r#"{"user_id":"u","lat":1,"ts":1795334400000}"#,
                 "schema_violation",
             ),
             (
-                r#"{"user_id":"u","lat":"NaN","lon":1,"ts":1763798400000}"#,
+                r#"{"user_id":"u","lat":"NaN","lon":1,"ts":1795334400000}"#,
                 "schema_violation",
             ),
             (
-                r#"{"user_id":"u","lat":91,"lon":1,"ts":1763798400000}"#,
+                r#"{"user_id":"u","lat":91,"lon":1,"ts":1795334400000}"#,
                 "invalid_position",
             ),
             (
@@ -343,15 +343,15 @@ mod tests {
                 "invalid_timestamp",
             ),
             (
-                r#"{"user_id":"","lat":1,"lon":1,"ts":1763798400000}"#,
+                r#"{"user_id":"","lat":1,"lon":1,"ts":1795334400000}"#,
                 "invalid_user_id",
             ),
             (
-                r#"{"user_id":"u","lat":1,"lon":1,"ts":1763798400000,"schema_version":2}"#,
+                r#"{"user_id":"u","lat":1,"lon":1,"ts":1795334400000,"schema_version":2}"#,
                 "unsupported_schema_version",
             ),
             (
-                r#"{"user_id":"u","lat":1,"lon":1,"ts":1763798400000,"accuracy_m":-1}"#,
+                r#"{"user_id":"u","lat":1,"lon":1,"ts":1795334400000,"accuracy_m":-1}"#,
                 "invalid_accuracy",
             ),
             ("", "empty_payload"),
@@ -362,13 +362,13 @@ mod tests {
             assert!(DecodeError::CODES.contains(&code));
         }
         let big = format!(
-            r#"{{"user_id":"{}","lat":1,"lon":1,"ts":1763798400000}}"#,
+            r#"{{"user_id":"{}","lat":1,"lon":1,"ts":1795334400000}}"#,
             "x".repeat(5000)
         );
         assert_eq!(decode(&big).unwrap_err().code(), "oversized");
         let mismatch = decode_gps_event(
             Some(b"other"),
-            br#"{"user_id":"u","lat":1,"lon":1,"ts":1763798400000}"#,
+            br#"{"user_id":"u","lat":1,"lon":1,"ts":1795334400000}"#,
             4096,
         );
         assert_eq!(mismatch.unwrap_err().code(), "key_mismatch");
@@ -376,7 +376,7 @@ mod tests {
 
     #[test]
     fn event_ids_are_deterministic_and_distinct() {
-        let a = decode(r#"{"user_id":"u1","lat":-6.2,"lon":106.8,"ts":1763798400000}"#).unwrap();
+        let a = decode(r#"{"user_id":"u1","lat":-6.2,"lon":106.8,"ts":1795334400000}"#).unwrap();
         let b = decode(r#"{"lon":106.8,"lat":-6.2,"ts":"2026-11-22T08:00:00Z","user_id":"u1"}"#)
             .unwrap();
         let enter = eligibility_event_id(&a, "p", TransitionKind::Enter);

@@ -40,6 +40,16 @@ impl EmbeddedBroker {
         Ok(Self { cluster, bootstrap })
     }
 
+    /// Client settings the mock cluster needs: it answers a fetch with no data only after
+    /// `fetch.wait.max.ms` (it does not wake a waiting fetch when data arrives), so the default 500 ms
+    /// would become the pipeline's latency. Properties already set are left alone.
+    pub fn tune_client_settings(settings: &mut KafkaSettings) {
+        settings
+            .consumer_properties
+            .entry("fetch.wait.max.ms".into())
+            .or_insert_with(|| "5".into());
+    }
+
     #[must_use]
     pub fn bootstrap_servers(&self) -> &str {
         &self.bootstrap

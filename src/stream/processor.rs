@@ -14,7 +14,8 @@
 //! Rewinding means seeking each partition back to its last committed offset and reloading its users from
 //! the changelog, so the replay decides exactly as the first run did (and produces the same event ids).
 
-use std::collections::HashMap;
+use std::cell::Cell;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -169,6 +170,8 @@ impl Processor {
             buffer: Vec::new(),
             report: ProcessorReport::default(),
             last_checkpoint: Instant::now(),
+            next_sequence: Cell::new(0),
+            pending: VecDeque::new(),
         }));
         let consumer = self.create_consumer(core.clone())?;
         consumer
@@ -203,6 +206,11 @@ impl Processor {
                 }
             }
             let mut core = lock(&core);
+            if !core.pending.is_empty() {
+                if let Err(error) = core.advance(&consumer) {
+                    break Err(error);
+                }
+            }
             if core.last_checkpoint.elapsed() >= interval {
                 if let Err(error) = core.checkpoint(&consumer, CommitMode::Async) {
                     break Err(error);
@@ -329,9 +337,36 @@ struct Core {
     buffer: Vec<u8>,
     report: ProcessorReport,
     last_checkpoint: Instant,
+    /// Sequence number of the next produced record (its delivery opaque).
+    next_sequence: Cell<u64>,
+    /// At-least-once checkpoints waiting for their outputs to be acknowledged, oldest first.
+    pending: VecDeque<PendingCheckpoint>,
+}
+
+/// Input positions that may be committed once every record with a lower sequence number is acknowledged.
+struct PendingCheckpoint {
+    bound: u64,
+    offsets: TopicPartitionList,
+    positions: Vec<(i32, i64)>,
 }
 
 impl Core {
+    /// Sends one record, tracking it until its delivery report arrives.
+    fn send<K, P>(&self, mut record: BaseRecord<'_, K, P, usize>) -> Result<(), StreamError>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
+        let sequence = self.next_sequence.get();
+        self.next_sequence.set(sequence + 1);
+        let tracker = self.producer.context();
+        tracker.register(sequence);
+        record.delivery_opaque = sequence as usize;
+        send(&self.producer, record).inspect_err(|_| {
+            tracker.forget(sequence);
+        })
+    }
+
     fn process(&mut self, message: &BorrowedMessage<'_>) -> Result<(), StreamError> {
         let partition = message.partition();
         let offset = message.offset();
@@ -437,10 +472,10 @@ impl Core {
             self.buffer.clear();
             // Serializing plain data into a Vec cannot fail.
             let _ = serde_json::to_writer(&mut self.buffer, &output);
-            let record = BaseRecord::to(&self.settings.output_topic)
+            let record = BaseRecord::with_opaque_to(&self.settings.output_topic, 0)
                 .key(event.user_id.as_bytes())
                 .payload(&self.buffer[..]);
-            send(&self.producer, record)?;
+            self.send(record)?;
             match transition.kind {
                 TransitionKind::Enter => self.metrics.emitted_enter.inc(),
                 TransitionKind::Exit => self.metrics.emitted_exit.inc(),
@@ -454,13 +489,14 @@ impl Core {
             changelog::encode_state(&mut self.buffer, offset, user);
             Some(&self.buffer[..])
         };
-        let mut record = BaseRecord::<[u8], [u8], ()>::to(&self.settings.state_topic)
-            .key(event.user_id.as_bytes())
-            .partition(partition);
+        let mut record =
+            BaseRecord::<[u8], [u8], usize>::with_opaque_to(&self.settings.state_topic, 0)
+                .key(event.user_id.as_bytes())
+                .partition(partition);
         if let Some(payload) = payload {
             record = record.payload(payload);
         }
-        send(&self.producer, record)
+        self.send(record)
     }
 
     /// Sends the original message to the dead-letter topic with the reason and its origin in headers.
@@ -494,14 +530,15 @@ impl Core {
                 value: Some(offset.as_str()),
             });
         let mut record =
-            BaseRecord::<[u8], [u8], ()>::to(&self.settings.dlq_topic).headers(headers);
+            BaseRecord::<[u8], [u8], usize>::with_opaque_to(&self.settings.dlq_topic, 0)
+                .headers(headers);
         if let Some(key) = message.key() {
             record = record.key(key);
         }
         if let Some(payload) = message.payload() {
             record = record.payload(payload);
         }
-        send(&self.producer, record)?;
+        self.send(record)?;
         self.metrics.dead_lettered(error.code());
         self.report.dead_lettered += 1;
         tracing::debug!(code = error.code(), %reason, partition = message.partition(), offset = message.offset(), "dead-lettered");
@@ -518,12 +555,30 @@ impl Core {
         self.metrics
             .users_in_state
             .set(self.partitions.values().map(|p| p.users.len() as i64).sum());
-        if !self.dirty {
+        let waiting = !self.pending.is_empty() && matches!(mode, CommitMode::Sync);
+        if !self.dirty && !waiting {
             return Ok(());
         }
         let started = Instant::now();
         let offsets = self.progress()?;
         match self.settings.guarantee {
+            Guarantee::AtLeastOnce if matches!(mode, CommitMode::Async) => {
+                // Commit these offsets once everything produced so far is acknowledged, without
+                // stalling the loop to wait for that (see `advance`).
+                let bound = self.next_sequence.get();
+                let positions = self
+                    .partitions
+                    .iter()
+                    .filter_map(|(p, s)| Some((*p, s.next_offset?)))
+                    .collect();
+                self.pending.push_back(PendingCheckpoint {
+                    bound,
+                    offsets,
+                    positions,
+                });
+                self.dirty = false;
+                return Ok(());
+            }
             Guarantee::AtLeastOnce => {
                 self.producer.flush(BROKER_TIMEOUT).map_err(|source| {
                     StreamError::kafka("waiting for outputs to be acknowledged", source)
@@ -536,6 +591,7 @@ impl Core {
                     );
                     return self.rewind(consumer);
                 }
+                self.pending.clear();
                 if offsets.count() > 0 {
                     if let Err(error) = consumer.commit(&offsets, mode) {
                         // The outputs are safe; the commit is retried at the next checkpoint.
@@ -584,6 +640,46 @@ impl Core {
         self.metrics
             .checkpoint_seconds
             .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Commits the pending at-least-once checkpoints whose outputs are all acknowledged; rewinds if a
+    /// delivery failed. Cheap enough to call on every loop turn.
+    fn advance<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), StreamError> {
+        let tracker = self.producer.context();
+        if tracker.failures.load(Ordering::Relaxed) > 0 {
+            tracker.take_failures();
+            tracing::warn!("deliveries failed; rewinding to the last checkpoint");
+            return self.rewind(consumer);
+        }
+        let acknowledged_below = tracker.lowest_in_flight().unwrap_or(u64::MAX);
+        let mut newest = None;
+        while self
+            .pending
+            .front()
+            .is_some_and(|p| p.bound <= acknowledged_below)
+        {
+            newest = self.pending.pop_front();
+        }
+        let Some(checkpoint) = newest else {
+            return Ok(());
+        };
+        if checkpoint.offsets.count() > 0 {
+            if let Err(error) = consumer.commit(&checkpoint.offsets, CommitMode::Async) {
+                tracing::warn!(%error, "offset commit failed; retried at the next checkpoint");
+                return Ok(());
+            }
+        }
+        for (partition, offset) in checkpoint.positions {
+            if let Some(state) = self.partitions.get_mut(&partition) {
+                state.rewind_to = Some(offset);
+            }
+        }
+        self.metrics.checkpoints.inc();
+        self.report.checkpoints += 1;
         Ok(())
     }
 
@@ -699,7 +795,7 @@ impl Core {
 /// Sends one record, waiting while the producer queue is full: the loop's backpressure.
 fn send<K, P>(
     producer: &ThreadedProducer<DeliveryTracker>,
-    mut record: BaseRecord<'_, K, P, ()>,
+    mut record: BaseRecord<'_, K, P, usize>,
 ) -> Result<(), StreamError>
 where
     K: rdkafka::message::ToBytes + ?Sized,
@@ -721,6 +817,8 @@ where
 /// Counts failed deliveries; a checkpoint that sees any rewinds instead of committing.
 pub struct DeliveryTracker {
     failures: AtomicU64,
+    /// Sequence numbers produced and not yet reported delivered (or failed).
+    in_flight: Mutex<BTreeSet<u64>>,
     metrics: PipelineMetrics,
 }
 
@@ -728,8 +826,27 @@ impl DeliveryTracker {
     fn new(metrics: PipelineMetrics) -> Self {
         Self {
             failures: AtomicU64::new(0),
+            in_flight: Mutex::new(BTreeSet::new()),
             metrics,
         }
+    }
+
+    fn in_flight(&self) -> MutexGuard<'_, BTreeSet<u64>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn register(&self, sequence: u64) {
+        self.in_flight().insert(sequence);
+    }
+
+    fn forget(&self, sequence: u64) {
+        self.in_flight().remove(&sequence);
+    }
+
+    fn lowest_in_flight(&self) -> Option<u64> {
+        self.in_flight().first().copied()
     }
 
     fn take_failures(&self) -> u64 {
@@ -740,9 +857,10 @@ impl DeliveryTracker {
 impl ClientContext for DeliveryTracker {}
 
 impl ProducerContext for DeliveryTracker {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, sequence: usize) {
+        self.forget(sequence as u64);
         if let Err((error, message)) = result {
             if self.failures.fetch_add(1, Ordering::Relaxed) == 0 {
                 tracing::warn!(%error, topic = message.topic(), "delivery failed");

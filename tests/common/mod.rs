@@ -47,7 +47,7 @@ pub fn catalog(promotions: &str) -> Arc<SharedCatalog> {
 }
 
 pub fn settings(group: &str, guarantee: Guarantee) -> KafkaSettings {
-    KafkaSettings {
+    let mut settings = KafkaSettings {
         group_id: group.into(),
         guarantee,
         commit_interval_ms: 200,
@@ -62,7 +62,9 @@ pub fn settings(group: &str, guarantee: Guarantee) -> KafkaSettings {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect(),
         ..KafkaSettings::default()
-    }
+    };
+    geopromo::stream::EmbeddedBroker::tune_client_settings(&mut settings);
+    settings
 }
 
 /// A processor on its own thread.
