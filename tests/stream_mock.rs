@@ -342,3 +342,43 @@ fn exactly_once_replays_an_aborted_transaction_without_losing_or_inventing_event
     }
     assert_eq!(counts.len(), expected.len(), "no invented events");
 }
+
+/// The output events carry exactly the fields their JSON Schema names, with the required ones present.
+#[test]
+fn output_events_match_their_schema() {
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../docs/schemas/promo-eligible.schema.json")).unwrap();
+    let properties = schema["properties"].as_object().unwrap();
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let event = geopromo::promo::EligibilityEvent {
+        schema_version: 1,
+        event_id: "0".repeat(32),
+        kind: geopromo::promo::TransitionKind::Exit,
+        user_id: "u".into(),
+        promotion_id: "p".into(),
+        fence_id: "f".into(),
+        fence_name: "F".into(),
+        inside: false,
+        distance_m: None,
+        lat: 1.0,
+        lon: 2.0,
+        event_ts: "2026-11-22T08:00:00.000Z".into(),
+        emitted_at: "2026-11-22T08:00:00.010Z".into(),
+        source_event_id: Some("e".into()),
+    };
+    let json = serde_json::to_value(&event).unwrap();
+    let object = json.as_object().unwrap();
+    for key in object.keys() {
+        assert!(properties.contains_key(key), "{key} is not in the schema");
+    }
+    for key in required {
+        assert!(object.contains_key(key), "required {key} missing");
+    }
+    assert_eq!(object["kind"], "exit");
+    assert!(object["distance_m"].is_null());
+}

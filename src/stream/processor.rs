@@ -171,6 +171,7 @@ impl Processor {
             report: ProcessorReport::default(),
             last_checkpoint: Instant::now(),
             next_sequence: Cell::new(0),
+            doomed: Cell::new(false),
             pending: VecDeque::new(),
         }));
         let consumer = self.create_consumer(core.clone())?;
@@ -211,7 +212,7 @@ impl Processor {
                     break Err(error);
                 }
             }
-            if core.last_checkpoint.elapsed() >= interval {
+            if core.doomed.get() || core.last_checkpoint.elapsed() >= interval {
                 if let Err(error) = core.checkpoint(&consumer, CommitMode::Async) {
                     break Err(error);
                 }
@@ -339,6 +340,8 @@ struct Core {
     last_checkpoint: Instant,
     /// Sequence number of the next produced record (its delivery opaque).
     next_sequence: Cell<u64>,
+    /// Exactly-once: the open transaction can only be aborted; checkpoint (and so abort) as soon as possible.
+    doomed: Cell<bool>,
     /// At-least-once checkpoints waiting for their outputs to be acknowledged, oldest first.
     pending: VecDeque<PendingCheckpoint>,
 }
@@ -362,9 +365,22 @@ impl Core {
         let tracker = self.producer.context();
         tracker.register(sequence);
         record.delivery_opaque = sequence as usize;
-        send(&self.producer, record).inspect_err(|_| {
-            tracker.forget(sequence);
-        })
+        match send(&self.producer, record) {
+            Ok(()) => Ok(()),
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::State))
+                if self.settings.guarantee == Guarantee::ExactlyOnce =>
+            {
+                // The transaction already failed in the background; everything since the last commit is
+                // replayed after the abort, so this record is not lost by skipping it now.
+                tracker.forget(sequence);
+                self.doomed.set(true);
+                Ok(())
+            }
+            Err(source) => {
+                tracker.forget(sequence);
+                Err(StreamError::kafka("producing", source))
+            }
+        }
     }
 
     fn process(&mut self, message: &BorrowedMessage<'_>) -> Result<(), StreamError> {
@@ -555,6 +571,7 @@ impl Core {
         self.metrics
             .users_in_state
             .set(self.partitions.values().map(|p| p.users.len() as i64).sum());
+        self.doomed.set(false);
         let waiting = !self.pending.is_empty() && matches!(mode, CommitMode::Sync);
         if !self.dirty && !waiting {
             return Ok(());
@@ -796,7 +813,7 @@ impl Core {
 fn send<K, P>(
     producer: &ThreadedProducer<DeliveryTracker>,
     mut record: BaseRecord<'_, K, P, usize>,
-) -> Result<(), StreamError>
+) -> Result<(), KafkaError>
 where
     K: rdkafka::message::ToBytes + ?Sized,
     P: rdkafka::message::ToBytes + ?Sized,
@@ -809,7 +826,7 @@ where
                 // The producer's own thread serves delivery reports and frees queue space.
                 std::thread::sleep(Duration::from_micros(500));
             }
-            Err((source, _)) => return Err(StreamError::kafka("producing", source)),
+            Err((source, _)) => return Err(source),
         }
     }
 }
