@@ -52,16 +52,18 @@ fn main() {
 }
 
 fn settings() -> Settings {
-    let mut settings = Settings::default();
-    settings.kafka = KafkaSettings {
-        guarantee: Guarantee::AtLeastOnce,
-        embedded_partitions: PARTITIONS,
-        group_id: "bench".into(),
-        commit_interval_ms: std::env::var("COMMIT_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1000),
-        ..KafkaSettings::default()
+    let mut settings = Settings {
+        kafka: KafkaSettings {
+            guarantee: Guarantee::AtLeastOnce,
+            embedded_partitions: PARTITIONS,
+            group_id: "bench".into(),
+            commit_interval_ms: std::env::var("COMMIT_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000),
+            ..KafkaSettings::default()
+        },
+        ..Settings::default()
     };
     EmbeddedBroker::tune_client_settings(&mut settings.kafka);
     settings

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::promo::RuleOptions;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub fences: FenceSettings,
@@ -100,19 +100,6 @@ pub struct LogSettings {
     /// `tracing` filter, e.g. `info` or `geopromo=debug,rdkafka=warn`. `RUST_LOG` wins when set.
     pub filter: String,
     pub json: bool,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            fences: FenceSettings::default(),
-            promotions: PromotionSettings::default(),
-            rules: RuleSettings::default(),
-            kafka: KafkaSettings::default(),
-            metrics: MetricsSettings::default(),
-            log: LogSettings::default(),
-        }
-    }
 }
 
 impl Default for FenceSettings {
@@ -256,7 +243,7 @@ impl Settings {
         if !(1..=1000).contains(&kafka.embedded_partitions) {
             return fail("kafka.embedded_partitions must be between 1 and 1000".into());
         }
-        if !(self.rules.max_accuracy_m > 0.0) {
+        if self.rules.max_accuracy_m.is_nan() || self.rules.max_accuracy_m <= 0.0 {
             return fail("rules.max_accuracy_m must be positive".into());
         }
         if !(0.0..=10_000.0).contains(&self.rules.hysteresis_m) {
@@ -278,6 +265,7 @@ impl Settings {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail closures return figment::Error
 mod tests {
     use super::*;
 
