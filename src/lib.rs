@@ -4,6 +4,7 @@
 //! - [`promo`]: pure core: promotions, per-user enter/exit state, the input and output event contracts.
 //! - [`stream`]: Kafka adapter: the consume → match → rules → produce processor, dead letters, state
 //!   changelog, the embedded dev broker and the traffic simulator.
+//! - [`store`]: sqlx store (SQLite or PostgreSQL): fences, promotions, users, eligibility.
 //! - [`telemetry`]: tracing and Prometheus metrics.
 //! - [`config`]: layered settings (file → environment file → `GEOPROMO__` variables).
 //! - [`app`]: wiring: build everything, run until a shutdown future resolves.
@@ -16,5 +17,6 @@ pub mod cli;
 pub mod config;
 pub mod geofence;
 pub mod promo;
+pub mod store;
 pub mod stream;
 pub mod telemetry;

@@ -455,3 +455,38 @@ fn validate_polygons(
     }
     Some(polygons)
 }
+
+/// A validated fence as a GeoJSON geometry: a Polygon for one part, a MultiPolygon for several.
+#[must_use]
+pub fn fence_geometry(fence: &crate::geofence::Fence) -> Value {
+    let polygon = |p: &crate::geofence::Polygon| {
+        Value::from(
+            p.rings
+                .iter()
+                .map(|ring| {
+                    ring.iter()
+                        .map(|c| Value::from(c.to_vec()))
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    match fence.polygons.as_slice() {
+        [single] => serde_json::json!({"type": "Polygon", "coordinates": polygon(single)}),
+        parts => serde_json::json!({
+            "type": "MultiPolygon",
+            "coordinates": parts.iter().map(polygon).collect::<Vec<_>>(),
+        }),
+    }
+}
+
+/// A validated fence as a GeoJSON Feature that [`parse_fences`] reads back to the same fence.
+#[must_use]
+pub fn fence_feature(fence: &crate::geofence::Fence) -> Value {
+    serde_json::json!({
+        "type": "Feature",
+        "id": fence.id,
+        "properties": {"name": fence.name, "tolerance_m": fence.tolerance_m},
+        "geometry": fence_geometry(fence),
+    })
+}

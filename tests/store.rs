@@ -1,0 +1,190 @@
+//! The store against both real backends: a SQLite file in a temp dir and the local PostgreSQL
+//! (127.0.0.1:5432, user postgres, trust auth), with a fresh database per test.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use geopromo::geofence::{parse_fences, ParseOptions};
+use geopromo::promo::parse_promotions;
+use geopromo::store::{Backend, Eligibility, EligibilityChange, Store};
+use sqlx::Connection;
+
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// A fresh store on each backend; the temp dir lives as long as the returned guard.
+async fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite_url = format!(
+        "sqlite://{}",
+        dir.path().join("data/geopromo.sqlite").display()
+    );
+    let sqlite = Store::connect(&sqlite_url).await.unwrap();
+    assert_eq!(sqlite.backend(), Backend::Sqlite);
+
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "geopromo_test_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    let mut admin = sqlx::PgConnection::connect(&format!("{POSTGRES}/postgres"))
+        .await
+        .expect("the test suite needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust); .ci/test starts it");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let postgres = Store::connect(&format!("{POSTGRES}/{name}")).await.unwrap();
+    assert_eq!(postgres.backend(), Backend::Postgres);
+    vec![(sqlite, Some(dir)), (postgres, None)]
+}
+
+const FENCES: &str = r#"{"type":"FeatureCollection","features":[
+ {"type":"Feature","id":"square","properties":{"name":"Square","tolerance_m":750},
+  "geometry":{"type":"Polygon","coordinates":[[[106.0,-6.1],[106.1,-6.1],[106.1,-6.0],[106.0,-6.0],[106.0,-6.1]],
+    [[106.04,-6.06],[106.06,-6.06],[106.06,-6.04],[106.04,-6.04],[106.04,-6.06]]]}},
+ {"type":"Feature","id":"islands","properties":{"name":"Two_Islands"},
+  "geometry":{"type":"MultiPolygon","coordinates":[[[[110.0,-7.1],[110.1,-7.1],[110.1,-7.0],[110.0,-7.1]]],
+    [[[111.0,-7.1],[111.1,-7.1],[111.1,-7.0],[111.0,-7.1]]]]}}]}"#;
+
+#[tokio::test]
+async fn fences_round_trip_and_every_change_bumps_the_version() {
+    for (store, _guard) in stores().await {
+        let fences = parse_fences(FENCES.as_bytes(), &ParseOptions::default())
+            .unwrap()
+            .fences;
+        assert_eq!(store.catalog_version().await.unwrap(), 0);
+        let v1 = store.upsert_fences(&fences, 1000).await.unwrap();
+        assert_eq!(v1, 1);
+        let mut by_id = fences.clone();
+        by_id.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(
+            store.load_fences().await.unwrap(),
+            by_id,
+            "{:?}",
+            store.backend()
+        );
+
+        let mut renamed = fences[0].clone();
+        renamed.name = "Renamed".into();
+        let v2 = store
+            .upsert_fences(std::slice::from_ref(&renamed), 2000)
+            .await
+            .unwrap();
+        assert_eq!(v2, 2);
+        let stored = store.get_fence("square").await.unwrap().unwrap();
+        assert_eq!(
+            (stored.name.as_str(), stored.version, stored.updated_at_ms),
+            ("Renamed", 2, 2000)
+        );
+        assert_eq!(stored.vertex_count, 8, "closing positions are not vertices");
+
+        assert!(store.delete_fence("islands").await.unwrap());
+        assert!(!store.delete_fence("islands").await.unwrap());
+        assert_eq!(store.catalog_version().await.unwrap(), 3);
+        assert!(store.get_fence("islands").await.unwrap().is_none());
+    }
+}
+
+#[tokio::test]
+async fn fences_list_by_cursor_and_name() {
+    for (store, _guard) in stores().await {
+        let fences = parse_fences(FENCES.as_bytes(), &ParseOptions::default())
+            .unwrap()
+            .fences;
+        store.upsert_fences(&fences, 1).await.unwrap();
+        let first = store.list_fences(None, None, 1).await.unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].id, "islands");
+        let next = store.list_fences(Some("islands"), None, 10).await.unwrap();
+        assert_eq!(
+            next.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(),
+            ["square"]
+        );
+        // `_` in the filter is a literal underscore, not a wildcard.
+        let named = store.list_fences(None, Some("o_I"), 10).await.unwrap();
+        assert_eq!(
+            named.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(),
+            ["islands"]
+        );
+        assert!(store
+            .list_fences(None, Some("quar_"), 10)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+}
+
+#[tokio::test]
+async fn promotions_and_eligibility_round_trip() {
+    for (store, _guard) in stores().await {
+        let promotions = parse_promotions(
+            br#"{"promotions":[{"id":"p","name":"P","fences":["square","islands"],
+                "valid_from":"2026-01-01T00:00:00Z","cooldown_s":60},
+                {"id":"q","fences":["square"],"active":false}]}"#,
+        )
+        .unwrap();
+        for promotion in &promotions {
+            store.upsert_promotion(promotion, 5).await.unwrap();
+        }
+        assert_eq!(store.load_promotions().await.unwrap(), promotions);
+        assert_eq!(
+            store.get_promotion("q").await.unwrap().as_ref(),
+            Some(&promotions[1])
+        );
+        assert!(store.get_promotion("nope").await.unwrap().is_none());
+
+        let enter = |promotion: &str| {
+            EligibilityChange::Enter(Eligibility {
+                user_id: "u1".into(),
+                promotion_id: promotion.into(),
+                fence_id: "square".into(),
+                since_ms: 10,
+                event_id: format!("e-{promotion}"),
+            })
+        };
+        store
+            .record_eligibility(&[enter("p"), enter("q")], 10)
+            .await
+            .unwrap();
+        store
+            .record_eligibility(
+                &[EligibilityChange::Exit {
+                    user_id: "u1".into(),
+                    promotion_id: "q".into(),
+                }],
+                11,
+            )
+            .await
+            .unwrap();
+        let current = store.eligibility_of("u1").await.unwrap();
+        assert_eq!(current.len(), 1);
+        assert_eq!(current[0].promotion_id, "p");
+        assert!(store.eligibility_of("u2").await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn seeding_happens_once_and_bad_urls_are_named() {
+    for (store, _guard) in stores().await {
+        let fences = parse_fences(FENCES.as_bytes(), &ParseOptions::default())
+            .unwrap()
+            .fences;
+        assert!(store.seed_if_empty(&fences, &[], 1).await.unwrap());
+        assert!(!store.seed_if_empty(&fences, &[], 2).await.unwrap());
+        store.ping().await.unwrap();
+    }
+    let err = Store::connect("mysql://x").await.unwrap_err().to_string();
+    assert!(err.contains("neither sqlite: nor postgres://"), "{err}");
+    let err = Store::connect("postgres://user:secret@127.0.0.1:1/db")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cannot connect") && !err.contains("secret"),
+        "{err}"
+    );
+}
