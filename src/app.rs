@@ -14,9 +14,14 @@ use axum::routing::get;
 use axum::Router;
 use prometheus_client::registry::Registry;
 
+use std::time::Duration;
+
 use crate::config::Settings;
 use crate::geofence::{parse_fences, Fence, IndexOptions, ParseOptions};
+use crate::promo::timestamp::now_ms;
 use crate::promo::{parse_promotions, Catalog, SharedCatalog};
+use crate::promo::{EligibilityEvent, TransitionKind};
+use crate::store::{Eligibility, EligibilityChange, Store};
 use crate::stream::simulate::{run_simulation, SimulateOptions};
 use crate::stream::{EmbeddedBroker, Processor};
 use crate::telemetry::{encode_metrics, PipelineMetrics};
@@ -65,6 +70,135 @@ pub fn load_catalog(settings: &Settings) -> anyhow::Result<Catalog> {
     Ok(catalog)
 }
 
+/// Reads the promotions file named in the settings.
+pub fn load_promotion_file(settings: &Settings) -> anyhow::Result<Vec<crate::promo::Promotion>> {
+    let path = &settings.promotions.path;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read promotions from {}", path.display()))?;
+    parse_promotions(&bytes).with_context(|| format!("in {}", path.display()))
+}
+
+/// Connects to the store and, when it holds no fences yet, seeds it from the fence and promotion files.
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    let store = Store::connect(&settings.database.url).await?;
+    if store.catalog_version().await? == 0 {
+        let fences = load_fence_file(settings)?;
+        let promotions = load_promotion_file(settings)?;
+        if store.seed_if_empty(&fences, &promotions, now_ms()).await? {
+            tracing::info!(
+                fences = fences.len(),
+                promotions = promotions.len(),
+                "empty store seeded from {} and {}",
+                settings.fences.path.display(),
+                settings.promotions.path.display()
+            );
+        }
+    }
+    Ok(store)
+}
+
+/// Builds the catalog from what the store holds; returns it with the version it reflects.
+pub async fn catalog_from_store(
+    store: &Store,
+    settings: &Settings,
+) -> anyhow::Result<(Catalog, i64)> {
+    // Read the version first: a change racing with the load is then picked up by the next poll.
+    let version = store.catalog_version().await?;
+    let fences = store.load_fences().await?;
+    let promotions = store.load_promotions().await?;
+    let rules = settings.rules.to_options();
+    let cells = settings.fences.cells_per_degree;
+    let catalog = tokio::task::spawn_blocking(move || {
+        Catalog::build(
+            &fences,
+            promotions,
+            rules,
+            IndexOptions::default().cells_per_degree(cells),
+        )
+    })
+    .await
+    .context("catalog build panicked")?
+    .context("the stored promotions do not fit the stored fences")?;
+    Ok((catalog, version))
+}
+
+/// Keeps `catalog` in step with the store: polls the version and swaps in a rebuilt catalog when it
+/// changes (readers keep matching against the old one until the swap). A change that does not build is
+/// logged and the current catalog stays.
+pub async fn follow_catalog(
+    store: Store,
+    settings: Settings,
+    catalog: Arc<SharedCatalog>,
+    mut version: i64,
+) {
+    let mut interval = tokio::time::interval(Duration::from_millis(
+        settings.database.poll_interval_ms.max(50),
+    ));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        match store.catalog_version().await {
+            Ok(current) if current != version => {
+                match catalog_from_store(&store, &settings).await {
+                    Ok((fresh, loaded)) => {
+                        catalog.store(Arc::new(fresh));
+                        tracing::info!(
+                            from = version,
+                            to = loaded,
+                            "catalog changed in the store; swapped in"
+                        );
+                        version = loaded;
+                    }
+                    Err(error) => {
+                        tracing::error!("catalog version {current} does not build, keeping {version}: {error:#}");
+                        version = current;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "cannot poll the catalog version"),
+        }
+    }
+}
+
+/// Materialises eligibility events in the store, in batches, off the processing thread.
+fn eligibility_writer(
+    store: Store,
+) -> (
+    crate::stream::processor::EmitHook,
+    tokio::task::JoinHandle<()>,
+) {
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<EligibilityChange>(10_000);
+    let hook: crate::stream::processor::EmitHook = Box::new(move |event: &EligibilityEvent| {
+        let change = match event.kind {
+            TransitionKind::Enter => EligibilityChange::Enter(Eligibility {
+                user_id: event.user_id.clone(),
+                promotion_id: event.promotion_id.clone(),
+                fence_id: event.fence_id.clone(),
+                since_ms: crate::promo::timestamp::parse_rfc3339_ms(&event.event_ts)
+                    .unwrap_or_default(),
+                event_id: event.event_id.clone(),
+            }),
+            TransitionKind::Exit => EligibilityChange::Exit {
+                user_id: event.user_id.clone(),
+                promotion_id: event.promotion_id.clone(),
+            },
+        };
+        // Blocks the processor when the store falls 10k changes behind: backpressure, not loss.
+        let _ = sender.blocking_send(change);
+    });
+    let writer = tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(500);
+        while receiver.recv_many(&mut batch, 500).await > 0 {
+            if let Err(error) = store.record_eligibility(&batch, now_ms()).await {
+                tracing::error!(%error, changes = batch.len(), "cannot record eligibility");
+            }
+            batch.clear();
+        }
+    });
+    (hook, writer)
+}
+
 /// What `serve` runs besides the processor.
 #[derive(Debug, Clone, Default)]
 pub struct ServeOptions {
@@ -75,13 +209,16 @@ pub struct ServeOptions {
 }
 
 /// Runs the processor (and, with no brokers configured, the embedded broker) until `shutdown` resolves or
-/// the processor fails. SIGHUP reloads fences and promotions and swaps them in without pausing.
+/// the processor fails. Fences and promotions come from the store (seeded from the files when empty);
+/// changes there are swapped in within `database.poll_interval_ms`, without pausing.
 pub async fn serve(
     settings: Settings,
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let catalog = Arc::new(SharedCatalog::from_pointee(load_catalog(&settings)?));
+    let store = open_store(&settings).await?;
+    let (initial, version) = catalog_from_store(&store, &settings).await?;
+    let catalog = Arc::new(SharedCatalog::from_pointee(initial));
     let (all_fences, targeted) = catalog.load().fence_counts();
     tracing::info!(
         fences = all_fences,
@@ -114,13 +251,15 @@ pub async fn serve(
     }
 
     let stop = Arc::new(AtomicBool::new(false));
+    let (hook, writer) = eligibility_writer(store.clone());
     let processor = Processor::new(
         settings.kafka.clone(),
         brokers.clone(),
         catalog.clone(),
         metrics,
     )
-    .with_transactional_id(settings.transactional_id());
+    .with_transactional_id(settings.transactional_id())
+    .on_emit(hook);
     let processor_stop = stop.clone();
     let mut processor_task = tokio::task::spawn_blocking(move || processor.run(&processor_stop));
 
@@ -138,10 +277,12 @@ pub async fn serve(
         })
     });
 
-    let reload_settings = settings.clone();
-    let reload_catalog = catalog.clone();
-    let reloader =
-        tokio::spawn(async move { reload_on_sighup(reload_settings, reload_catalog).await });
+    let follower = tokio::spawn(follow_catalog(
+        store.clone(),
+        settings.clone(),
+        catalog.clone(),
+        version,
+    ));
 
     tokio::pin!(shutdown);
     let outcome = tokio::select! {
@@ -153,7 +294,9 @@ pub async fn serve(
         finished = &mut processor_task => finished,
     };
     stop.store(true, Ordering::Relaxed);
-    reloader.abort();
+    follower.abort();
+    // The processor thread has ended and dropped its hook, so the writer drains and finishes.
+    let _ = writer.await;
     if let Some(simulator) = simulator {
         if let Ok(Err(error)) = simulator.await {
             tracing::warn!(%error, "simulator stopped with an error");
@@ -213,26 +356,6 @@ pub async fn serve_metrics(listen: &str, registry: Registry) -> anyhow::Result<S
         }
     });
     Ok(address)
-}
-
-async fn reload_on_sighup(settings: Settings, catalog: Arc<SharedCatalog>) {
-    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    else {
-        return;
-    };
-    while hangups.recv().await.is_some() {
-        let settings = settings.clone();
-        match tokio::task::spawn_blocking(move || load_catalog(&settings)).await {
-            Ok(Ok(fresh)) => {
-                catalog.store(Arc::new(fresh));
-                tracing::info!("SIGHUP: fences and promotions reloaded and swapped in");
-            }
-            Ok(Err(error)) => {
-                tracing::error!("SIGHUP: reload refused, keeping the current catalog: {error:#}")
-            }
-            Err(error) => tracing::error!(%error, "SIGHUP: reload panicked"),
-        }
-    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -49,6 +49,8 @@ pub enum Command {
     Process,
     /// Produce realistic GPS traffic to the input topic and print the achieved rate.
     Simulate(SimulateArgs),
+    /// Create the database (SQLite) if needed and apply pending migrations.
+    Migrate,
     /// Match a file of points against fences; one NDJSON line per point, in input order.
     Match(MatchArgs),
     /// Work with fence files.
@@ -93,6 +95,9 @@ pub struct SimulateArgs {
 pub enum FencesCommand {
     /// Report every problem in a GeoJSON fence file, one per line; exit 1 if there is any.
     Validate(ValidateArgs),
+    /// Validate a GeoJSON fence file and store its fences (insert or replace by id) in one transaction;
+    /// running processors pick the change up within the poll interval.
+    Import(ImportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -147,6 +152,16 @@ pub enum IndexKind {
 }
 
 #[derive(Debug, Args)]
+pub struct ImportArgs {
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub fence_file: FenceFileArgs,
+    /// Import the valid features and report the invalid ones, instead of refusing the file.
+    #[arg(long)]
+    pub skip_invalid: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct ValidateArgs {
     pub file: PathBuf,
     #[command(flatten)]
@@ -168,6 +183,8 @@ pub fn run() -> ExitCode {
             true,
         ),
         Command::Simulate(args) => run_simulate(&cli.config_dir, &args),
+        Command::Migrate => run_migrate(&cli.config_dir),
+        Command::Fences(FencesCommand::Import(args)) => run_import(&cli.config_dir, &args),
         Command::Match(args) => run_match(&args),
         Command::Fences(FencesCommand::Validate(args)) => run_validate(&args),
     };
@@ -200,6 +217,58 @@ fn run_serve(
         .context("cannot start the async runtime")?;
     runtime.block_on(app::serve(settings, options, app::shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    Ok(runtime.block_on(future))
+}
+
+fn run_migrate(config_dir: &Path) -> anyhow::Result<ExitCode> {
+    let settings = app::settings_from(config_dir)?;
+    block_on(async {
+        let store = crate::store::Store::connect(&settings.database.url).await?;
+        let version = store.catalog_version().await?;
+        println!(
+            "database ready ({:?}), catalog version {version}",
+            store.backend()
+        );
+        anyhow::Ok(())
+    })??;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_import(config_dir: &Path, args: &ImportArgs) -> anyhow::Result<ExitCode> {
+    let settings = app::settings_from(config_dir)?;
+    let options = args
+        .fence_file
+        .parse_options()
+        .skip_invalid(args.skip_invalid);
+    let parsed = load_fences(&args.file, &options)?;
+    let started = std::time::Instant::now();
+    let version = block_on(async {
+        let store = crate::store::Store::connect(&settings.database.url).await?;
+        let version = store
+            .upsert_fences(&parsed.fences, crate::promo::timestamp::now_ms())
+            .await?;
+        anyhow::Ok(version)
+    })??;
+    println!(
+        "imported {} fences ({} vertices) from {} in {:.2} s; {} skipped; catalog version {version}",
+        parsed.fences.len(),
+        parsed.fences.iter().map(|f| f.vertex_count()).sum::<usize>(),
+        args.file.display(),
+        started.elapsed().as_secs_f64(),
+        parsed.skipped.len()
+    );
+    Ok(if parsed.skipped.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn run_simulate(config_dir: &Path, args: &SimulateArgs) -> anyhow::Result<ExitCode> {

@@ -20,6 +20,25 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     pub metrics: MetricsSettings,
     pub log: LogSettings,
+    pub database: DatabaseSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// `sqlite://PATH` (created and migrated on first run) or `postgres://user@host/db`.
+    pub url: String,
+    /// How often processors check the catalog version for fence or promotion changes.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://data/geopromo.sqlite".into(),
+            poll_interval_ms: 1000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -93,7 +93,12 @@ pub struct ProcessorReport {
 }
 
 /// A configured processor; [`Processor::run`] drives it until `stop` is set.
+/// Called with every eligibility event produced (for example to materialise it in the store). Must not
+/// block for long: it runs on the processing thread.
+pub type EmitHook = Box<dyn Fn(&EligibilityEvent) + Send + Sync>;
+
 pub struct Processor {
+    on_emit: Option<EmitHook>,
     settings: KafkaSettings,
     brokers: String,
     transactional_id: String,
@@ -114,12 +119,20 @@ impl Processor {
             .clone()
             .unwrap_or_else(|| format!("{}-processor", settings.group_id));
         Self {
+            on_emit: None,
             settings,
             brokers: brokers.into(),
             transactional_id,
             catalog,
             metrics,
         }
+    }
+
+    /// Calls `hook` with every eligibility event produced.
+    #[must_use]
+    pub fn on_emit(mut self, hook: EmitHook) -> Self {
+        self.on_emit = Some(hook);
+        self
     }
 
     /// The transactional id used in exactly-once mode: unique and stable per instance.
@@ -132,7 +145,7 @@ impl Processor {
     /// Runs until `stop` becomes true, then checkpoints and leaves the group. Returns an error for
     /// problems a restart cannot fix by itself being quiet about them (unreachable brokers, missing topics,
     /// a fenced transactional producer).
-    pub fn run(self, stop: &AtomicBool) -> Result<ProcessorReport, StreamError> {
+    pub fn run(mut self, stop: &AtomicBool) -> Result<ProcessorReport, StreamError> {
         let settings = &self.settings;
         let found = check_topics(
             settings,
@@ -172,6 +185,7 @@ impl Processor {
             last_checkpoint: Instant::now(),
             next_sequence: Cell::new(0),
             doomed: Cell::new(false),
+            on_emit: self.on_emit.take(),
             pending: VecDeque::new(),
         }));
         let consumer = self.create_consumer(core.clone())?;
@@ -340,6 +354,7 @@ struct Core {
     last_checkpoint: Instant,
     /// Sequence number of the next produced record (its delivery opaque).
     next_sequence: Cell<u64>,
+    on_emit: Option<EmitHook>,
     /// Exactly-once: the open transaction can only be aborted; checkpoint (and so abort) as soon as possible.
     doomed: Cell<bool>,
     /// At-least-once checkpoints waiting for their outputs to be acknowledged, oldest first.
@@ -492,6 +507,9 @@ impl Core {
                 .key(event.user_id.as_bytes())
                 .payload(&self.buffer[..]);
             self.send(record)?;
+            if let Some(hook) = &self.on_emit {
+                hook(&output);
+            }
             match transition.kind {
                 TransitionKind::Enter => self.metrics.emitted_enter.inc(),
                 TransitionKind::Exit => self.metrics.emitted_exit.inc(),
