@@ -250,6 +250,11 @@ pub async fn serve(
         tracing::info!(%address, "metrics at http://{address}/metrics");
     }
 
+    if !settings.api.listen.is_empty() {
+        let address = serve_api(&settings, store.clone()).await?;
+        tracing::warn!(%address, "HTTP API at http://{address}/v1 trusts X-Geopromo-User/X-Geopromo-Roles headers (no authentication yet: dev only)");
+    }
+
     let stop = Arc::new(AtomicBool::new(false));
     let (hook, writer) = eligibility_writer(store.clone());
     let processor = Processor::new(
@@ -323,6 +328,25 @@ fn print_dev_banner(settings: &Settings, bootstrap: &str) {
          ======================================================================================\n",
         k.input_topic, k.output_topic, k.dlq_topic, k.input_topic
     );
+}
+
+/// Serves the HTTP API; returns the bound address (useful with port 0).
+pub async fn serve_api(settings: &Settings, store: Store) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(&settings.api.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for the API", settings.api.listen))?;
+    let address = listener.local_addr()?;
+    let app = crate::api::router(crate::api::ApiState {
+        store,
+        authenticator: Arc::new(crate::api::DevHeaders),
+        max_body_bytes: settings.api.max_body_bytes,
+    });
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "API server stopped");
+        }
+    });
+    Ok(address)
 }
 
 /// Serves `/metrics` and `/healthz`; returns the bound address (useful with port 0).

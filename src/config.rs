@@ -21,6 +21,25 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub log: LogSettings,
     pub database: DatabaseSettings,
+    pub api: ApiSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    /// Where the HTTP API listens. Empty: no API in this process.
+    pub listen: String,
+    /// Largest request body (GeoJSON uploads are the big ones).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 32 * 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

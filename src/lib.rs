@@ -7,10 +7,12 @@
 //! - [`store`]: sqlx store (SQLite or PostgreSQL): fences, promotions, users, eligibility.
 //! - [`telemetry`]: tracing and Prometheus metrics.
 //! - [`config`]: layered settings (file → environment file → `GEOPROMO__` variables).
+//! - [`api`]: the HTTP API (axum): fences, promotions, eligibility, problem+json errors.
 //! - [`app`]: wiring: build everything, run until a shutdown future resolves.
 //! - [`batch`]: the `geopromo match` job: points from CSV/NDJSON, matches as NDJSON, on all cores.
 //! - [`cli`]: command-line interface.
 
+pub mod api;
 pub mod app;
 pub mod batch;
 pub mod cli;

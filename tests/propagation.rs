@@ -80,6 +80,7 @@ fn a_fence_added_in_the_store_is_matched_within_two_seconds() {
     settings.promotions.path = dir.path().join("promotions.json");
     settings.database.url = format!("sqlite://{}", dir.path().join("geopromo.sqlite").display());
     settings.metrics.listen = String::new();
+    settings.api.listen = "127.0.0.1:0".into();
     let brokers = settings.kafka.brokers.clone();
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

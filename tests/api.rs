@@ -1,0 +1,361 @@
+//! The HTTP API on a random port, against both store backends (SQLite file, fresh PostgreSQL database).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use geopromo::api::{router, ApiState, DevHeaders};
+use geopromo::store::Store;
+use sqlx::Connection;
+
+struct TestApp {
+    address: SocketAddr,
+    store: Store,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// One app per backend, each on 127.0.0.1:0 with a fresh database.
+async fn spawn_apps() -> Vec<TestApp> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Store::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("api.sqlite").display()
+    ))
+    .await
+    .unwrap();
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "geopromo_api_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    let mut admin = sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
+        .await
+        .expect("the test suite needs PostgreSQL at 127.0.0.1:5432; .ci/test starts it");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let postgres = Store::connect(&format!("postgres://postgres@127.0.0.1:5432/{name}"))
+        .await
+        .unwrap();
+    let mut apps = Vec::new();
+    for (store, dir) in [(sqlite, Some(dir)), (postgres, None)] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let app = router(ApiState {
+            store: store.clone(),
+            authenticator: Arc::new(DevHeaders),
+            max_body_bytes: 64 * 1024,
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        apps.push(TestApp {
+            address,
+            store,
+            _dir: dir,
+        });
+    }
+    apps
+}
+
+struct Reply {
+    status: u16,
+    content_type: String,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+/// A plain HTTP/1.1 request over a socket (no client library needed for tests).
+async fn call(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    roles: Option<&str>,
+    body: Option<&str>,
+) -> Reply {
+    let (address, method, path) = (app.address, method.to_owned(), path.to_owned());
+    let roles = roles.map(str::to_owned);
+    let body = body.map(str::to_owned);
+    tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(address).unwrap();
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+        if let Some(roles) = roles {
+            request.push_str(&format!(
+                "X-Geopromo-User: tester\r\nX-Geopromo-Roles: {roles}\r\n"
+            ));
+        }
+        if let Some(body) = &body {
+            request.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).unwrap();
+        if let Some(body) = &body {
+            let _ = stream.write_all(body.as_bytes());
+        }
+        let mut raw = String::new();
+        let _ = stream.read_to_string(&mut raw);
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("0")
+            .parse()
+            .unwrap();
+        let content_type = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-type: ")
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        Reply {
+            status,
+            content_type,
+            body: body.to_owned(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+const FENCES: &str = r#"{"type":"FeatureCollection","features":[
+ {"type":"Feature","id":"square","properties":{"name":"Square","tolerance_m":750},
+  "geometry":{"type":"Polygon","coordinates":[[[106.0,-6.1],[106.1,-6.1],[106.1,-6.0],[106.0,-6.0],[106.0,-6.1]]]}},
+ {"type":"Feature","id":"far","properties":{"name":"Far"},
+  "geometry":{"type":"Polygon","coordinates":[[[110.0,-7.1],[110.1,-7.1],[110.1,-7.0],[110.0,-7.0],[110.0,-7.1]]]}}]}"#;
+
+#[tokio::test]
+async fn fences_upload_list_get_delete() {
+    for app in spawn_apps().await {
+        let created = call(&app, "POST", "/v1/fences", Some("ops"), Some(FENCES)).await;
+        assert_eq!(created.status, 201, "{}", created.body);
+        assert_eq!(created.json()["stored"], 2);
+        assert_eq!(app.store.catalog_version().await.unwrap(), 1);
+
+        let page = call(&app, "GET", "/v1/fences?limit=1", Some("ops"), None).await;
+        assert_eq!(page.status, 200);
+        assert_eq!(page.json()["items"][0]["id"], "far");
+        assert_eq!(page.json()["next"], "far");
+        let rest = call(
+            &app,
+            "GET",
+            "/v1/fences?limit=1&after=far",
+            Some("ops"),
+            None,
+        )
+        .await;
+        assert_eq!(rest.json()["items"][0]["id"], "square");
+        assert!(rest.json()["next"].is_null());
+        let named = call(&app, "GET", "/v1/fences?name=Squ", Some("ops"), None).await;
+        assert_eq!(named.json()["items"].as_array().unwrap().len(), 1);
+
+        let feature = call(&app, "GET", "/v1/fences/square", Some("ops"), None).await;
+        assert_eq!(feature.status, 200);
+        assert_eq!(feature.content_type, "application/geo+json");
+        assert_eq!(feature.json()["geometry"]["type"], "Polygon");
+        assert_eq!(feature.json()["properties"]["tolerance_m"], 750.0);
+
+        assert_eq!(
+            call(&app, "DELETE", "/v1/fences/far", Some("ops"), None)
+                .await
+                .status,
+            204
+        );
+        let gone = call(&app, "DELETE", "/v1/fences/far", Some("ops"), None).await;
+        assert_eq!(gone.status, 404);
+        assert_eq!(gone.content_type, "application/problem+json");
+        assert_eq!(
+            gone.json()["type"],
+            "https://geopromo.dev/problems/not-found"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_problem_details() {
+    for app in spawn_apps().await {
+        let invalid = r#"{"type":"Feature","id":"open","properties":{},
+            "geometry":{"type":"Polygon","coordinates":[[[0,0],[1,0],[1,1],[0,1]]]}}"#;
+        let reply = call(&app, "POST", "/v1/fences", Some("ops"), Some(invalid)).await;
+        assert_eq!(reply.status, 422);
+        assert_eq!(
+            reply.json()["type"],
+            "https://geopromo.dev/problems/invalid-geojson"
+        );
+        let errors = reply.json()["errors"].to_string();
+        assert!(errors.contains("ring is not closed"), "{errors}");
+        assert_eq!(
+            app.store.catalog_version().await.unwrap(),
+            0,
+            "nothing stored"
+        );
+
+        let malformed = call(&app, "POST", "/v1/fences", Some("ops"), Some("{\"type\":")).await;
+        assert_eq!(malformed.status, 400);
+        assert_eq!(malformed.content_type, "application/problem+json");
+
+        let huge = format!("{{\"pad\":\"{}\"}}", "x".repeat(100_000));
+        assert_eq!(
+            call(&app, "POST", "/v1/fences", Some("ops"), Some(&huge))
+                .await
+                .status,
+            413
+        );
+
+        let unknown_field = r#"{"id":"p","fences":["square"],"colour":"red"}"#;
+        let reply = call(
+            &app,
+            "POST",
+            "/v1/promotions",
+            Some("ops"),
+            Some(unknown_field),
+        )
+        .await;
+        assert_eq!(reply.status, 422);
+        assert!(reply.json()["detail"].as_str().unwrap().contains("colour"));
+
+        let wrong_type = r#"{"id":"p","fences":"square"}"#;
+        assert_eq!(
+            call(
+                &app,
+                "POST",
+                "/v1/promotions",
+                Some("ops"),
+                Some(wrong_type)
+            )
+            .await
+            .status,
+            422
+        );
+
+        let unknown_fence = r#"{"id":"p","fences":["nowhere"]}"#;
+        let reply = call(
+            &app,
+            "POST",
+            "/v1/promotions",
+            Some("ops"),
+            Some(unknown_fence),
+        )
+        .await;
+        assert_eq!(reply.status, 422);
+        assert!(reply.json()["detail"].as_str().unwrap().contains("nowhere"));
+
+        let backwards = r#"{"id":"p","fences":["x"],"valid_from":"2027-01-01T00:00:00Z","valid_until":"2026-01-01T00:00:00Z"}"#;
+        let reply = call(&app, "POST", "/v1/promotions", Some("ops"), Some(backwards)).await;
+        assert_eq!(reply.status, 422);
+        assert!(reply.json()["errors"]
+            .to_string()
+            .contains("valid_from must be before valid_until"));
+
+        assert_eq!(
+            call(&app, "GET", "/v1/fences?limit=0", Some("ops"), None)
+                .await
+                .status,
+            400
+        );
+        assert_eq!(
+            call(&app, "GET", "/v1/nope", Some("ops"), None)
+                .await
+                .status,
+            404
+        );
+    }
+}
+
+#[tokio::test]
+async fn promotions_and_results_respect_roles() {
+    for app in spawn_apps().await {
+        assert_eq!(
+            call(&app, "POST", "/v1/fences", Some("ops"), Some(FENCES))
+                .await
+                .status,
+            201
+        );
+        let promotion = r#"{"id":"coffee","name":"Coffee","fences":["square"],"cooldown_s":60}"#;
+        let mobile = call(
+            &app,
+            "POST",
+            "/v1/promotions",
+            Some("mobile"),
+            Some(promotion),
+        )
+        .await;
+        assert_eq!(mobile.status, 403);
+        let created = call(&app, "POST", "/v1/promotions", Some("ops"), Some(promotion)).await;
+        assert_eq!(created.status, 201, "{}", created.body);
+        assert_eq!(created.json()["cooldown_s"], 60.0);
+        let listed = call(&app, "GET", "/v1/promotions", Some("consumer"), None).await;
+        assert_eq!(listed.json()[0]["id"], "coffee");
+        assert_eq!(
+            call(&app, "GET", "/v1/promotions/coffee", Some("ops"), None)
+                .await
+                .status,
+            200
+        );
+        assert_eq!(
+            call(&app, "GET", "/v1/promotions/none", Some("ops"), None)
+                .await
+                .status,
+            404
+        );
+
+        app.store
+            .record_eligibility(
+                &[geopromo::store::EligibilityChange::Enter(
+                    geopromo::store::Eligibility {
+                        user_id: "tester".into(),
+                        promotion_id: "coffee".into(),
+                        fence_id: "square".into(),
+                        since_ms: 1_795_334_400_000,
+                        event_id: "e1".into(),
+                    },
+                )],
+                1,
+            )
+            .await
+            .unwrap();
+        let own = call(&app, "GET", "/v1/users/me/promotions", Some("mobile"), None).await;
+        assert_eq!(own.status, 200);
+        assert_eq!(own.json()[0]["promotion_id"], "coffee");
+        assert_eq!(own.json()[0]["since"], "2026-11-22T08:00:00.000Z");
+        let other = call(
+            &app,
+            "GET",
+            "/v1/users/someone/promotions",
+            Some("mobile"),
+            None,
+        )
+        .await;
+        assert_eq!(other.status, 403);
+        let as_ops = call(
+            &app,
+            "GET",
+            "/v1/users/tester/promotions",
+            Some("ops"),
+            None,
+        )
+        .await;
+        assert_eq!(as_ops.json().as_array().unwrap().len(), 1);
+
+        let anonymous = call(&app, "GET", "/v1/promotions", None, None).await;
+        assert_eq!(anonymous.status, 401);
+        assert_eq!(anonymous.content_type, "application/problem+json");
+        assert_eq!(call(&app, "GET", "/healthz", None, None).await.status, 200);
+        assert_eq!(call(&app, "GET", "/readyz", None, None).await.body, "ready");
+    }
+}
