@@ -251,7 +251,7 @@ pub async fn serve(
     }
 
     if !settings.api.listen.is_empty() {
-        let address = serve_api(&settings, store.clone()).await?;
+        let address = serve_api(&settings, store.clone(), catalog.clone(), &brokers).await?;
         tracing::warn!(%address, "HTTP API at http://{address}/v1 trusts X-Geopromo-User/X-Geopromo-Roles headers (no authentication yet: dev only)");
     }
 
@@ -331,15 +331,36 @@ fn print_dev_banner(settings: &Settings, bootstrap: &str) {
 }
 
 /// Serves the HTTP API; returns the bound address (useful with port 0).
-pub async fn serve_api(settings: &Settings, store: Store) -> anyhow::Result<SocketAddr> {
+pub async fn serve_api(
+    settings: &Settings,
+    store: Store,
+    catalog: Arc<SharedCatalog>,
+    brokers: &str,
+) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(&settings.api.listen)
         .await
         .with_context(|| format!("cannot listen on {} for the API", settings.api.listen))?;
     let address = listener.local_addr()?;
+    let mut producer_config = crate::stream::client::client_config(
+        &settings.kafka,
+        brokers,
+        crate::stream::client::Role::Producer,
+    );
+    producer_config
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "2");
+    let producer: rdkafka::producer::FutureProducer = producer_config
+        .create()
+        .context("cannot create the locations producer")?;
     let app = crate::api::router(crate::api::ApiState {
         store,
         authenticator: Arc::new(crate::api::DevHeaders),
         max_body_bytes: settings.api.max_body_bytes,
+        catalog,
+        locations: Some(crate::api::LocationSink {
+            producer,
+            topic: settings.kafka.input_topic.clone(),
+        }),
     });
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {

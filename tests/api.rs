@@ -5,14 +5,36 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use geopromo::api::{router, ApiState, DevHeaders};
+use geopromo::api::{router, ApiState, DevHeaders, LocationSink};
+use geopromo::geofence::{parse_fences, IndexOptions, ParseOptions};
+use geopromo::promo::{parse_promotions, Catalog, RuleOptions, SharedCatalog};
 use geopromo::store::Store;
+use geopromo::stream::EmbeddedBroker;
 use sqlx::Connection;
 
 struct TestApp {
     address: SocketAddr,
     store: Store,
+    brokers: String,
+    _broker: std::rc::Rc<EmbeddedBroker>,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// The catalog `/v1/match` answers from: the test fences, one promotion on the square.
+fn catalog() -> Arc<SharedCatalog> {
+    let fences = parse_fences(FENCES.as_bytes(), &ParseOptions::default())
+        .unwrap()
+        .fences;
+    let promotions =
+        parse_promotions(br#"{"promotions":[{"id":"coffee","fences":["square"]}]}"#).unwrap();
+    let catalog = Catalog::build(
+        &fences,
+        promotions,
+        RuleOptions::default(),
+        IndexOptions::default(),
+    )
+    .unwrap();
+    Arc::new(SharedCatalog::from_pointee(catalog))
 }
 
 /// One app per backend, each on 127.0.0.1:0 with a fresh database.
@@ -44,6 +66,16 @@ async fn spawn_apps() -> Vec<TestApp> {
     let postgres = Store::connect(&format!("postgres://postgres@127.0.0.1:5432/{name}"))
         .await
         .unwrap();
+    let kafka = geopromo::config::KafkaSettings {
+        embedded_partitions: 2,
+        ..Default::default()
+    };
+    let broker = std::rc::Rc::new(EmbeddedBroker::start(&kafka, 1).unwrap());
+    let brokers = broker.bootstrap_servers().to_owned();
+    let producer: rdkafka::producer::FutureProducer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
     let mut apps = Vec::new();
     for (store, dir) in [(sqlite, Some(dir)), (postgres, None)] {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -52,11 +84,18 @@ async fn spawn_apps() -> Vec<TestApp> {
             store: store.clone(),
             authenticator: Arc::new(DevHeaders),
             max_body_bytes: 64 * 1024,
+            catalog: catalog(),
+            locations: Some(LocationSink {
+                producer: producer.clone(),
+                topic: kafka.input_topic.clone(),
+            }),
         });
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         apps.push(TestApp {
             address,
             store,
+            brokers: brokers.clone(),
+            _broker: broker.clone(),
             _dir: dir,
         });
     }
@@ -358,4 +397,120 @@ async fn promotions_and_results_respect_roles() {
         assert_eq!(call(&app, "GET", "/healthz", None, None).await.status, 200);
         assert_eq!(call(&app, "GET", "/readyz", None, None).await.body, "ready");
     }
+}
+
+#[tokio::test]
+async fn match_answers_fences_and_valid_promotions() {
+    for app in spawn_apps().await {
+        let inside = call(
+            &app,
+            "GET",
+            "/v1/match?lat=-6.05&lon=106.05",
+            Some("mobile"),
+            None,
+        )
+        .await;
+        assert_eq!(inside.status, 200, "{}", inside.body);
+        let json = inside.json();
+        assert_eq!(json[0]["fence_id"], "square");
+        assert_eq!(json[0]["inside"], true);
+        assert_eq!(json[0]["promotions"][0], "coffee");
+        // 500 m east of the square: within its 750 m tolerance.
+        let near = call(
+            &app,
+            "GET",
+            "/v1/match?lat=-6.05&lon=106.1045",
+            Some("mobile"),
+            None,
+        )
+        .await;
+        let distance = near.json()[0]["distance_m"].as_f64().unwrap();
+        assert!((distance - 500.0).abs() < 10.0, "{distance}");
+        let nowhere = call(&app, "GET", "/v1/match?lat=0&lon=0", Some("mobile"), None).await;
+        assert_eq!(nowhere.json(), serde_json::json!([]));
+        assert_eq!(
+            call(&app, "GET", "/v1/match?lat=95&lon=0", Some("mobile"), None)
+                .await
+                .status,
+            422
+        );
+        assert_eq!(
+            call(&app, "GET", "/v1/match?lat=x&lon=0", Some("mobile"), None)
+                .await
+                .status,
+            400
+        );
+    }
+}
+
+#[tokio::test]
+async fn locations_are_produced_for_the_caller_only() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let apps = spawn_apps().await;
+    let app = &apps[0];
+    let one = call(
+        app,
+        "POST",
+        "/v1/locations",
+        Some("mobile"),
+        Some(r#"{"lat":-6.05,"lon":106.05,"accuracy_m":8}"#),
+    )
+    .await;
+    assert_eq!(one.status, 202, "{}", one.body);
+    let batch = r#"{"locations":[{"lat":-6.0,"lon":106.0,"ts":"2026-11-22T08:00:00Z"},{"lat":-6.1,"lon":106.1,"event_id":"e-2"}]}"#;
+    let reply = call(app, "POST", "/v1/locations", Some("mobile"), Some(batch)).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    assert_eq!(reply.json()["accepted"], 2);
+
+    let spoof = r#"{"lat":-6.05,"lon":106.05,"user_id":"someone-else"}"#;
+    assert_eq!(
+        call(app, "POST", "/v1/locations", Some("mobile"), Some(spoof))
+            .await
+            .status,
+        422
+    );
+    let bad = r#"{"locations":[{"lat":-6.0,"lon":106.0},{"lat":91,"lon":0}]}"#;
+    let reply = call(app, "POST", "/v1/locations", Some("mobile"), Some(bad)).await;
+    assert_eq!(reply.status, 422);
+    assert!(reply.json()["errors"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("location 1:"));
+    assert_eq!(
+        call(
+            app,
+            "POST",
+            "/v1/locations",
+            Some("ops"),
+            Some(r#"{"lat":0,"lon":0}"#)
+        )
+        .await
+        .status,
+        403
+    );
+
+    let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &app.brokers)
+        .set("group.id", "api-test")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["gps-events"]).unwrap();
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while seen.len() < 3 && std::time::Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(std::time::Duration::from_millis(100)) {
+            assert_eq!(message.key(), Some(&b"tester"[..]));
+            let event: serde_json::Value =
+                serde_json::from_slice(message.payload().unwrap()).unwrap();
+            assert_eq!(event["user_id"], "tester");
+            seen.push(event);
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        3,
+        "exactly the accepted locations reach the topic"
+    );
 }

@@ -203,6 +203,16 @@ pub enum CatalogError {
     BadAccuracy(f64),
 }
 
+/// One fence a point matches, with the promotions it currently qualifies for.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PointMatch {
+    pub fence_id: String,
+    pub fence_name: String,
+    pub inside: bool,
+    pub distance_m: f64,
+    pub promotions: Vec<String>,
+}
+
 /// One immutable snapshot of fences and promotions, with the index the processor matches against. Swapped
 /// whole (see [`SharedCatalog`]) so that a reader always sees a consistent pair.
 #[derive(Debug)]
@@ -224,8 +234,7 @@ pub struct Catalog {
 pub type SharedCatalog = arc_swap::ArcSwap<Catalog>;
 
 impl Catalog {
-    /// Builds the matcher for the fences that some promotion targets: points are only ever matched against
-    /// those, so untargeted fences cost nothing on the hot path.
+    /// Builds the matcher: every fence, grown by the hysteresis, with the promotions targeting it.
     pub fn build(
         fences: &[Fence],
         promotions: Vec<Promotion>,
@@ -243,9 +252,10 @@ impl Catalog {
             .enumerate()
             .map(|(i, f)| (f.id.as_str(), i))
             .collect();
-        let mut indexed: Vec<usize> = Vec::new();
-        let mut indexed_position: HashMap<usize, u32> = HashMap::new();
-        let mut by_fence: Vec<Vec<u32>> = Vec::new();
+        // Every fence is indexed (so `/v1/match` can answer for any of them); untargeted fences simply have
+        // no promotions and cost only their share of the raster.
+        let indexed: Vec<usize> = (0..fences.len()).collect();
+        let mut by_fence: Vec<Vec<u32>> = vec![Vec::new(); fences.len()];
         for (p, promotion) in promotions.iter().enumerate() {
             for fence_id in &promotion.fence_ids {
                 let Some(&f) = fence_position.get(&**fence_id) else {
@@ -254,12 +264,7 @@ impl Catalog {
                         fence: fence_id.to_string(),
                     });
                 };
-                let slot = *indexed_position.entry(f).or_insert_with(|| {
-                    indexed.push(f);
-                    by_fence.push(Vec::new());
-                    (indexed.len() - 1) as u32
-                });
-                let list = &mut by_fence[slot as usize];
+                let list = &mut by_fence[f];
                 if !list.contains(&(p as u32)) {
                     list.push(p as u32);
                 }
@@ -311,7 +316,37 @@ impl Catalog {
     /// Fences loaded / fences some promotion targets.
     #[must_use]
     pub fn fence_counts(&self) -> (usize, usize) {
-        (self.all_fences, self.fence_ids.len())
+        (
+            self.all_fences,
+            self.by_fence.iter().filter(|p| !p.is_empty()).count(),
+        )
+    }
+
+    /// What matches a point at `ts_ms`: every fence the point is inside or within the fence's tolerance of,
+    /// with the promotions valid then that target it.
+    #[must_use]
+    pub fn match_now(&self, point: crate::geofence::GeoPoint, ts_ms: i64) -> Vec<PointMatch> {
+        let mut found = Vec::new();
+        self.index.match_point(point, &mut found);
+        found
+            .iter()
+            .filter(|m| m.inside || m.distance_m <= self.enter_tolerance_m[m.fence as usize])
+            .map(|m| {
+                let f = m.fence as usize;
+                PointMatch {
+                    fence_id: self.fence_ids[f].to_string(),
+                    fence_name: self.fence_names[f].to_string(),
+                    inside: m.inside,
+                    distance_m: (m.distance_m * 10.0).round() / 10.0,
+                    promotions: self.by_fence[f]
+                        .iter()
+                        .map(|&p| &self.promotions[p as usize])
+                        .filter(|p| p.is_valid_at(ts_ms))
+                        .map(|p| p.id.to_string())
+                        .collect(),
+                }
+            })
+            .collect()
     }
 }
 
