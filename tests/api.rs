@@ -1,8 +1,10 @@
 //! The HTTP API on a random port, against both store backends (SQLite file, fresh PostgreSQL database).
 
+mod common;
+
+use common::fresh_postgres_url;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use geopromo::api::{router, ApiState, DevHeaders, LocationSink};
@@ -10,7 +12,6 @@ use geopromo::geofence::{parse_fences, IndexOptions, ParseOptions};
 use geopromo::promo::{parse_promotions, Catalog, RuleOptions, SharedCatalog};
 use geopromo::store::Store;
 use geopromo::stream::EmbeddedBroker;
-use sqlx::Connection;
 
 struct TestApp {
     address: SocketAddr,
@@ -46,26 +47,8 @@ async fn spawn_apps() -> Vec<TestApp> {
     ))
     .await
     .unwrap();
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let name = format!(
-        "geopromo_api_{}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
-    let mut admin = sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
-        .await
-        .expect("the test suite needs PostgreSQL at 127.0.0.1:5432; .ci/test starts it");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let postgres = Store::connect(&format!("postgres://postgres@127.0.0.1:5432/{name}"))
-        .await
-        .unwrap();
+    let postgres_url = fresh_postgres_url("geopromo_api").await;
+    let postgres = Store::connect(&postgres_url).await.unwrap();
     let kafka = geopromo::config::KafkaSettings {
         embedded_partitions: 2,
         ..Default::default()

@@ -1,14 +1,12 @@
 //! The store against both real backends: a SQLite file in a temp dir and the local PostgreSQL
 //! (127.0.0.1:5432, user postgres, trust auth), with a fresh database per test.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+mod common;
 
+use common::fresh_postgres_url;
 use geopromo::geofence::{parse_fences, ParseOptions};
 use geopromo::promo::parse_promotions;
 use geopromo::store::{Backend, Eligibility, EligibilityChange, Store};
-use sqlx::Connection;
-
-const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
 
 /// A fresh store on each backend; the temp dir lives as long as the returned guard.
 async fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
@@ -20,24 +18,8 @@ async fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
     let sqlite = Store::connect(&sqlite_url).await.unwrap();
     assert_eq!(sqlite.backend(), Backend::Sqlite);
 
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let name = format!(
-        "geopromo_test_{}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
-    let mut admin = sqlx::PgConnection::connect(&format!("{POSTGRES}/postgres"))
-        .await
-        .expect("the test suite needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust); .ci/test starts it");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let postgres = Store::connect(&format!("{POSTGRES}/{name}")).await.unwrap();
+    let postgres_url = fresh_postgres_url("geopromo_test").await;
+    let postgres = Store::connect(&postgres_url).await.unwrap();
     assert_eq!(postgres.backend(), Backend::Postgres);
     vec![(sqlite, Some(dir)), (postgres, None)]
 }

@@ -67,6 +67,11 @@ pub enum StoreError {
     },
 }
 
+const FENCE_SELECT: &str =
+    "SELECT id, name, tolerance_m, geometry, vertex_count, version, updated_at_ms FROM fences";
+const PROMOTION_SELECT: &str =
+    "SELECT id, name, fence_ids, valid_from_ms, valid_until_ms, active, cooldown_ms FROM promotions";
+
 fn query_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Query { context, source }
 }
@@ -231,29 +236,26 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<StoredFence>, StoreError> {
         let pattern = name.map(|n| format!("%{}%", n.replace('%', "\\%").replace('_', "\\_")));
-        let rows = sqlx::query(
-            "SELECT id, name, tolerance_m, geometry, vertex_count, version, updated_at_ms FROM fences
-             WHERE id > $1 AND ($2 = '' OR name LIKE $3 ESCAPE '\\')
-             ORDER BY id LIMIT $4",
-        )
-        .bind(after.unwrap_or(""))
-        .bind(pattern.as_deref().unwrap_or(""))
-        .bind(pattern.as_deref().unwrap_or(""))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_error("listing fences"))?;
+        let sql = format!(
+            "{FENCE_SELECT} WHERE id > $1 AND ($2 = '' OR name LIKE $3 ESCAPE '\\') ORDER BY id LIMIT $4"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(after.unwrap_or(""))
+            .bind(pattern.as_deref().unwrap_or(""))
+            .bind(pattern.as_deref().unwrap_or(""))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("listing fences"))?;
         rows.iter().map(fence_row).collect()
     }
 
     pub async fn get_fence(&self, id: &str) -> Result<Option<StoredFence>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, name, tolerance_m, geometry, vertex_count, version, updated_at_ms FROM fences WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(query_error("reading a fence"))?;
+        let row = sqlx::query(&format!("{FENCE_SELECT} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error("reading a fence"))?;
         row.as_ref().map(fence_row).transpose()
     }
 
@@ -281,12 +283,10 @@ impl Store {
 
     /// Every stored fence, validated again on the way out (a row edited by hand cannot poison the index).
     pub async fn load_fences(&self) -> Result<Vec<Fence>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, name, tolerance_m, geometry, vertex_count, version, updated_at_ms FROM fences ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_error("loading fences"))?;
+        let rows = sqlx::query(&format!("{FENCE_SELECT} ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("loading fences"))?;
         let mut features = Vec::with_capacity(rows.len());
         for row in &rows {
             let fence = fence_row(row)?;
@@ -352,23 +352,19 @@ impl Store {
     }
 
     pub async fn load_promotions(&self) -> Result<Vec<Promotion>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, name, fence_ids, valid_from_ms, valid_until_ms, active, cooldown_ms FROM promotions ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_error("loading promotions"))?;
+        let rows = sqlx::query(&format!("{PROMOTION_SELECT} ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("loading promotions"))?;
         rows.iter().map(promotion_row).collect()
     }
 
     pub async fn get_promotion(&self, id: &str) -> Result<Option<Promotion>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, name, fence_ids, valid_from_ms, valid_until_ms, active, cooldown_ms FROM promotions WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(query_error("reading a promotion"))?;
+        let row = sqlx::query(&format!("{PROMOTION_SELECT} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error("reading a promotion"))?;
         row.as_ref().map(promotion_row).transpose()
     }
 

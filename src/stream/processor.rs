@@ -542,27 +542,20 @@ impl Core {
         let partition = message.partition().to_string();
         let offset = message.offset().to_string();
         let reason = error.to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "dlq.reason",
-                value: Some(error.code()),
+        let headers = [
+            ("dlq.reason", error.code()),
+            ("dlq.error", reason.as_str()),
+            ("dlq.source.topic", message.topic()),
+            ("dlq.source.partition", partition.as_str()),
+            ("dlq.source.offset", offset.as_str()),
+        ]
+        .into_iter()
+        .fold(OwnedHeaders::new(), |headers, (key, value)| {
+            headers.insert(Header {
+                key,
+                value: Some(value),
             })
-            .insert(Header {
-                key: "dlq.error",
-                value: Some(reason.as_str()),
-            })
-            .insert(Header {
-                key: "dlq.source.topic",
-                value: Some(message.topic()),
-            })
-            .insert(Header {
-                key: "dlq.source.partition",
-                value: Some(partition.as_str()),
-            })
-            .insert(Header {
-                key: "dlq.source.offset",
-                value: Some(offset.as_str()),
-            });
+        });
         let mut record =
             BaseRecord::<[u8], [u8], usize>::with_opaque_to(&self.settings.dlq_topic, 0)
                 .headers(headers);

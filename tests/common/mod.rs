@@ -294,3 +294,26 @@ pub fn traffic(
         .collect();
     (events, start)
 }
+
+/// A new, empty PostgreSQL database on the local server (127.0.0.1:5432, user postgres, trust auth).
+pub async fn fresh_postgres_url(prefix: &str) -> String {
+    use sqlx::Connection;
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    let mut admin = sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
+        .await
+        .expect("the test suite needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust); .ci/test starts it");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    format!("postgres://postgres@127.0.0.1:5432/{name}")
+}
