@@ -206,6 +206,8 @@ pub struct ServeOptions {
     pub simulate: Option<SimulateOptions>,
     /// Refuse to start the embedded broker (the `process` command): brokers must be configured.
     pub require_brokers: bool,
+    /// Serve the HTTP API on `api.listen` (`serve` does; `process` is the processor alone).
+    pub api: bool,
 }
 
 /// Runs the processor (and, with no brokers configured, the embedded broker) until `shutdown` resolves or
@@ -250,7 +252,7 @@ pub async fn serve(
         tracing::info!(%address, "metrics at http://{address}/metrics");
     }
 
-    if !settings.api.listen.is_empty() {
+    if options.api && !settings.api.listen.is_empty() {
         let address = serve_api(&settings, store.clone(), catalog.clone(), &brokers).await?;
         tracing::warn!(%address, "HTTP API at http://{address}/v1 trusts X-Geopromo-User/X-Geopromo-Roles headers (no authentication yet: dev only)");
     }

@@ -209,6 +209,7 @@ fn run_serve(
     let options = app::ServeOptions {
         simulate,
         require_brokers,
+        api: !require_brokers,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -87,7 +87,11 @@ fn a_fence_added_in_the_store_is_matched_within_two_seconds() {
     let service_settings = settings.clone();
     let service = std::thread::spawn(move || {
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        runtime.block_on(serve(service_settings, ServeOptions::default(), async {
+        let options = ServeOptions {
+            api: true,
+            ..ServeOptions::default()
+        };
+        runtime.block_on(serve(service_settings, options, async {
             let _ = stopped.await;
         }))
     });

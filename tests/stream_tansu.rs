@@ -183,9 +183,11 @@ fn sigkill_mid_stream_then_restart_loses_nothing_on_a_real_broker() {
             "[fences]\npath = \"{fences}\"\n[promotions]\npath = \"{promotions}\"\n\
              [kafka]\nbrokers = \"{brokers}\"\ncommit_interval_ms = 200\n\
              [kafka.consumer_properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
-             [metrics]\nlisten = \"\"\n",
+             [metrics]\nlisten = \"\"\n[api]\nlisten = \"\"\n\
+             [database]\nurl = \"sqlite://{database}\"\n",
             fences = config.join("fences.geojson").display(),
             promotions = config.join("promotions.json").display(),
+            database = dir.path().join("geopromo.sqlite").display(),
         ),
     )
     .unwrap();
