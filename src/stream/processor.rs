@@ -416,16 +416,30 @@ impl Core {
             Err(error) => self.dead_letter(message, &error)?,
             Ok(event) => {
                 let now = now_ms();
-                let catalog = self.catalog.load_full();
-                self.transitions.clear();
-                let state = self.partitions.get_mut(&partition).map(|p| &mut p.users);
-                let Some(users) = state else { return Ok(()) };
-                let user = match users.get_mut(&*event.user_id) {
-                    Some(user) => user,
-                    None => users.entry(event.user_id.as_ref().into()).or_default(),
+                // A guard, not an Arc clone: no reference-count traffic per event.
+                let (outcome, changed_user) = {
+                    let catalog = self.catalog.load();
+                    let Some(users) = self.partitions.get_mut(&partition).map(|p| &mut p.users)
+                    else {
+                        return Ok(());
+                    };
+                    let user = match users.get_mut(&*event.user_id) {
+                        Some(user) => user,
+                        None => users.entry(event.user_id.as_ref().into()).or_default(),
+                    };
+                    self.transitions.clear();
+                    let outcome = catalog.evaluate(
+                        user,
+                        &event,
+                        now,
+                        &mut self.scratch,
+                        &mut self.transitions,
+                    );
+                    (
+                        outcome,
+                        (!self.transitions.is_empty()).then(|| user.clone()),
+                    )
                 };
-                let outcome =
-                    catalog.evaluate(user, &event, now, &mut self.scratch, &mut self.transitions);
                 let evaluated_at = sampled.then(Instant::now);
                 match outcome {
                     Outcome::IgnoredInaccurate => {
@@ -440,8 +454,7 @@ impl Core {
                         }
                     }
                 }
-                if !self.transitions.is_empty() {
-                    let user = users.get(&*event.user_id).cloned().unwrap_or_default();
+                if let Some(user) = changed_user {
                     self.emit(&event, now, partition, offset, &user)?;
                 }
                 if let (Some(started), Some(decoded_at), Some(evaluated_at)) =
@@ -738,13 +751,7 @@ impl Core {
             .iter()
             .map(|(p, s)| (*p, s.rewind_to))
             .collect();
-        let mut restored = changelog::restore(
-            &self.settings,
-            &self.brokers,
-            self.settings.guarantee == Guarantee::ExactlyOnce,
-            &targets,
-            BROKER_TIMEOUT,
-        )?;
+        let mut restored = self.restore(&targets)?;
         for (partition, rewind_to) in targets {
             if let Some(offset) = rewind_to {
                 consumer
@@ -765,6 +772,20 @@ impl Core {
         }
         self.dirty = false;
         Ok(())
+    }
+
+    /// Users of `partitions` (partition, committed input offset) as of that offset, from the changelog.
+    fn restore(
+        &self,
+        partitions: &[(i32, Option<i64>)],
+    ) -> Result<HashMap<i32, PartitionUsers>, StreamError> {
+        changelog::restore(
+            &self.settings,
+            &self.brokers,
+            self.settings.guarantee == Guarantee::ExactlyOnce,
+            partitions,
+            BROKER_TIMEOUT,
+        )
     }
 
     /// Loads the state of newly assigned partitions from the changelog.
@@ -792,13 +813,7 @@ impl Core {
             })
             .collect();
         let started = Instant::now();
-        let mut restored = changelog::restore(
-            &self.settings,
-            &self.brokers,
-            self.settings.guarantee == Guarantee::ExactlyOnce,
-            &targets,
-            BROKER_TIMEOUT,
-        )?;
+        let mut restored = self.restore(&targets)?;
         let mut users_restored = 0;
         for (partition, committed) in targets {
             let users = restored.remove(&partition).unwrap_or_default();
