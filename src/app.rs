@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 
 use std::time::Duration;
 
+use crate::auth::Auth;
 use crate::config::Settings;
 use crate::geofence::{parse_fences, Fence, IndexOptions, ParseOptions};
 use crate::promo::timestamp::now_ms;
@@ -252,10 +253,21 @@ pub async fn serve(
         tracing::info!(%address, "metrics at http://{address}/metrics");
     }
 
-    if options.api && !settings.api.listen.is_empty() {
-        let address = serve_api(&settings, store.clone(), catalog.clone(), &brokers).await?;
-        tracing::warn!(%address, "HTTP API at http://{address}/v1 trusts X-Geopromo-User/X-Geopromo-Roles headers (no authentication yet: dev only)");
-    }
+    let api = if options.api && !settings.api.listen.is_empty() {
+        let server = start_api(
+            &settings,
+            store.clone(),
+            catalog.clone(),
+            Some(&brokers),
+            metrics.registry(),
+        )
+        .await?;
+        tracing::info!(address = %server.address, "HTTP API at http://{}/v1 (docs at /docs)", server.address);
+        print_first_admin_hint(&store).await;
+        Some(server)
+    } else {
+        None
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
     let (hook, writer) = eligibility_writer(store.clone());
@@ -309,6 +321,7 @@ pub async fn serve(
             tracing::warn!(%error, "simulator stopped with an error");
         }
     }
+    drop(api);
     let report = outcome.context("processor thread panicked")??;
     tracing::info!(?report, "stopped");
     drop(embedded);
@@ -332,44 +345,117 @@ fn print_dev_banner(settings: &Settings, bootstrap: &str) {
     );
 }
 
-/// Serves the HTTP API; returns the bound address (useful with port 0).
-pub async fn serve_api(
+/// A running HTTP API.
+pub struct ApiServer {
+    pub address: SocketAddr,
+    pub auth: Arc<Auth>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Starts authentication (keys, revocations, the refresher) and serves the HTTP API on `api.listen`.
+/// Locations are produced to `brokers` when given; without, `POST /v1/locations` answers 503.
+pub async fn start_api(
     settings: &Settings,
     store: Store,
     catalog: Arc<SharedCatalog>,
-    brokers: &str,
-) -> anyhow::Result<SocketAddr> {
+    brokers: Option<&str>,
+    registry: Registry,
+) -> anyhow::Result<ApiServer> {
     let listener = tokio::net::TcpListener::bind(&settings.api.listen)
         .await
         .with_context(|| format!("cannot listen on {} for the API", settings.api.listen))?;
     let address = listener.local_addr()?;
-    let mut producer_config = crate::stream::client::client_config(
-        &settings.kafka,
-        brokers,
-        crate::stream::client::Role::Producer,
-    );
-    producer_config
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "2");
-    let producer: rdkafka::producer::FutureProducer = producer_config
-        .create()
-        .context("cannot create the locations producer")?;
+    let locations = match brokers {
+        Some(brokers) => {
+            let mut producer_config = crate::stream::client::client_config(
+                &settings.kafka,
+                brokers,
+                crate::stream::client::Role::Producer,
+            );
+            producer_config
+                .set("enable.idempotence", "true")
+                .set("linger.ms", "2");
+            let producer: rdkafka::producer::FutureProducer = producer_config
+                .create()
+                .context("cannot create the locations producer")?;
+            Some(crate::api::LocationSink {
+                producer,
+                topic: settings.kafka.input_topic.clone(),
+            })
+        }
+        None => None,
+    };
+    let auth = Auth::start(store.clone(), settings.auth.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!(error_chain(&e)))
+        .context("cannot start authentication")?;
+    let refresher = auth.spawn_refresher();
     let app = crate::api::router(crate::api::ApiState {
         store,
-        authenticator: Arc::new(crate::api::DevHeaders),
+        auth: auth.clone(),
         max_body_bytes: settings.api.max_body_bytes,
         catalog,
-        locations: Some(crate::api::LocationSink {
-            producer,
-            topic: settings.kafka.input_topic.clone(),
-        }),
+        locations,
+        registry: Arc::new(registry),
     });
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
+    let server = tokio::spawn(async move {
+        if let Err(error) = crate::api::serve(listener, app, std::future::pending()).await {
             tracing::error!(%error, "API server stopped");
         }
     });
-    Ok(address)
+    Ok(ApiServer {
+        address,
+        auth,
+        tasks: vec![refresher, server],
+    })
+}
+
+/// Tells a developer how to get the first admin when nobody can log in yet.
+async fn print_first_admin_hint(store: &Store) {
+    if store.count_users().await.unwrap_or(1) == 0 {
+        eprintln!(
+            "\nNo users yet. Create the first admin (asks for the password; --password-stdin for scripts):\n  \
+             cargo run --release -- user add admin --role admin\n\
+             then log in: curl -s localhost:8080/v1/auth/login -H 'content-type: application/json' \\\n    \
+             -d '{{\"username\":\"admin\",\"password\":\"...\",\"client\":\"ops\"}}'\n"
+        );
+    }
+}
+
+/// The HTTP API alone (no processor): `geopromo api`. Locations go to `kafka.brokers` when configured.
+pub async fn run_api(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let store = open_store(&settings).await?;
+    let (initial, version) = catalog_from_store(&store, &settings).await?;
+    let catalog = Arc::new(SharedCatalog::from_pointee(initial));
+    let follower = tokio::spawn(follow_catalog(
+        store.clone(),
+        settings.clone(),
+        catalog.clone(),
+        version,
+    ));
+    let brokers = settings.kafka.brokers.trim();
+    let server = start_api(
+        &settings,
+        store.clone(),
+        catalog,
+        (!brokers.is_empty()).then_some(brokers),
+        Registry::with_prefix("geopromo"),
+    )
+    .await?;
+    tracing::info!(address = %server.address, "HTTP API at http://{}/v1 (docs at /docs)", server.address);
+    print_first_admin_hint(&store).await;
+    shutdown.await;
+    follower.abort();
+    drop(server);
+    Ok(())
 }
 
 /// Serves `/metrics` and `/healthz`; returns the bound address (useful with port 0).
@@ -425,4 +511,17 @@ pub async fn shutdown_signal() {
 /// Loads settings from `dir`, for commands that need them.
 pub fn settings_from(dir: &Path) -> anyhow::Result<Settings> {
     Ok(Settings::load(dir)?)
+}
+
+/// An error and its causes, `: `-separated, for logs and messages.
+#[must_use]
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

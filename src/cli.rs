@@ -56,6 +56,58 @@ pub enum Command {
     /// Work with fence files.
     #[command(subcommand)]
     Fences(FencesCommand),
+    /// Serve the HTTP API alone (no processor); locations go to kafka.brokers when configured.
+    Api,
+    /// Manage users who can log in.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Open sessions without a password (service accounts, load tests).
+    #[command(subcommand)]
+    Session(SessionCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add users with the given roles. The password is the first line of standard input (all the named
+    /// users get it); at a terminal you are asked for it.
+    Add(UserAddArgs),
+    /// Disable a user: no more logins, every session revoked.
+    Disable {
+        /// User id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct UserAddArgs {
+    /// Usernames (each also the user id, unless --id is given for a single user).
+    #[arg(required = true)]
+    pub usernames: Vec<String>,
+    /// Role: mobile, ops, consumer or admin; repeat for several.
+    #[arg(long = "role", required = true)]
+    pub roles: Vec<String>,
+    /// The user id (token subject and GPS event key), when it differs from the username.
+    #[arg(long)]
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// Open a session for each user and print one JSON line of tokens each (as login would answer).
+    Issue(SessionIssueArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SessionIssueArgs {
+    /// User ids.
+    #[arg(required = true)]
+    pub users: Vec<String>,
+    /// Client kind: mobile, ops or consumer.
+    #[arg(long, default_value = "mobile")]
+    pub client: String,
+    /// Device label recorded on the session.
+    #[arg(long, default_value = "cli")]
+    pub label: String,
 }
 
 #[derive(Debug, Args)]
@@ -187,6 +239,10 @@ pub fn run() -> ExitCode {
         Command::Fences(FencesCommand::Import(args)) => run_import(&cli.config_dir, &args),
         Command::Match(args) => run_match(&args),
         Command::Fences(FencesCommand::Validate(args)) => run_validate(&args),
+        Command::Api => run_api(&cli.config_dir),
+        Command::User(UserCommand::Add(args)) => run_user_add(&cli.config_dir, &args),
+        Command::User(UserCommand::Disable { id }) => run_user_disable(&cli.config_dir, &id),
+        Command::Session(SessionCommand::Issue(args)) => run_session_issue(&cli.config_dir, &args),
     };
     result.unwrap_or_else(|err| {
         eprintln!("error: {err:#}");
@@ -220,6 +276,113 @@ fn run_serve(
     Ok(ExitCode::SUCCESS)
 }
 
+fn run_api(config_dir: &Path) -> anyhow::Result<ExitCode> {
+    let settings = app::settings_from(config_dir)?;
+    telemetry::init_logging(&settings.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(app::run_api(settings, app::shutdown_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The store and authentication, for the user and session commands.
+async fn open_auth(config_dir: &Path) -> anyhow::Result<Arc<crate::auth::Auth>> {
+    let settings = app::settings_from(config_dir)?;
+    let store = crate::store::Store::connect(&settings.database.url).await?;
+    crate::auth::Auth::start(store, settings.auth)
+        .await
+        .map_err(|e| anyhow::anyhow!(app::error_chain(&e)))
+}
+
+fn run_user_add(config_dir: &Path, args: &UserAddArgs) -> anyhow::Result<ExitCode> {
+    let roles = crate::auth::Role::parse_list(&args.roles.join(",")).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        args.id.is_none() || args.usernames.len() == 1,
+        "--id names one user; give one username with it"
+    );
+    if std::io::IsTerminal::is_terminal(&io::stdin()) {
+        eprint!("password for {}: ", args.usernames.join(", "));
+    }
+    let mut password = String::new();
+    io::stdin()
+        .read_line(&mut password)
+        .context("cannot read the password from standard input")?;
+    let password = password.trim_end_matches(['\r', '\n']).to_owned();
+    block_on(async {
+        let auth = open_auth(config_dir).await?;
+        let bar = progress_bar(args.usernames.len() as u64, "users");
+        for username in &args.usernames {
+            let user = auth
+                .create_user(username, password.clone(), roles.clone(), args.id.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("{username}: {}", app::error_chain(&e)))?;
+            bar.inc(1);
+            if args.usernames.len() == 1 {
+                println!(
+                    "added user {:?} (id {:?}) with roles {}",
+                    user.username,
+                    user.id,
+                    crate::auth::Role::join(&user.roles)
+                );
+            }
+        }
+        bar.finish_and_clear();
+        if args.usernames.len() > 1 {
+            println!("added {} users", args.usernames.len());
+        }
+        anyhow::Ok(())
+    })??;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_user_disable(config_dir: &Path, id: &str) -> anyhow::Result<ExitCode> {
+    block_on(async {
+        let auth = open_auth(config_dir).await?;
+        auth.disable_user(id)
+            .await
+            .map_err(|e| anyhow::anyhow!(app::error_chain(&e)))?;
+        println!("disabled {id:?}; its sessions are revoked");
+        anyhow::Ok(())
+    })??;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_session_issue(config_dir: &Path, args: &SessionIssueArgs) -> anyhow::Result<ExitCode> {
+    let client = crate::auth::ClientKind::parse(&args.client)
+        .with_context(|| format!("unknown client kind {:?} (mobile, ops, consumer)", args.client))?;
+    block_on(async {
+        let auth = open_auth(config_dir).await?;
+        for user in &args.users {
+            let tokens = auth
+                .issue_session(user, client, Some(args.label.clone()))
+                .await
+                .map_err(|e| anyhow::anyhow!("{user}: {}", app::error_chain(&e)))?;
+            println!(
+                "{}",
+                serde_json::json!({"user_id": user, "access_token": tokens.access_token,
+                    "refresh_token": tokens.refresh_token, "session_id": tokens.session_id,
+                    "expires_in": tokens.expires_in})
+            );
+        }
+        anyhow::Ok(())
+    })??;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+fn progress_bar(length: u64, unit: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(length);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+        "{{spinner}} {{bar:40}} {{pos}}/{{len}} {unit} ({{per_sec}}, {{eta}} left)"
+    )) {
+        bar.set_style(style);
+    }
+    bar
+}
+
 fn block_on<T>(future: impl std::future::Future<Output = T>) -> anyhow::Result<T> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -250,13 +413,17 @@ fn run_import(config_dir: &Path, args: &ImportArgs) -> anyhow::Result<ExitCode> 
         .skip_invalid(args.skip_invalid);
     let parsed = load_fences(&args.file, &options)?;
     let started = std::time::Instant::now();
+    let bar = progress_bar(parsed.fences.len() as u64, "fences stored");
     let version = block_on(async {
         let store = crate::store::Store::connect(&settings.database.url).await?;
         let version = store
-            .upsert_fences(&parsed.fences, crate::promo::timestamp::now_ms())
+            .upsert_fences_with_progress(&parsed.fences, crate::promo::timestamp::now_ms(), |n| {
+                bar.set_position(n as u64);
+            })
             .await?;
         anyhow::Ok(version)
     })??;
+    bar.finish_and_clear();
     println!(
         "imported {} fences ({} vertices) from {} in {:.2} s; {} skipped; catalog version {version}",
         parsed.fences.len(),
@@ -331,7 +498,23 @@ fn run_simulate(config_dir: &Path, args: &SimulateArgs) -> anyhow::Result<ExitCo
 }
 
 fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let length = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let bar = indicatif::ProgressBar::new(length);
+    // Only worth a bar for large files (at a terminal; indicatif hides it otherwise).
+    if length < 16 * 1024 * 1024 {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    } else if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} read ({bytes_per_sec})")
+    {
+        bar.set_style(style);
+    }
+    let mut bytes = Vec::with_capacity(length as usize);
+    bar.wrap_read(file)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    bar.finish_and_clear();
+    Ok(bytes)
 }
 
 /// Loads fences, printing every problem (and every repair) to stderr.

@@ -22,6 +22,66 @@ pub struct Settings {
     pub log: LogSettings,
     pub database: DatabaseSettings,
     pub api: ApiSettings,
+    pub auth: AuthSettings,
+}
+
+/// Tokens, sessions and login protection (see `docs/auth.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// `iss` of every access token; audiences are `{issuer}:mobile`, `{issuer}:ops`, `{issuer}:consumer`.
+    pub issuer: String,
+    /// Access token lifetime, at most 900 s.
+    pub access_ttl_s: u64,
+    /// Clock leeway when checking `exp`, `nbf` and `iat`, at most 60 s.
+    pub leeway_s: u64,
+    /// A session unused (no refresh) for this long ends.
+    pub idle_timeout_s: u64,
+    /// A session ends this long after login whatever happens.
+    pub absolute_timeout_s: u64,
+    /// A rotated refresh token presented again within this window gets the same answer (lost responses,
+    /// concurrent refreshes); after it, the session is revoked as stolen. At most 10 s.
+    pub refresh_grace_s: u64,
+    /// How often each instance reads new session revocations and key changes from the store.
+    pub revocation_poll_ms: u64,
+    /// A rotated-in key is published in the JWKS this long before it signs (for verifiers that cache).
+    pub key_publish_ahead_s: u64,
+    /// Login attempts per client IP: burst, then one more every `60 / per_minute` s.
+    pub login_ip_burst: u32,
+    pub login_ip_per_minute: u32,
+    /// Login attempts per username (whatever the IP).
+    pub login_account_burst: u32,
+    pub login_account_per_minute: u32,
+    /// Refreshes per client IP.
+    pub refresh_ip_burst: u32,
+    pub refresh_ip_per_minute: u32,
+    /// Argon2id cost for new password hashes (existing hashes keep their own).
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            issuer: "geopromo".into(),
+            access_ttl_s: 900,
+            leeway_s: 30,
+            idle_timeout_s: 30 * 24 * 3600,
+            absolute_timeout_s: 90 * 24 * 3600,
+            refresh_grace_s: 10,
+            revocation_poll_ms: 250,
+            key_publish_ahead_s: 0,
+            login_ip_burst: 20,
+            login_ip_per_minute: 30,
+            login_account_burst: 5,
+            login_account_per_minute: 5,
+            refresh_ip_burst: 60,
+            refresh_ip_per_minute: 120,
+            // OWASP's Argon2id minimum: m = 19 MiB, t = 2, p = 1.
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -286,6 +346,40 @@ impl Settings {
         }
         if !(0.0..=10_000.0).contains(&self.rules.hysteresis_m) {
             return fail("rules.hysteresis_m must be between 0 and 10000".into());
+        }
+        let auth = &self.auth;
+        if !(1..=900).contains(&auth.access_ttl_s) {
+            return fail("auth.access_ttl_s must be between 1 and 900".into());
+        }
+        if auth.leeway_s > 60 {
+            return fail("auth.leeway_s must be at most 60".into());
+        }
+        if auth.refresh_grace_s > 10 {
+            return fail("auth.refresh_grace_s must be at most 10".into());
+        }
+        if auth.idle_timeout_s == 0 || auth.absolute_timeout_s < auth.idle_timeout_s {
+            return fail("auth.idle_timeout_s must be at least 1 and at most auth.absolute_timeout_s".into());
+        }
+        if !(10..=60_000).contains(&auth.revocation_poll_ms) {
+            return fail("auth.revocation_poll_ms must be between 10 and 60000".into());
+        }
+        for (name, value) in [
+            ("auth.login_ip_burst", auth.login_ip_burst),
+            ("auth.login_ip_per_minute", auth.login_ip_per_minute),
+            ("auth.login_account_burst", auth.login_account_burst),
+            ("auth.login_account_per_minute", auth.login_account_per_minute),
+            ("auth.refresh_ip_burst", auth.refresh_ip_burst),
+            ("auth.refresh_ip_per_minute", auth.refresh_ip_per_minute),
+        ] {
+            if value == 0 {
+                return fail(format!("{name} must be at least 1"));
+            }
+        }
+        if auth.argon2_memory_kib < 8 * 1024 || auth.argon2_iterations == 0 {
+            return fail("auth.argon2_memory_kib must be at least 8192 and auth.argon2_iterations at least 1".into());
+        }
+        if auth.issuer.trim().is_empty() {
+            return fail("auth.issuer must not be empty".into());
         }
         Ok(())
     }

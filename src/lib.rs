@@ -7,13 +7,15 @@
 //! - [`store`]: sqlx store (SQLite or PostgreSQL): fences, promotions, users, eligibility.
 //! - [`telemetry`]: tracing and Prometheus metrics.
 //! - [`config`]: layered settings (file → environment file → `GEOPROMO__` variables).
-//! - [`api`]: the HTTP API (axum): fences, promotions, eligibility, problem+json errors.
+//! - [`auth`]: EdDSA access tokens tied to revocable sessions, rotating refresh tokens, roles, limits.
+//! - [`api`]: the HTTP API (axum): fences, promotions, eligibility, auth, problem+json, OpenAPI.
 //! - [`app`]: wiring: build everything, run until a shutdown future resolves.
 //! - [`batch`]: the `geopromo match` job: points from CSV/NDJSON, matches as NDJSON, on all cores.
 //! - [`cli`]: command-line interface.
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod batch;
 pub mod cli;
 pub mod config;

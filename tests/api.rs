@@ -2,158 +2,7 @@
 
 mod common;
 
-use common::fresh_postgres_url;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
-
-use geopromo::api::{router, ApiState, DevHeaders, LocationSink};
-use geopromo::geofence::{parse_fences, IndexOptions, ParseOptions};
-use geopromo::promo::{parse_promotions, Catalog, RuleOptions, SharedCatalog};
-use geopromo::store::Store;
-use geopromo::stream::EmbeddedBroker;
-
-struct TestApp {
-    address: SocketAddr,
-    store: Store,
-    brokers: String,
-    _broker: std::rc::Rc<EmbeddedBroker>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-/// The catalog `/v1/match` answers from: the test fences, one promotion on the square.
-fn catalog() -> Arc<SharedCatalog> {
-    let fences = parse_fences(FENCES.as_bytes(), &ParseOptions::default())
-        .unwrap()
-        .fences;
-    let promotions =
-        parse_promotions(br#"{"promotions":[{"id":"coffee","fences":["square"]}]}"#).unwrap();
-    let catalog = Catalog::build(
-        &fences,
-        promotions,
-        RuleOptions::default(),
-        IndexOptions::default(),
-    )
-    .unwrap();
-    Arc::new(SharedCatalog::from_pointee(catalog))
-}
-
-/// One app per backend, each on 127.0.0.1:0 with a fresh database.
-async fn spawn_apps() -> Vec<TestApp> {
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = Store::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("api.sqlite").display()
-    ))
-    .await
-    .unwrap();
-    let postgres_url = fresh_postgres_url("geopromo_api").await;
-    let postgres = Store::connect(&postgres_url).await.unwrap();
-    let kafka = geopromo::config::KafkaSettings {
-        embedded_partitions: 2,
-        ..Default::default()
-    };
-    let broker = std::rc::Rc::new(EmbeddedBroker::start(&kafka, 1).unwrap());
-    let brokers = broker.bootstrap_servers().to_owned();
-    let producer: rdkafka::producer::FutureProducer = rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let mut apps = Vec::new();
-    for (store, dir) in [(sqlite, Some(dir)), (postgres, None)] {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let app = router(ApiState {
-            store: store.clone(),
-            authenticator: Arc::new(DevHeaders),
-            max_body_bytes: 64 * 1024,
-            catalog: catalog(),
-            locations: Some(LocationSink {
-                producer: producer.clone(),
-                topic: kafka.input_topic.clone(),
-            }),
-        });
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        apps.push(TestApp {
-            address,
-            store,
-            brokers: brokers.clone(),
-            _broker: broker.clone(),
-            _dir: dir,
-        });
-    }
-    apps
-}
-
-struct Reply {
-    status: u16,
-    content_type: String,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
-    }
-}
-
-/// A plain HTTP/1.1 request over a socket (no client library needed for tests).
-async fn call(
-    app: &TestApp,
-    method: &str,
-    path: &str,
-    roles: Option<&str>,
-    body: Option<&str>,
-) -> Reply {
-    let (address, method, path) = (app.address, method.to_owned(), path.to_owned());
-    let roles = roles.map(str::to_owned);
-    let body = body.map(str::to_owned);
-    tokio::task::spawn_blocking(move || {
-        let mut stream = TcpStream::connect(address).unwrap();
-        let mut request =
-            format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
-        if let Some(roles) = roles {
-            request.push_str(&format!(
-                "X-Geopromo-User: tester\r\nX-Geopromo-Roles: {roles}\r\n"
-            ));
-        }
-        if let Some(body) = &body {
-            request.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
-        }
-        request.push_str("\r\n");
-        stream.write_all(request.as_bytes()).unwrap();
-        if let Some(body) = &body {
-            let _ = stream.write_all(body.as_bytes());
-        }
-        let mut raw = String::new();
-        let _ = stream.read_to_string(&mut raw);
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or("0")
-            .parse()
-            .unwrap();
-        let content_type = head
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-type: ")
-                    .map(str::to_owned)
-            })
-            .unwrap_or_default();
-        Reply {
-            status,
-            content_type,
-            body: body.to_owned(),
-        }
-    })
-    .await
-    .unwrap()
-}
+use common::http::{call, send, spawn_apps, Call};
 
 const FENCES: &str = r#"{"type":"FeatureCollection","features":[
  {"type":"Feature","id":"square","properties":{"name":"Square","tolerance_m":750},
@@ -496,4 +345,42 @@ async fn locations_are_produced_for_the_caller_only() {
         3,
         "exactly the accepted locations reach the topic"
     );
+}
+
+#[tokio::test]
+async fn openapi_document_docs_page_and_metrics_are_served() {
+    let apps = spawn_apps().await;
+    let app = &apps[0];
+    let doc = call(app, "GET", "/openapi.json", None, None).await;
+    assert_eq!(doc.status, 200);
+    assert!(doc.json()["openapi"].as_str().unwrap().starts_with("3.1"));
+    assert_eq!(doc.json(), geopromo::api::docs::openapi());
+    let page = call(app, "GET", "/docs", None, None).await;
+    assert!(page.content_type.starts_with("text/html"), "{}", page.content_type);
+    assert!(page.body.contains("<code>/v1/locations</code>"));
+    let metrics = send(app.address, Call::new("GET", "/metrics")).await;
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.body.ends_with("# EOF\n"), "{}", metrics.body);
+}
+
+/// The OpenAPI check every test call goes through does catch a body that breaks the document.
+#[test]
+fn the_openapi_check_rejects_responses_that_break_the_document() {
+    use common::http::{check_against_openapi, Reply};
+    let reply = |status: u16, body: &str| Reply {
+        status,
+        content_type: "application/json".into(),
+        headers: Vec::new(),
+        body: body.into(),
+    };
+    let list = Call::new("GET", "/v1/promotions");
+    check_against_openapi(&list, &reply(200, "[]"));
+    for (status, body) in [
+        (200, r#"{"not":"a list"}"#),
+        (200, r#"[{"id":"p"}]"#),
+        (500, r#"{"unexpected":true}"#),
+    ] {
+        let outcome = std::panic::catch_unwind(|| check_against_openapi(&list, &reply(status, body)));
+        assert!(outcome.is_err(), "{status} {body} passed the check");
+    }
 }

@@ -144,3 +144,127 @@ fn a_fence_added_in_the_store_is_matched_within_two_seconds() {
     stop.send(()).unwrap();
     service.join().unwrap().unwrap();
 }
+
+#[test]
+fn a_fence_uploaded_through_the_api_makes_posted_locations_eligible() {
+    use common::http::{send, test_auth_settings, Call};
+    use geopromo::auth::{Auth, ClientKind, Role};
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("fences.geojson"), FAR_ONLY).unwrap();
+    std::fs::write(dir.path().join("promotions.json"), FAR_PROMOTION).unwrap();
+    let mut settings = Settings::default();
+    settings.kafka = common::settings("propagation-api", Guarantee::AtLeastOnce);
+    let broker = EmbeddedBroker::start(&settings.kafka, 1).unwrap();
+    settings.kafka.brokers = broker.bootstrap_servers().to_owned();
+    settings.fences.path = dir.path().join("fences.geojson");
+    settings.promotions.path = dir.path().join("promotions.json");
+    settings.database.url = format!("sqlite://{}", dir.path().join("geopromo.sqlite").display());
+    settings.database.poll_interval_ms = 250;
+    settings.metrics.listen = String::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    settings.api.listen = format!("127.0.0.1:{port}");
+    settings.auth = test_auth_settings();
+    let address: std::net::SocketAddr = settings.api.listen.parse().unwrap();
+    let brokers = settings.kafka.brokers.clone();
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let service_settings = settings.clone();
+    let service = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let options = ServeOptions {
+            api: true,
+            ..ServeOptions::default()
+        };
+        runtime.block_on(serve(service_settings, options, async {
+            let _ = stopped.await;
+        }))
+    });
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while send(address, Call::new("GET", "/readyz")).await.status != 200 {
+            assert!(Instant::now() < deadline, "the API did not become ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Users and tokens, as `geopromo user add` and `geopromo session issue` make them.
+        let store = Store::connect(&settings.database.url).await.unwrap();
+        let auth = Auth::start(store, settings.auth.clone()).await.unwrap();
+        auth.create_user("ops-1", "ops password 1".into(), vec![Role::Ops], None)
+            .await
+            .unwrap();
+        auth.create_user("rider", "rider password".into(), vec![Role::Mobile], None)
+            .await
+            .unwrap();
+        let ops = auth
+            .issue_session("ops-1", ClientKind::Ops, None)
+            .await
+            .unwrap()
+            .access_token;
+        let rider = auth
+            .issue_session("rider", ClientKind::Mobile, None)
+            .await
+            .unwrap()
+            .access_token;
+
+        let lake = r#"{"type":"Feature","id":"lake","properties":{"name":"Lake","tolerance_m":500},
+          "geometry":{"type":"Polygon","coordinates":[[[120.0,-8.1],[120.1,-8.1],[120.1,-8.0],[120.0,-8.0],[120.0,-8.1]]]}}"#;
+        let uploaded = send(address, Call::new("POST", "/v1/fences").bearer(&ops).json(lake)).await;
+        assert_eq!(uploaded.status, 201, "{}", uploaded.body);
+        let promotion = send(
+            address,
+            Call::new("POST", "/v1/promotions")
+                .bearer(&ops)
+                .json(r#"{"id":"lake-promo","name":"Lake","fences":["lake"]}"#),
+        )
+        .await;
+        assert_eq!(promotion.status, 201, "{}", promotion.body);
+        let changed_at = Instant::now();
+
+        // The rider posts locations (300 m outside the lake: within its tolerance) until the result API
+        // shows the promotion; the output topic carries the enter event too.
+        let reader = output_reader(&brokers);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen_on_topic = false;
+        loop {
+            assert!(Instant::now() < deadline, "rider never became eligible");
+            let posted = send(
+                address,
+                Call::new("POST", "/v1/locations")
+                    .bearer(&rider)
+                    .json(r#"{"lat":-8.05,"lon":120.1027,"accuracy_m":5}"#),
+            )
+            .await;
+            assert_eq!(posted.status, 202, "{}", posted.body);
+            while let Some(Ok(message)) = reader.poll(Duration::from_millis(10)) {
+                let event: serde_json::Value =
+                    serde_json::from_slice(message.payload().unwrap()).unwrap();
+                if event["user_id"] == "rider" && event["promotion_id"] == "lake-promo" {
+                    assert_eq!(event["kind"], "enter");
+                    seen_on_topic = true;
+                }
+            }
+            let mine = send(
+                address,
+                Call::new("GET", "/v1/users/me/promotions").bearer(&rider),
+            )
+            .await;
+            if seen_on_topic && mine.json().to_string().contains("lake-promo") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "API upload → eligibility on the topic and in the results API: {:?}",
+            changed_at.elapsed()
+        );
+    });
+
+    stop.send(()).unwrap();
+    service.join().unwrap().unwrap();
+}

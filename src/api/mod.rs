@@ -1,25 +1,33 @@
-//! The HTTP API (axum): fences, promotions and eligibility over the store, problem+json errors, health.
+//! The HTTP API (axum): fences, promotions, locations, eligibility and authentication, with
+//! problem+json errors and an OpenAPI 3.1 document generated from the handlers (utoipa).
 //!
-//! Authentication slots in through [`Identity`]: every route that needs a caller takes it as an
-//! extractor, and the extractor asks the [`Authenticator`] in the state. Until the auth issue lands the only
-//! authenticator is [`DevHeaders`], which trusts `X-Geopromo-User` / `X-Geopromo-Roles` headers and is meant
-//! for local development only.
+//! Every route that needs a caller takes an [`Identity`] extractor: it reads the bearer token and asks
+//! [`Auth`] to verify it (signature, claims, session not revoked). Roles are checked in each handler with
+//! [`Require::require`], so the rule sits next to the code it guards.
 
+pub mod auth;
+pub mod docs;
 pub mod problem;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
+pub use crate::auth::{Identity, Role};
+use crate::auth::Auth;
 use crate::geofence::geojson::parse_fences_value;
 use crate::geofence::GeoPoint;
 use crate::geofence::ParseOptions;
+use crate::promo::promotion::PointMatch;
 use crate::promo::timestamp::{format_rfc3339_ms, now_ms};
 use crate::promo::PromotionSpec;
 use crate::promo::{decode_gps_event, SharedCatalog};
@@ -27,63 +35,23 @@ use crate::store::{Store, StoredFence};
 pub use problem::{ApiError, ApiJson};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-/// What a caller may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Mobile,
-    Ops,
-    Consumer,
-    Admin,
-}
-
-/// The authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    pub user_id: String,
-    pub roles: Vec<Role>,
-}
-
-impl Identity {
+/// Role checks for handlers.
+pub trait Require {
     /// Fails with 403 unless the caller has one of `roles`.
-    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
-        if self.roles.iter().any(|r| roles.contains(r)) {
+    fn require(&self, roles: &[Role]) -> Result<(), ApiError>;
+}
+
+impl Require for Identity {
+    fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+        if self.has_any(roles) {
             Ok(())
         } else {
+            let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
             Err(ApiError::forbidden(format!(
-                "this needs one of the roles {roles:?}"
+                "this needs the role {}",
+                names.join(" or ")
             )))
         }
-    }
-}
-
-/// Turns a request into an identity; the auth issue provides the JWT implementation.
-pub trait Authenticator: Send + Sync + 'static {
-    fn authenticate(&self, parts: &Parts) -> Result<Identity, ApiError>;
-}
-
-/// Development only: trusts `X-Geopromo-User` and `X-Geopromo-Roles` (comma-separated) headers.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DevHeaders;
-
-impl Authenticator for DevHeaders {
-    fn authenticate(&self, parts: &Parts) -> Result<Identity, ApiError> {
-        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-        let user_id = header("x-geopromo-user")
-            .filter(|u| !u.is_empty())
-            .ok_or_else(|| {
-                ApiError::unauthorized("missing X-Geopromo-User (dev identity headers)")
-            })?;
-        let roles = header("x-geopromo-roles")
-            .unwrap_or("mobile")
-            .split(',')
-            .map(|r| serde_json::from_value(serde_json::Value::from(r.trim())))
-            .collect::<Result<Vec<Role>, _>>()
-            .map_err(|_| ApiError::unauthorized("X-Geopromo-Roles lists an unknown role"))?;
-        Ok(Identity {
-            user_id: user_id.to_owned(),
-            roles,
-        })
     }
 }
 
@@ -91,12 +59,14 @@ impl Authenticator for DevHeaders {
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Store,
-    pub authenticator: Arc<dyn Authenticator>,
+    pub auth: Arc<Auth>,
     pub max_body_bytes: usize,
     /// The catalog `/v1/match` answers from (the same one the processor uses, kept current from the store).
     pub catalog: Arc<SharedCatalog>,
     /// Where posted locations go; `None` when this instance has no broker (then 503).
     pub locations: Option<LocationSink>,
+    /// Served at `/metrics`.
+    pub registry: Arc<Registry>,
 }
 
 /// Produces posted locations to the input topic.
@@ -106,20 +76,74 @@ pub struct LocationSink {
     pub topic: String,
 }
 
+/// The bearer token of a request, or 401.
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let value = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <access token>"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("the Authorization header is not ASCII"))?;
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+            Ok(token.trim())
+        }
+        _ => Err(ApiError::unauthorized(
+            "the Authorization header must be Bearer <access token>",
+        )),
+    }
+}
+
 impl FromRequestParts<ApiState> for Identity {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        state.authenticator.authenticate(parts)
+        let token = bearer(parts)?;
+        state.auth.verify(token).map_err(ApiError::from)
     }
 }
 
-/// The `/v1` routes plus `/healthz` and `/readyz`.
+/// The peer address (for per-IP rate limits); unspecified when the server was not started by [`serve`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub std::net::IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip()),
+        ))
+    }
+}
+
+/// Serves `router` on `listener` with peer addresses available to handlers, until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Every route: `/v1`, the auth endpoints, health, metrics, the OpenAPI document and the docs page.
 pub fn router(state: ApiState) -> Router {
     let limit = state.max_body_bytes;
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(docs::openapi_json))
+        .route("/docs", get(docs::docs_page))
         .route("/v1/fences", get(list_fences).post(upload_fences))
         .route(
             "/v1/fences/{id}",
@@ -137,11 +161,23 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/locations", post(post_locations))
         .route("/v1/match", get(match_point))
         .route("/v1/users/{id}/promotions", get(user_promotions))
+        .merge(auth::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is up", body = String, content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Store and broker reachable", body = String, content_type = "text/plain"),
+        (status = 503, description = "A dependency is unreachable", body = ApiError, content_type = "application/problem+json"),
+    ))]
 async fn ready(State(state): State<ApiState>) -> Result<&'static str, ApiError> {
     state.store.ping().await.map_err(ApiError::unavailable)?;
     if let Some(sink) = &state.locations {
@@ -161,14 +197,48 @@ async fn ready(State(state): State<ApiState>) -> Result<&'static str, ApiError> 
     Ok("ready")
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus / OpenMetrics text", body = String,
+        content_type = "application/openmetrics-text")))]
+async fn metrics(State(state): State<ApiState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::telemetry::encode_metrics(&state.registry),
+    )
+        .into_response()
+}
+
+/// What a fence upload stored.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UploadResult {
+    /// Fences inserted or replaced.
+    stored: usize,
+    /// The catalog version that includes them.
+    catalog_version: i64,
+    /// Repairs applied (collapsed holes dropped, ...).
+    repairs: Vec<String>,
+}
+
 /// `PUT /v1/fences/{id}`: replaces one fence with the Feature in the body (its id must match or be absent).
+#[utoipa::path(put, path = "/v1/fences/{id}", tag = "fences",
+    params(("id" = String, Path, description = "Fence id")),
+    request_body(content = serde_json::Value, description = "One GeoJSON Feature (Polygon or MultiPolygon)"),
+    responses(
+        (status = 200, description = "Stored", body = UploadResult),
+        (status = 422, description = "Invalid GeoJSON, with every problem", body = ApiError, content_type = "application/problem+json"),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn replace_fence(
     State(state): State<ApiState>,
     identity: Identity,
     Path(id): Path<String>,
     ApiJson(mut body): ApiJson<serde_json::Value>,
 ) -> Result<Json<UploadResult>, ApiError> {
-    identity.require(&[Role::Ops, Role::Admin])?;
+    identity.require(&[Role::Ops])?;
     if body.get("type").and_then(|t| t.as_str()) != Some("Feature") {
         return Err(ApiError::unprocessable(
             "the body must be one GeoJSON Feature",
@@ -199,20 +269,29 @@ async fn replace_fence(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct MatchQuery {
+    /// Latitude, WGS84 degrees.
     lat: f64,
+    /// Longitude, WGS84 degrees.
     lon: f64,
 }
 
 /// `GET /v1/match?lat=&lon=`: the fences the point is inside or within tolerance of, and the promotions
 /// valid now that target them.
+#[utoipa::path(get, path = "/v1/match", tag = "results", params(MatchQuery),
+    responses(
+        (status = 200, description = "Matching fences, closest first", body = Vec<PointMatch>),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn match_point(
     State(state): State<ApiState>,
     identity: Identity,
     query: Result<Query<MatchQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<crate::promo::promotion::PointMatch>>, ApiError> {
+) -> Result<Json<Vec<PointMatch>>, ApiError> {
     let _ = identity;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let point = GeoPoint::new(query.lat, query.lon)
@@ -221,29 +300,34 @@ async fn match_point(
 }
 
 /// A location as a mobile client posts it: the user comes from the identity, never from the body.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PostedLocation {
+pub struct PostedLocation {
     lat: f64,
     lon: f64,
-    /// RFC 3339 or epoch ms; default: now.
+    /// RFC 3339 string or epoch milliseconds; default: now.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     ts: Option<serde_json::Value>,
+    /// Horizontal accuracy (metres); fixes worse than `rules.max_accuracy_m` are ignored.
     #[serde(default)]
     accuracy_m: Option<f64>,
+    /// Client-chosen id, for de-duplication downstream.
     #[serde(default)]
     event_id: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One location, or up to 1000 as `{"locations": [...]}`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
-enum LocationBody {
+pub enum LocationBody {
     Batch { locations: Vec<PostedLocation> },
     One(PostedLocation),
 }
 
-#[derive(Debug, Serialize)]
-struct Accepted {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    /// Events the broker acknowledged.
     accepted: usize,
 }
 
@@ -253,6 +337,14 @@ const MAX_LOCATION_BATCH: usize = 1000;
 /// `POST /v1/locations`: one point or `{"locations":[...]}` for the caller; 202 once the broker has
 /// acknowledged every event. Each event is checked with the processor's own decoder first, so a bad point
 /// is a 422 here instead of a dead letter later.
+#[utoipa::path(post, path = "/v1/locations", tag = "locations", request_body = LocationBody,
+    responses(
+        (status = 202, description = "Produced to the input topic, keyed by the caller", body = Accepted),
+        (status = 422, description = "A location is invalid; none was sent", body = ApiError, content_type = "application/problem+json"),
+        (status = 503, description = "No broker, or it did not acknowledge", body = ApiError, content_type = "application/problem+json"),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn post_locations(
     State(state): State<ApiState>,
     identity: Identity,
@@ -322,16 +414,20 @@ async fn post_locations(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct Page {
+    /// Cursor: the `next` of the previous page.
     after: Option<String>,
+    /// Only fences whose name contains this.
     name: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
     limit: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
-struct FenceSummary {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FenceSummary {
     id: String,
     name: String,
     tolerance_m: f64,
@@ -353,19 +449,26 @@ impl From<&StoredFence> for FenceSummary {
     }
 }
 
-#[derive(Debug, Serialize)]
-struct Paged<T> {
-    items: Vec<T>,
-    /// Pass as `after` for the next page; absent on the last page.
+/// One page of fences.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FencePage {
+    items: Vec<FenceSummary>,
+    /// Pass as `after` for the next page; null on the last page.
     next: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/fences", tag = "fences", params(Page),
+    responses(
+        (status = 200, description = "Fences ordered by id", body = FencePage),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn list_fences(
     State(state): State<ApiState>,
     identity: Identity,
     query: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Paged<FenceSummary>>, ApiError> {
-    identity.require(&[Role::Ops, Role::Admin])?;
+) -> Result<Json<FencePage>, ApiError> {
+    identity.require(&[Role::Ops])?;
     let Query(page) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = page.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -382,15 +485,23 @@ async fn list_fences(
         .take(limit as usize)
         .map(FenceSummary::from)
         .collect();
-    Ok(Json(Paged { items, next }))
+    Ok(Json(FencePage { items, next }))
 }
 
+#[utoipa::path(get, path = "/v1/fences/{id}", tag = "fences",
+    params(("id" = String, Path, description = "Fence id")),
+    responses(
+        (status = 200, description = "The fence as a GeoJSON Feature", body = serde_json::Value, content_type = "application/geo+json"),
+        (status = 404, description = "No such fence", body = ApiError, content_type = "application/problem+json"),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn get_fence(
     State(state): State<ApiState>,
     identity: Identity,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    identity.require(&[Role::Ops, Role::Admin, Role::Consumer])?;
+    identity.require(&[Role::Ops])?;
     let fence = state
         .store
         .get_fence(&id)
@@ -406,27 +517,30 @@ async fn get_fence(
         "geometry": geometry,
     });
     Ok((
-        [(axum::http::header::CONTENT_TYPE, "application/geo+json")],
+        [(header::CONTENT_TYPE, "application/geo+json")],
         feature.to_string(),
     )
         .into_response())
 }
 
-#[derive(Debug, Serialize)]
-struct UploadResult {
-    stored: usize,
-    catalog_version: i64,
-    repairs: Vec<String>,
-}
-
 /// Stores every feature of a GeoJSON Feature or FeatureCollection (insert or replace by id), or none:
-/// invalid features give 422 with each feature's problems.
+/// invalid features give 422 with each feature's problems. The body is read up to `api.max_body_bytes`
+/// and parsed on a blocking thread, so a large upload does not stall other requests.
+#[utoipa::path(post, path = "/v1/fences", tag = "fences",
+    request_body(content = serde_json::Value, description = "GeoJSON Feature or FeatureCollection of Polygon/MultiPolygon; `id` (or `properties.id`), `properties.name`, `properties.tolerance_m`"),
+    responses(
+        (status = 201, description = "Every feature stored", body = UploadResult),
+        (status = 413, description = "Over `api.max_body_bytes`", body = ApiError, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid features, each with its problems", body = ApiError, content_type = "application/problem+json"),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn upload_fences(
     State(state): State<ApiState>,
     identity: Identity,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<(StatusCode, Json<UploadResult>), ApiError> {
-    identity.require(&[Role::Ops, Role::Admin])?;
+    identity.require(&[Role::Ops])?;
     let parsed =
         tokio::task::spawn_blocking(move || parse_fences_value(body, &ParseOptions::default()))
             .await
@@ -447,12 +561,20 @@ async fn upload_fences(
     ))
 }
 
+#[utoipa::path(delete, path = "/v1/fences/{id}", tag = "fences",
+    params(("id" = String, Path, description = "Fence id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such fence", body = ApiError, content_type = "application/problem+json"),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn delete_fence(
     State(state): State<ApiState>,
     identity: Identity,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    identity.require(&[Role::Ops, Role::Admin])?;
+    identity.require(&[Role::Ops])?;
     if state
         .store
         .delete_fence(&id)
@@ -465,8 +587,8 @@ async fn delete_fence(
     }
 }
 
-#[derive(Debug, Serialize)]
-struct PromotionView {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PromotionView {
     id: String,
     name: String,
     fences: Vec<String>,
@@ -490,12 +612,19 @@ impl From<&crate::promo::Promotion> for PromotionView {
     }
 }
 
+#[utoipa::path(post, path = "/v1/promotions", tag = "promotions", request_body = PromotionSpec,
+    responses(
+        (status = 201, description = "Created (or replaced, same id)", body = PromotionView),
+        (status = 422, description = "Invalid, or targets a fence that does not exist", body = ApiError, content_type = "application/problem+json"),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn create_promotion(
     State(state): State<ApiState>,
     identity: Identity,
     ApiJson(spec): ApiJson<PromotionSpec>,
 ) -> Result<(StatusCode, Json<PromotionView>), ApiError> {
-    identity.require(&[Role::Ops, Role::Admin])?;
+    identity.require(&[Role::Ops])?;
     let promotion = spec.parse(0).map_err(ApiError::invalid_promotion)?;
     for fence in &promotion.fence_ids {
         if state
@@ -520,12 +649,22 @@ async fn create_promotion(
 }
 
 /// `PUT /v1/promotions/{id}`: replaces a promotion (the body's id must match the path).
+#[utoipa::path(put, path = "/v1/promotions/{id}", tag = "promotions",
+    params(("id" = String, Path, description = "Promotion id")),
+    request_body = PromotionSpec,
+    responses(
+        (status = 200, description = "Replaced", body = PromotionView),
+        (status = 422, description = "Invalid", body = ApiError, content_type = "application/problem+json"),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn replace_promotion(
     State(state): State<ApiState>,
     identity: Identity,
     Path(id): Path<String>,
     ApiJson(spec): ApiJson<PromotionSpec>,
 ) -> Result<Json<PromotionView>, ApiError> {
+    identity.require(&[Role::Ops])?;
     if spec.id != id {
         return Err(ApiError::unprocessable(
             format!("id {:?} differs from {id:?} in the path", spec.id),
@@ -537,12 +676,20 @@ async fn replace_promotion(
 }
 
 /// `POST /v1/promotions/{id}/deactivate`: stops new eligibility; eligible users exit at their next point.
+#[utoipa::path(post, path = "/v1/promotions/{id}/deactivate", tag = "promotions",
+    params(("id" = String, Path, description = "Promotion id")),
+    responses(
+        (status = 200, description = "Deactivated", body = PromotionView),
+        (status = 404, description = "No such promotion", body = ApiError, content_type = "application/problem+json"),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn deactivate_promotion(
     State(state): State<ApiState>,
     identity: Identity,
     Path(id): Path<String>,
 ) -> Result<Json<PromotionView>, ApiError> {
-    identity.require(&[Role::Ops, Role::Admin])?;
+    identity.require(&[Role::Ops])?;
     let mut promotion = state
         .store
         .get_promotion(&id)
@@ -558,11 +705,17 @@ async fn deactivate_promotion(
     Ok(Json(PromotionView::from(&promotion)))
 }
 
+#[utoipa::path(get, path = "/v1/promotions", tag = "promotions",
+    responses(
+        (status = 200, description = "Every promotion, by id", body = Vec<PromotionView>),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn list_promotions(
     State(state): State<ApiState>,
     identity: Identity,
 ) -> Result<Json<Vec<PromotionView>>, ApiError> {
-    identity.require(&[Role::Ops, Role::Admin, Role::Consumer])?;
+    identity.require(&[Role::Ops, Role::Consumer])?;
     let promotions = state
         .store
         .load_promotions()
@@ -571,12 +724,20 @@ async fn list_promotions(
     Ok(Json(promotions.iter().map(PromotionView::from).collect()))
 }
 
+#[utoipa::path(get, path = "/v1/promotions/{id}", tag = "promotions",
+    params(("id" = String, Path, description = "Promotion id")),
+    responses(
+        (status = 200, description = "The promotion", body = PromotionView),
+        (status = 404, description = "No such promotion", body = ApiError, content_type = "application/problem+json"),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn get_promotion(
     State(state): State<ApiState>,
     identity: Identity,
     Path(id): Path<String>,
 ) -> Result<Json<PromotionView>, ApiError> {
-    identity.require(&[Role::Ops, Role::Admin, Role::Consumer])?;
+    identity.require(&[Role::Ops, Role::Consumer])?;
     let promotion = state
         .store
         .get_promotion(&id)
@@ -586,16 +747,25 @@ async fn get_promotion(
     Ok(Json(PromotionView::from(&promotion)))
 }
 
-#[derive(Debug, Serialize)]
-struct EligibilityView {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EligibilityView {
     promotion_id: String,
     fence_id: String,
+    /// When the user became eligible (RFC 3339).
     since: String,
+    /// The `event_id` of the enter event on the output topic.
     event_id: String,
 }
 
-/// A user's current eligible promotions: their own (`me` or their id) for mobile callers, anyone's for
-/// ops, consumers and admins.
+/// A user's current eligible promotions: their own (`me` or their id) for any caller, anyone's for ops
+/// and consumers.
+#[utoipa::path(get, path = "/v1/users/{id}/promotions", tag = "results",
+    params(("id" = String, Path, description = "User id, or `me`")),
+    responses(
+        (status = 200, description = "Current eligibility, by promotion id", body = Vec<EligibilityView>),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn user_promotions(
     State(state): State<ApiState>,
     identity: Identity,
@@ -607,7 +777,7 @@ async fn user_promotions(
         id
     };
     if user != identity.user_id {
-        identity.require(&[Role::Ops, Role::Admin, Role::Consumer])?;
+        identity.require(&[Role::Ops, Role::Consumer])?;
     }
     let rows = state
         .store

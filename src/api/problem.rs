@@ -13,19 +13,27 @@ use crate::promo::promotion::PromotionProblem;
 /// Base of the `type` URIs; the part after it is the stable error code.
 const TYPE_BASE: &str = "https://geopromo.dev/problems/";
 
-/// An API error rendered as `application/problem+json`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// An API error rendered as `application/problem+json` (RFC 9457).
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ApiError {
     #[serde(skip)]
     pub status: StatusCode,
+    /// Stable URI of the error kind, `https://geopromo.dev/problems/{code}`.
     #[serde(rename = "type")]
     pub kind: String,
     pub title: &'static str,
+    /// The HTTP status code again.
+    #[serde(rename = "status")]
     pub status_code: u16,
     pub detail: String,
     /// Per-item problems (features, fields), when there are several.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(required = false)]
     pub errors: Vec<String>,
+    /// Seconds to wait, also sent as `Retry-After` (429 only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false)]
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -37,7 +45,29 @@ impl ApiError {
             status_code: status.as_u16(),
             detail: detail.into(),
             errors: Vec::new(),
+            retry_after: None,
         }
+    }
+
+    /// For a stable code and title that has no constructor of its own.
+    pub fn with_code(
+        status: StatusCode,
+        code: &str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self::new(status, code, title, detail)
+    }
+
+    pub fn rate_limited(retry_after_s: u64) -> Self {
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            "Too many attempts",
+            format!("retry in {retry_after_s} s"),
+        );
+        error.retry_after = Some(retry_after_s);
+        error
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -124,12 +154,23 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_string(&self).unwrap_or_default();
-        (
+        let mut response = (
             self.status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             body,
         )
-            .into_response()
+            .into_response();
+        let headers = response.headers_mut();
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"geopromo\""),
+            );
+        }
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 

@@ -33,19 +33,22 @@ impl Promotion {
 }
 
 /// A promotion as written in the promotions file or an API body.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PromotionSpec {
     pub id: String,
     #[serde(default)]
     pub name: Option<String>,
     pub fences: Vec<String>,
+    /// RFC 3339; absent: valid from the start.
     #[serde(default)]
     pub valid_from: Option<String>,
+    /// RFC 3339; absent: no end.
     #[serde(default)]
     pub valid_until: Option<String>,
     #[serde(default = "default_active")]
     pub active: bool,
+    /// Least time between two enters of one user (counted from the last enter).
     #[serde(default)]
     pub cooldown_s: Option<f64>,
 }
@@ -204,7 +207,7 @@ pub enum CatalogError {
 }
 
 /// One fence a point matches, with the promotions it currently qualifies for.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct PointMatch {
     pub fence_id: String,
     pub fence_name: String,

@@ -13,6 +13,9 @@ use crate::geofence::geojson::{fence_feature, fence_geometry};
 use crate::geofence::{parse_fences, Fence, ParseOptions};
 use crate::promo::{Promotion, PromotionSpec};
 
+pub mod auth;
+pub use auth::{RefreshOutcome, SessionRecord, UserRecord};
+
 /// Which database is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -59,6 +62,8 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    #[error("conflict: {0}")]
+    Conflict(String),
     #[error("stored {what} {id:?} cannot be read back: {problem}")]
     Corrupt {
         what: &'static str,
@@ -197,13 +202,24 @@ impl Store {
 
     /// Inserts or replaces fences in one transaction and bumps the catalog version once. Returns it.
     pub async fn upsert_fences(&self, fences: &[Fence], now_ms: i64) -> Result<i64, StoreError> {
+        self.upsert_fences_with_progress(fences, now_ms, |_| {})
+            .await
+    }
+
+    /// [`Store::upsert_fences`], calling `progress` with the number stored so far.
+    pub async fn upsert_fences_with_progress(
+        &self,
+        fences: &[Fence],
+        now_ms: i64,
+        mut progress: impl FnMut(usize),
+    ) -> Result<i64, StoreError> {
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(query_error("starting a transaction"))?;
         let version = bump_version(&mut tx).await?;
-        for fence in fences {
+        for (stored, fence) in fences.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO fences (id, name, tolerance_m, geometry, vertex_count, version, updated_at_ms)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -221,6 +237,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(query_error("storing a fence"))?;
+            progress(stored + 1);
         }
         tx.commit()
             .await

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub mod http;
+
 use geopromo::config::{Guarantee, KafkaSettings};
 use geopromo::geofence::{parse_fences, IndexOptions, ParseOptions};
 use geopromo::promo::event::eligibility_event_id;

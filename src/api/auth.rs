@@ -1,0 +1,529 @@
+//! Authentication endpoints: login, refresh, logout, sessions, password, admin, RFC 7009 revocation,
+//! RFC 7662 introspection and the JWKS.
+
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{ApiError, ApiJson, ApiState, ClientIp, Identity, Require, Role};
+use crate::auth::{AuthError, ClientKind, Introspection, IssuedTokens};
+use crate::promo::timestamp::format_rfc3339_ms;
+use crate::store::SessionRecord;
+
+pub(super) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/v1/auth/login", post(login))
+        .route("/v1/auth/refresh", post(refresh))
+        .route("/v1/auth/logout", post(logout))
+        .route("/v1/auth/logout-all", post(logout_all))
+        .route("/v1/auth/sessions", get(own_sessions))
+        .route("/v1/auth/sessions/{id}", delete(revoke_own_session))
+        .route("/v1/auth/password", put(change_password))
+        .route("/v1/admin/users", post(create_user))
+        .route("/v1/admin/users/{id}/disable", post(disable_user))
+        .route("/v1/admin/users/{id}/sessions", get(user_sessions).delete(revoke_user_sessions))
+        .route("/v1/admin/keys/rotate", post(rotate_keys))
+        .route("/v1/admin/keys/{kid}/revoke", post(revoke_key))
+        .route("/oauth/revoke", post(revoke_token))
+        .route("/oauth/introspect", post(introspect))
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        let detail = error.to_string();
+        match error {
+            AuthError::InvalidCredentials => ApiError::with_code(
+                StatusCode::UNAUTHORIZED,
+                "invalid-credentials",
+                "Invalid credentials",
+                detail,
+            ),
+            AuthError::RateLimited { retry_after_s } => ApiError::rate_limited(retry_after_s),
+            AuthError::InvalidToken(_) => ApiError::with_code(
+                StatusCode::UNAUTHORIZED,
+                "invalid-token",
+                "The access token is not valid",
+                detail,
+            ),
+            AuthError::SessionEnded(_) => ApiError::with_code(
+                StatusCode::UNAUTHORIZED,
+                "session-ended",
+                "The session has ended",
+                detail,
+            ),
+            AuthError::InvalidGrant => ApiError::with_code(
+                StatusCode::UNAUTHORIZED,
+                "invalid-grant",
+                "The refresh token is not valid",
+                detail,
+            ),
+            AuthError::ClientNotAllowed(_) => ApiError::with_code(
+                StatusCode::FORBIDDEN,
+                "client-not-allowed",
+                "Not allowed for this client kind",
+                detail,
+            ),
+            AuthError::Invalid(_) => ApiError::unprocessable(detail, Vec::new()),
+            AuthError::Conflict(_) => {
+                ApiError::with_code(StatusCode::CONFLICT, "conflict", "Conflict", detail)
+            }
+            AuthError::NotFound(_) => ApiError::not_found(detail),
+            AuthError::Store(_) | AuthError::Key(_) | AuthError::Sign(_) => {
+                ApiError::internal(crate::app::error_chain(&error))
+            }
+        }
+    }
+}
+
+/// A JSON Web Key Set (RFC 7517) of Ed25519 public keys.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Jwks {
+    keys: Vec<Jwk>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Jwk {
+    kty: String,
+    crv: String,
+    x: String,
+    kid: String,
+    #[serde(rename = "use")]
+    key_use: String,
+    alg: String,
+}
+
+/// The public keys that verify access tokens now (the signing key, a key published ahead of a rotation,
+/// and superseded keys until their last tokens expire).
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth",
+    responses((status = 200, description = "Public keys", body = Jwks, content_type = "application/json")))]
+async fn jwks(State(state): State<ApiState>) -> impl IntoResponse {
+    (
+        [(header::CACHE_CONTROL, "public, max-age=60")],
+        Json(state.auth.jwks()),
+    )
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    username: String,
+    password: String,
+    /// The client kind: the token's audience; the session gets the user's roles this kind allows
+    /// (mobile: mobile; ops: ops and admin; consumer: consumer).
+    client: ClientKind,
+    /// Shown in the session list ("Pixel 8", "ops laptop").
+    #[serde(default)]
+    device_label: Option<String>,
+}
+
+fn user_agent(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Username and password to an access token and a refresh token. Rate limited per IP and per username.
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest,
+    responses(
+        (status = 200, description = "A new session", body = IssuedTokens),
+        (status = 401, description = "Unknown user, wrong password or disabled account (one answer for all)", body = ApiError, content_type = "application/problem+json"),
+        (status = 403, description = "No role this client kind may use", body = ApiError, content_type = "application/problem+json"),
+        (status = 429, description = "Too many attempts (see Retry-After)", body = ApiError, content_type = "application/problem+json"),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ))]
+async fn login(
+    State(state): State<ApiState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<LoginRequest>,
+) -> Result<Json<IssuedTokens>, ApiError> {
+    let tokens = state
+        .auth
+        .login(
+            &request.username,
+            request.password,
+            request.client,
+            request.device_label,
+            user_agent(&headers),
+            ip,
+        )
+        .await?;
+    Ok(Json(tokens))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    refresh_token: String,
+}
+
+/// Exchanges a refresh token for the next pair. The old token is then spent: presented again within
+/// `auth.refresh_grace_s` it gets the same answer; after that, the whole session is revoked.
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "The next token pair", body = IssuedTokens),
+        (status = 401, description = "Unknown token, ended session, or reuse (the session is now revoked)", body = ApiError, content_type = "application/problem+json"),
+        (status = 429, description = "Too many refreshes from this IP", body = ApiError, content_type = "application/problem+json"),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ))]
+async fn refresh(
+    State(state): State<ApiState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(request): ApiJson<RefreshRequest>,
+) -> Result<Json<IssuedTokens>, ApiError> {
+    Ok(Json(state.auth.refresh(&request.refresh_token, ip).await?))
+}
+
+/// Ends the caller's session.
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth",
+    responses(
+        (status = 204, description = "Session revoked"),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn logout(State(state): State<ApiState>, identity: Identity) -> Result<StatusCode, ApiError> {
+    state
+        .auth
+        .revoke_session(&identity.session_id, Some(&identity.user_id), "logout")
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Revoked {
+    /// Sessions that were live and are now revoked.
+    revoked: u64,
+}
+
+/// Ends every session of the caller, this one included.
+#[utoipa::path(post, path = "/v1/auth/logout-all", tag = "auth",
+    responses(
+        (status = 200, description = "Sessions revoked", body = Revoked),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn logout_all(
+    State(state): State<ApiState>,
+    identity: Identity,
+) -> Result<Json<Revoked>, ApiError> {
+    let revoked = state
+        .auth
+        .revoke_user_sessions(&identity.user_id, "logout everywhere")
+        .await?;
+    Ok(Json(Revoked { revoked }))
+}
+
+/// A session as its owner or an admin sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionView {
+    id: String,
+    client: ClientKind,
+    roles: Vec<Role>,
+    created_at: String,
+    last_used_at: String,
+    idle_expires_at: String,
+    absolute_expires_at: String,
+    revoked_at: Option<String>,
+    revoked_reason: Option<String>,
+    device_label: Option<String>,
+    user_agent: Option<String>,
+    /// The session of the calling token.
+    current: bool,
+}
+
+fn session_view(session: SessionRecord, current_session: &str) -> SessionView {
+    SessionView {
+        current: session.id == current_session,
+        id: session.id,
+        client: session.client,
+        roles: session.roles,
+        created_at: format_rfc3339_ms(session.created_at_ms),
+        last_used_at: format_rfc3339_ms(session.last_used_at_ms),
+        idle_expires_at: format_rfc3339_ms(session.idle_expires_at_ms),
+        absolute_expires_at: format_rfc3339_ms(session.absolute_expires_at_ms),
+        revoked_at: session.revoked_at_ms.map(format_rfc3339_ms),
+        revoked_reason: session.revoked_reason,
+        device_label: session.device_label,
+        user_agent: session.user_agent,
+    }
+}
+
+/// The caller's sessions, newest first (revoked ones included, with the reason).
+#[utoipa::path(get, path = "/v1/auth/sessions", tag = "auth",
+    responses(
+        (status = 200, description = "Sessions", body = Vec<SessionView>),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn own_sessions(
+    State(state): State<ApiState>,
+    identity: Identity,
+) -> Result<Json<Vec<SessionView>>, ApiError> {
+    let sessions = state.auth.sessions_of(&identity.user_id).await?;
+    Ok(Json(
+        sessions
+            .into_iter()
+            .map(|s| session_view(s, &identity.session_id))
+            .collect(),
+    ))
+}
+
+/// Revokes one of the caller's sessions (a lost phone).
+#[utoipa::path(delete, path = "/v1/auth/sessions/{id}", tag = "auth",
+    params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "Not one of the caller's sessions", body = ApiError, content_type = "application/problem+json"),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn revoke_own_session(
+    State(state): State<ApiState>,
+    identity: Identity,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .auth
+        .revoke_session(&id, Some(&identity.user_id), "revoked by its user")
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    current_password: String,
+    new_password: String,
+}
+
+/// Changes the caller's password; every other session of theirs is revoked.
+#[utoipa::path(put, path = "/v1/auth/password", tag = "auth", request_body = PasswordChange,
+    responses(
+        (status = 200, description = "Changed; other sessions revoked", body = Revoked),
+        (status = 401, description = "Wrong current password", body = ApiError, content_type = "application/problem+json"),
+        (status = 422, description = "The new password is too short or too long", body = ApiError, content_type = "application/problem+json"),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn change_password(
+    State(state): State<ApiState>,
+    identity: Identity,
+    ApiJson(change): ApiJson<PasswordChange>,
+) -> Result<Json<Revoked>, ApiError> {
+    let revoked = state
+        .auth
+        .change_password(&identity, change.current_password, change.new_password)
+        .await?;
+    Ok(Json(Revoked { revoked }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    username: String,
+    password: String,
+    roles: Vec<Role>,
+    /// The user id (token subject, GPS event key); default: the username.
+    #[serde(default)]
+    id: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserView {
+    id: String,
+    username: String,
+    roles: Vec<Role>,
+    created_at: String,
+}
+
+/// Adds a user (admin).
+#[utoipa::path(post, path = "/v1/admin/users", tag = "admin", request_body = NewUser,
+    responses(
+        (status = 201, description = "Created", body = UserView),
+        (status = 409, description = "Username or id taken", body = ApiError, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid name, roles or password", body = ApiError, content_type = "application/problem+json"),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn create_user(
+    State(state): State<ApiState>,
+    identity: Identity,
+    ApiJson(new): ApiJson<NewUser>,
+) -> Result<(StatusCode, Json<UserView>), ApiError> {
+    identity.require(&[Role::Admin])?;
+    let user = state
+        .auth
+        .create_user(&new.username, new.password, new.roles, new.id)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(UserView {
+            id: user.id,
+            username: user.username,
+            roles: user.roles,
+            created_at: format_rfc3339_ms(user.created_at_ms),
+        }),
+    ))
+}
+
+/// Disables a user (admin): no more logins, every session revoked.
+#[utoipa::path(post, path = "/v1/admin/users/{id}/disable", tag = "admin",
+    params(("id" = String, Path, description = "User id")),
+    responses(
+        (status = 204, description = "Disabled"),
+        (status = 404, description = "No such user", body = ApiError, content_type = "application/problem+json"),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn disable_user(
+    State(state): State<ApiState>,
+    identity: Identity,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    identity.require(&[Role::Admin])?;
+    state.auth.disable_user(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A user's sessions (admin).
+#[utoipa::path(get, path = "/v1/admin/users/{id}/sessions", tag = "admin",
+    params(("id" = String, Path, description = "User id")),
+    responses(
+        (status = 200, description = "Sessions, newest first", body = Vec<SessionView>),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn user_sessions(
+    State(state): State<ApiState>,
+    identity: Identity,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<SessionView>>, ApiError> {
+    identity.require(&[Role::Admin])?;
+    let sessions = state.auth.sessions_of(&id).await?;
+    Ok(Json(
+        sessions
+            .into_iter()
+            .map(|s| session_view(s, &identity.session_id))
+            .collect(),
+    ))
+}
+
+/// Revokes every session of a user (admin).
+#[utoipa::path(delete, path = "/v1/admin/users/{id}/sessions", tag = "admin",
+    params(("id" = String, Path, description = "User id")),
+    responses(
+        (status = 200, description = "Revoked", body = Revoked),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn revoke_user_sessions(
+    State(state): State<ApiState>,
+    identity: Identity,
+    Path(id): Path<String>,
+) -> Result<Json<Revoked>, ApiError> {
+    identity.require(&[Role::Admin])?;
+    let revoked = state
+        .auth
+        .revoke_user_sessions(&id, "revoked by an admin")
+        .await?;
+    Ok(Json(Revoked { revoked }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RotatedKey {
+    /// The new key's id; it signs from `auth.key_publish_ahead_s` on.
+    kid: String,
+}
+
+/// Adds a signing key (admin); the previous one keeps verifying until its last tokens expire.
+#[utoipa::path(post, path = "/v1/admin/keys/rotate", tag = "admin",
+    responses(
+        (status = 201, description = "New key", body = RotatedKey),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn rotate_keys(
+    State(state): State<ApiState>,
+    identity: Identity,
+) -> Result<(StatusCode, Json<RotatedKey>), ApiError> {
+    identity.require(&[Role::Admin])?;
+    let kid = state.auth.rotate_keys().await?;
+    Ok((StatusCode::CREATED, Json(RotatedKey { kid })))
+}
+
+/// Emergency revocation of a signing key (admin): its tokens are refused on every instance within a
+/// poll interval; a new key takes over if it was the only one.
+#[utoipa::path(post, path = "/v1/admin/keys/{kid}/revoke", tag = "admin",
+    params(("kid" = String, Path, description = "Key id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "No such unrevoked key", body = ApiError, content_type = "application/problem+json"),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn revoke_key(
+    State(state): State<ApiState>,
+    identity: Identity,
+    Path(kid): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    identity.require(&[Role::Admin])?;
+    state.auth.revoke_key(&kid).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// RFC 7009 / RFC 7662 form body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TokenForm {
+    token: String,
+    /// `access_token` or `refresh_token`; both are tried whatever it says.
+    #[serde(default)]
+    #[allow(dead_code)]
+    token_type_hint: Option<String>,
+}
+
+fn form(form: Result<Form<TokenForm>, FormRejection>) -> Result<TokenForm, ApiError> {
+    form.map(|Form(f)| f)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+/// RFC 7009: revokes the session of an access or refresh token. Holding the token is the authority, as
+/// for public clients; the answer is 200 whether or not the token was valid.
+#[utoipa::path(post, path = "/oauth/revoke", tag = "auth",
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Revoked, or was not valid"),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ))]
+async fn revoke_token(
+    State(state): State<ApiState>,
+    body: Result<Form<TokenForm>, FormRejection>,
+) -> Result<StatusCode, ApiError> {
+    let body = form(body)?;
+    state.auth.revoke_token(&body.token).await?;
+    Ok(StatusCode::OK)
+}
+
+/// RFC 7662: whether a token is active (consumers and admins).
+#[utoipa::path(post, path = "/oauth/introspect", tag = "auth",
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Token state", body = Introspection),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn introspect(
+    State(state): State<ApiState>,
+    identity: Identity,
+    body: Result<Form<TokenForm>, FormRejection>,
+) -> Result<Json<Introspection>, ApiError> {
+    identity.require(&[Role::Consumer, Role::Admin])?;
+    let body = form(body)?;
+    Ok(Json(state.auth.introspect(&body.token).await?))
+}

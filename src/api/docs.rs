@@ -1,0 +1,154 @@
+//! The OpenAPI 3.1 document (generated from the handlers' annotations) and a human docs page rendered
+//! from it on the server, so it works offline and without JavaScript.
+
+use axum::response::{Html, IntoResponse};
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "geopromo",
+        description = "Location-based promotions: fences, promotions, locations and eligibility. Errors are RFC 9457 problem+json with stable `type` URIs. Authenticate with `POST /v1/auth/login`, then send `Authorization: Bearer <access_token>`.",
+        license(name = "MIT OR Apache-2.0")
+    ),
+    paths(
+        super::healthz, super::ready, super::metrics, openapi_json, docs_page,
+        super::list_fences, super::upload_fences, super::get_fence, super::replace_fence, super::delete_fence,
+        super::list_promotions, super::create_promotion, super::get_promotion, super::replace_promotion,
+        super::deactivate_promotion,
+        super::post_locations, super::match_point, super::user_promotions,
+        super::auth::jwks, super::auth::login, super::auth::refresh, super::auth::logout,
+        super::auth::logout_all, super::auth::own_sessions, super::auth::revoke_own_session,
+        super::auth::change_password, super::auth::create_user, super::auth::disable_user,
+        super::auth::user_sessions, super::auth::revoke_user_sessions, super::auth::rotate_keys,
+        super::auth::revoke_key, super::auth::revoke_token, super::auth::introspect,
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "fences", description = "City polygons (ops)"),
+        (name = "promotions", description = "Promotions and their rules (ops; consumers read)"),
+        (name = "locations", description = "GPS points from mobile clients"),
+        (name = "results", description = "Eligibility and point matches"),
+        (name = "auth", description = "Sessions and tokens"),
+        (name = "admin", description = "Users, sessions and signing keys (admin)"),
+        (name = "operations", description = "Health, readiness, metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("EdDSA access token from /v1/auth/login"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document as JSON.
+#[must_use]
+pub fn openapi() -> serde_json::Value {
+    serde_json::to_value(ApiDoc::openapi()).unwrap_or_default()
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "This document", body = serde_json::Value)))]
+pub(super) async fn openapi_json() -> impl IntoResponse {
+    Json(openapi())
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// `GET /docs`: every operation with its description and responses (rendered from the OpenAPI document).
+#[utoipa::path(get, path = "/docs", tag = "operations",
+    responses((status = 200, description = "This API, for humans", body = String, content_type = "text/html")))]
+pub(super) async fn docs_page() -> Html<String> {
+    Html(render(&openapi()))
+}
+
+fn render(doc: &serde_json::Value) -> String {
+    let mut html = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>geopromo API</title><style>\
+         body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.4}\
+         code{background:#f3f3f3;padding:0 .2em}.op{border-top:1px solid #ddd;padding:.6rem 0}\
+         .m{display:inline-block;min-width:4.5rem;font-weight:bold;font-family:monospace}</style></head><body>",
+    );
+    let info = &doc["info"];
+    html.push_str(&format!(
+        "<h1>{} <small>{}</small></h1><p>{}</p><p>Machine-readable: <a href=\"/openapi.json\">/openapi.json</a> (OpenAPI {}).</p>",
+        escape(info["title"].as_str().unwrap_or("")),
+        escape(info["version"].as_str().unwrap_or("")),
+        escape(info["description"].as_str().unwrap_or("")),
+        escape(doc["openapi"].as_str().unwrap_or("")),
+    ));
+    if let Some(paths) = doc["paths"].as_object() {
+        for (path, operations) in paths {
+            let Some(operations) = operations.as_object() else { continue };
+            for (method, operation) in operations {
+                html.push_str(&format!(
+                    "<div class=\"op\"><span class=\"m\">{}</span><code>{}</code>{}<p>{}</p>",
+                    escape(&method.to_uppercase()),
+                    escape(path),
+                    if operation.get("security").is_some() { " &#128274;" } else { "" },
+                    escape(
+                        operation["description"]
+                            .as_str()
+                            .or(operation["summary"].as_str())
+                            .unwrap_or("")
+                    ),
+                ));
+                if let Some(responses) = operation["responses"].as_object() {
+                    html.push_str("<ul>");
+                    for (status, response) in responses {
+                        html.push_str(&format!(
+                            "<li><b>{}</b> {}</li>",
+                            escape(status),
+                            escape(response["description"].as_str().unwrap_or(""))
+                        ));
+                    }
+                    html.push_str("</ul>");
+                }
+                html.push_str("</div>");
+            }
+        }
+    }
+    html.push_str("</body></html>");
+    html
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_is_openapi_3_1_with_every_route_and_bearer_security() {
+        let doc = openapi();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+        for path in ["/v1/fences", "/v1/locations", "/v1/auth/login", "/oauth/introspect"] {
+            assert!(doc["paths"].get(path).is_some(), "{path} missing");
+        }
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        let page = render(&doc);
+        assert!(page.contains("<code>/v1/match</code>"));
+        assert!(!page.contains("<script"));
+    }
+}

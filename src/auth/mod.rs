@@ -1,0 +1,20 @@
+//! Authentication: short-lived EdDSA access tokens tied to server-side sessions, opaque rotating refresh
+//! tokens, Argon2id passwords, revocation that reaches every instance within a poll interval, and login
+//! rate limits. The design and its decisions are in `docs/auth.md`.
+//!
+//! - [`token`]: roles, client kinds, claims and the checks on a token (pure; no I/O).
+//! - [`keys`]: the Ed25519 key ring, the signing key at a given time, the JWKS.
+//! - [`secret`]: random tokens, hashes and the refresh-token derivation.
+//! - [`password`]: Argon2id hashing with a dummy hash for unknown users.
+//! - [`limits`]: per-IP and per-account rate limits.
+//! - [`service`]: [`Auth`], which ties them to the store and verifies requests.
+
+pub mod keys;
+pub mod limits;
+pub mod password;
+pub mod secret;
+pub mod service;
+pub mod token;
+
+pub use service::{Auth, AuthError, IssuedTokens, Introspection};
+pub use token::{AccessClaims, ClientKind, Identity, Role};
