@@ -351,8 +351,12 @@ fn run_user_disable(config_dir: &Path, id: &str) -> anyhow::Result<ExitCode> {
 }
 
 fn run_session_issue(config_dir: &Path, args: &SessionIssueArgs) -> anyhow::Result<ExitCode> {
-    let client = crate::auth::ClientKind::parse(&args.client)
-        .with_context(|| format!("unknown client kind {:?} (mobile, ops, consumer)", args.client))?;
+    let client = crate::auth::ClientKind::parse(&args.client).with_context(|| {
+        format!(
+            "unknown client kind {:?} (mobile, ops, consumer)",
+            args.client
+        )
+    })?;
     block_on(async {
         let auth = open_auth(config_dir).await?;
         for user in &args.users {
@@ -504,9 +508,9 @@ fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
     // Only worth a bar for large files (at a terminal; indicatif hides it otherwise).
     if length < 16 * 1024 * 1024 {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    } else if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} read ({bytes_per_sec})")
-    {
+    } else if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:40} {bytes}/{total_bytes} read ({bytes_per_sec})",
+    ) {
         bar.set_style(style);
     }
     let mut bytes = Vec::with_capacity(length as usize);

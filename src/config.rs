@@ -358,7 +358,9 @@ impl Settings {
             return fail("auth.refresh_grace_s must be at most 10".into());
         }
         if auth.idle_timeout_s == 0 || auth.absolute_timeout_s < auth.idle_timeout_s {
-            return fail("auth.idle_timeout_s must be at least 1 and at most auth.absolute_timeout_s".into());
+            return fail(
+                "auth.idle_timeout_s must be at least 1 and at most auth.absolute_timeout_s".into(),
+            );
         }
         if !(10..=60_000).contains(&auth.revocation_poll_ms) {
             return fail("auth.revocation_poll_ms must be between 10 and 60000".into());
@@ -367,7 +369,10 @@ impl Settings {
             ("auth.login_ip_burst", auth.login_ip_burst),
             ("auth.login_ip_per_minute", auth.login_ip_per_minute),
             ("auth.login_account_burst", auth.login_account_burst),
-            ("auth.login_account_per_minute", auth.login_account_per_minute),
+            (
+                "auth.login_account_per_minute",
+                auth.login_account_per_minute,
+            ),
             ("auth.refresh_ip_burst", auth.refresh_ip_burst),
             ("auth.refresh_ip_per_minute", auth.refresh_ip_per_minute),
         ] {

@@ -356,7 +356,11 @@ async fn openapi_document_docs_page_and_metrics_are_served() {
     assert!(doc.json()["openapi"].as_str().unwrap().starts_with("3.1"));
     assert_eq!(doc.json(), geopromo::api::docs::openapi());
     let page = call(app, "GET", "/docs", None, None).await;
-    assert!(page.content_type.starts_with("text/html"), "{}", page.content_type);
+    assert!(
+        page.content_type.starts_with("text/html"),
+        "{}",
+        page.content_type
+    );
     assert!(page.body.contains("<code>/v1/locations</code>"));
     let metrics = send(app.address, Call::new("GET", "/metrics")).await;
     assert_eq!(metrics.status, 200);
@@ -380,7 +384,8 @@ fn the_openapi_check_rejects_responses_that_break_the_document() {
         (200, r#"[{"id":"p"}]"#),
         (500, r#"{"unexpected":true}"#),
     ] {
-        let outcome = std::panic::catch_unwind(|| check_against_openapi(&list, &reply(status, body)));
+        let outcome =
+            std::panic::catch_unwind(|| check_against_openapi(&list, &reply(status, body)));
         assert!(outcome.is_err(), "{status} {body} passed the check");
     }
 }

@@ -64,7 +64,14 @@ fn assert_unauthorized(reply: &Reply, what: &str) {
 
 /// Signs `claims` with the store's current private key, under `header`.
 async fn forge(app: &TestApp, header: Header, claims: serde_json::Value) -> String {
-    let key = app.auth.store().signing_keys().await.unwrap().pop().unwrap();
+    let key = app
+        .auth
+        .store()
+        .signing_keys()
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
     let der = STANDARD.decode(key.private_pkcs8).unwrap();
     jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(&der)).unwrap()
 }
@@ -134,13 +141,19 @@ async fn attack_suite_every_forgery_gets_401_problem_json() {
     }
     let mut wrong_aud = claims(now);
     wrong_aud["aud"] = "someone-else".into();
-    cases.push(("wrong aud", forge(&app, eddsa_header(&kid), wrong_aud).await));
+    cases.push((
+        "wrong aud",
+        forge(&app, eddsa_header(&kid), wrong_aud).await,
+    ));
     let mut no_aud = claims(now);
     no_aud.as_object_mut().unwrap().remove("aud");
     cases.push(("missing aud", forge(&app, eddsa_header(&kid), no_aud).await));
     let mut wrong_iss = claims(now);
     wrong_iss["iss"] = "evil".into();
-    cases.push(("wrong iss", forge(&app, eddsa_header(&kid), wrong_iss).await));
+    cases.push((
+        "wrong iss",
+        forge(&app, eddsa_header(&kid), wrong_iss).await,
+    ));
     let mut no_iss = claims(now);
     no_iss.as_object_mut().unwrap().remove("iss");
     cases.push(("missing iss", forge(&app, eddsa_header(&kid), no_iss).await));
@@ -193,7 +206,12 @@ async fn attack_suite_every_forgery_gets_401_problem_json() {
 
     // A token of a disabled user.
     app.auth
-        .create_user("victim", PASSWORD.into(), vec![geopromo::auth::Role::Mobile], None)
+        .create_user(
+            "victim",
+            PASSWORD.into(),
+            vec![geopromo::auth::Role::Mobile],
+            None,
+        )
         .await
         .unwrap();
     let victim = app
@@ -202,7 +220,14 @@ async fn attack_suite_every_forgery_gets_401_problem_json() {
         .await
         .unwrap();
     assert_eq!(probe(&app, &victim.access_token).await.status, 200);
-    let disabled = call(&app, "POST", "/v1/admin/users/victim/disable", Some("admin"), None).await;
+    let disabled = call(
+        &app,
+        "POST",
+        "/v1/admin/users/victim/disable",
+        Some("admin"),
+        None,
+    )
+    .await;
     assert_eq!(disabled.status, 204, "{}", disabled.body);
     cases.push(("disabled user", victim.access_token));
 
@@ -246,7 +271,12 @@ async fn refresh_rotates_and_reuse_after_the_grace_window_revokes_the_session() 
         assert_ne!(second["refresh_token"], first["refresh_token"]);
         assert_ne!(second["access_token"], first["access_token"]);
         assert_eq!(second["session_id"], first["session_id"]);
-        assert_eq!(probe(&app, second["access_token"].as_str().unwrap()).await.status, 200);
+        assert_eq!(
+            probe(&app, second["access_token"].as_str().unwrap())
+                .await
+                .status,
+            200
+        );
 
         // Within the grace window the spent token replays the same answer (a lost response, retried).
         let replay = refresh(&app, &original).await;
@@ -261,7 +291,10 @@ async fn refresh_rotates_and_reuse_after_the_grace_window_revokes_the_session() 
         tokio::time::sleep(Duration::from_millis(1300)).await;
         let reuse = refresh(&app, &original).await;
         assert_unauthorized(&reuse, "reused refresh token");
-        assert_eq!(reuse.json()["type"], "https://geopromo.dev/problems/session-ended");
+        assert_eq!(
+            reuse.json()["type"],
+            "https://geopromo.dev/problems/session-ended"
+        );
         assert_unauthorized(
             &probe(&app, third["access_token"].as_str().unwrap()).await,
             "access token of the revoked session",
@@ -297,12 +330,26 @@ async fn twenty_concurrent_refreshes_rotate_once_with_identical_answers() {
         let replies = futures_util::future::join_all(refreshes).await;
         for reply in &replies {
             assert_eq!(reply.status, 200, "{:?}: {}", app.backend, reply.body);
-            assert_eq!(reply.body, replies[0].body, "{:?}: answers differ", app.backend);
+            assert_eq!(
+                reply.body, replies[0].body,
+                "{:?}: answers differ",
+                app.backend
+            );
         }
         let next = replies[0].json();
-        let session = app.store.session(&issued.session_id).await.unwrap().unwrap();
+        let session = app
+            .store
+            .session(&issued.session_id)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(session.revoked_at_ms.is_none(), "{:?}", app.backend);
-        assert_eq!(probe(&app, next["access_token"].as_str().unwrap()).await.status, 200);
+        assert_eq!(
+            probe(&app, next["access_token"].as_str().unwrap())
+                .await
+                .status,
+            200
+        );
         // Exactly one rotation: the successor is live and rotates normally.
         let after = refresh(&app, next["refresh_token"].as_str().unwrap()).await;
         assert_eq!(after.status, 200, "{}", after.body);
@@ -313,7 +360,11 @@ async fn twenty_concurrent_refreshes_rotate_once_with_identical_answers() {
                 .form(&format!("token={}", issued.refresh_token)),
         )
         .await;
-        assert_eq!(introspected.json()["active"], false, "the original is spent");
+        assert_eq!(
+            introspected.json()["active"],
+            false,
+            "the original is spent"
+        );
     }
 }
 
@@ -328,16 +379,21 @@ async fn logout_everywhere_and_password_change_revoke_the_right_sessions() {
     let new_password = "a much better passphrase";
     let change = send(
         app.address,
-        Call::new("PUT", "/v1/auth/password").bearer(&token(&a)).json(
-            &serde_json::json!({"current_password": PASSWORD, "new_password": new_password})
-                .to_string(),
-        ),
+        Call::new("PUT", "/v1/auth/password")
+            .bearer(&token(&a))
+            .json(
+                &serde_json::json!({"current_password": PASSWORD, "new_password": new_password})
+                    .to_string(),
+            ),
     )
     .await;
     assert_eq!(change.status, 200, "{}", change.body);
     assert!(change.json()["revoked"].as_u64().unwrap() >= 1);
     assert_eq!(probe(&app, &token(&a)).await.status, 200);
-    assert_unauthorized(&probe(&app, &token(&b)).await, "other session after password change");
+    assert_unauthorized(
+        &probe(&app, &token(&b)).await,
+        "other session after password change",
+    );
     assert_eq!(login(&app, "tester", PASSWORD, "mobile").await.status, 401);
     let c = login(&app, "tester", new_password, "mobile").await;
     assert_eq!(c.status, 200);
@@ -353,11 +409,17 @@ async fn logout_everywhere_and_password_change_revoke_the_right_sessions() {
     assert_eq!(wrong.status, 401);
 
     // The session list shows both live sessions, the current one marked.
-    let sessions = send(app.address, Call::new("GET", "/v1/auth/sessions").bearer(&token(&c))).await;
+    let sessions = send(
+        app.address,
+        Call::new("GET", "/v1/auth/sessions").bearer(&token(&c)),
+    )
+    .await;
     assert_eq!(sessions.status, 200);
     let sessions = sessions.json();
     let listed: Vec<&serde_json::Value> = sessions.as_array().unwrap().iter().collect();
-    assert!(listed.iter().any(|s| s["current"] == true && s["id"] == c["session_id"]));
+    assert!(listed
+        .iter()
+        .any(|s| s["current"] == true && s["id"] == c["session_id"]));
     let b_row = listed.iter().find(|s| s["id"] == b["session_id"]).unwrap();
     assert_eq!(b_row["revoked_reason"], "password changed");
     assert_eq!(b_row["device_label"], "test phone");
@@ -366,8 +428,11 @@ async fn logout_everywhere_and_password_change_revoke_the_right_sessions() {
     // Revoke one own session by id; someone else's session id is not found.
     let revoke_a = send(
         app.address,
-        Call::new("DELETE", &format!("/v1/auth/sessions/{}", a["session_id"].as_str().unwrap()))
-            .bearer(&token(&c)),
+        Call::new(
+            "DELETE",
+            &format!("/v1/auth/sessions/{}", a["session_id"].as_str().unwrap()),
+        )
+        .bearer(&token(&c)),
     )
     .await;
     assert_eq!(revoke_a.status, 204);
@@ -379,24 +444,39 @@ async fn logout_everywhere_and_password_change_revoke_the_right_sessions() {
         .unwrap();
     let foreign = send(
         app.address,
-        Call::new("DELETE", &format!("/v1/auth/sessions/{}", others.session_id)).bearer(&token(&c)),
+        Call::new(
+            "DELETE",
+            &format!("/v1/auth/sessions/{}", others.session_id),
+        )
+        .bearer(&token(&c)),
     )
     .await;
     assert_eq!(foreign.status, 404);
 
     // Logout everywhere ends every session of the user, this one included.
     let d = login(&app, "tester", new_password, "mobile").await.json();
-    let all = send(app.address, Call::new("POST", "/v1/auth/logout-all").bearer(&token(&d))).await;
+    let all = send(
+        app.address,
+        Call::new("POST", "/v1/auth/logout-all").bearer(&token(&d)),
+    )
+    .await;
     assert_eq!(all.status, 200);
     assert!(all.json()["revoked"].as_u64().unwrap() >= 2);
     for session in [&c, &d] {
-        assert_unauthorized(&probe(&app, &token(session)).await, "after logout everywhere");
+        assert_unauthorized(
+            &probe(&app, &token(session)).await,
+            "after logout everywhere",
+        );
         assert_unauthorized(
             &refresh(&app, session["refresh_token"].as_str().unwrap()).await,
             "refresh after logout everywhere",
         );
     }
-    assert_eq!(probe(&app, &others.access_token).await.status, 200, "other users unaffected");
+    assert_eq!(
+        probe(&app, &others.access_token).await.status,
+        200,
+        "other users unaffected"
+    );
 }
 
 #[tokio::test]
@@ -407,7 +487,10 @@ async fn key_rotation_overlaps_and_emergency_revocation_is_immediate() {
         .issue_session("tester", ClientKind::Mobile, None)
         .await
         .unwrap();
-    let old_kid = jsonwebtoken::decode_header(&old.access_token).unwrap().kid.unwrap();
+    let old_kid = jsonwebtoken::decode_header(&old.access_token)
+        .unwrap()
+        .kid
+        .unwrap();
     let rotated = call(&app, "POST", "/v1/admin/keys/rotate", Some("admin"), None).await;
     assert_eq!(rotated.status, 201, "{}", rotated.body);
     let new_kid = rotated.json()["kid"].as_str().unwrap().to_owned();
@@ -419,11 +502,20 @@ async fn key_rotation_overlaps_and_emergency_revocation_is_immediate() {
         .await
         .unwrap();
     assert_eq!(
-        jsonwebtoken::decode_header(&fresh.access_token).unwrap().kid.unwrap(),
+        jsonwebtoken::decode_header(&fresh.access_token)
+            .unwrap()
+            .kid
+            .unwrap(),
         new_kid
     );
-    assert_eq!(probe(&app, &old.access_token).await.status, 200, "overlap window");
-    let jwks = send(app.address, Call::new("GET", "/.well-known/jwks.json")).await.json();
+    assert_eq!(
+        probe(&app, &old.access_token).await.status,
+        200,
+        "overlap window"
+    );
+    let jwks = send(app.address, Call::new("GET", "/.well-known/jwks.json"))
+        .await
+        .json();
     let kids: Vec<&str> = jwks["keys"]
         .as_array()
         .unwrap()
@@ -441,9 +533,14 @@ async fn key_rotation_overlaps_and_emergency_revocation_is_immediate() {
     )
     .await;
     assert_eq!(revoked.status, 204);
-    assert_unauthorized(&probe(&app, &old.access_token).await, "token of a revoked key");
+    assert_unauthorized(
+        &probe(&app, &old.access_token).await,
+        "token of a revoked key",
+    );
     assert_eq!(probe(&app, &fresh.access_token).await.status, 200);
-    let jwks = send(app.address, Call::new("GET", "/.well-known/jwks.json")).await.json();
+    let jwks = send(app.address, Call::new("GET", "/.well-known/jwks.json"))
+        .await
+        .json();
     assert!(!jwks.to_string().contains(&old_kid));
 }
 
@@ -457,13 +554,24 @@ async fn two_instances_sharing_postgres_agree_on_a_revocation_within_a_second() 
         revocation_poll_ms: 250,
         ..test_auth_settings()
     };
-    let a = spawn_app_on(store_a, None, Backend::Postgres, broker.clone(), settings.clone()).await;
+    let a = spawn_app_on(
+        store_a,
+        None,
+        Backend::Postgres,
+        broker.clone(),
+        settings.clone(),
+    )
+    .await;
     let b = spawn_app_on(store_b, None, Backend::Postgres, broker, settings).await;
     let session = login(&a, "tester", PASSWORD, "mobile").await.json();
     let token = session["access_token"].as_str().unwrap();
     assert_eq!(probe(&b, token).await.status, 200, "B accepts A's token");
 
-    let logout = send(a.address, Call::new("POST", "/v1/auth/logout").bearer(token)).await;
+    let logout = send(
+        a.address,
+        Call::new("POST", "/v1/auth/logout").bearer(token),
+    )
+    .await;
     assert_eq!(logout.status, 204);
     let revoked_at = Instant::now();
     assert_unauthorized(&probe(&a, token).await, "A, at once");
@@ -479,7 +587,10 @@ async fn two_instances_sharing_postgres_agree_on_a_revocation_within_a_second() 
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eprintln!("B refused the revoked token after {:?}", revoked_at.elapsed());
+    eprintln!(
+        "B refused the revoked token after {:?}",
+        revoked_at.elapsed()
+    );
     assert!(revoked_at.elapsed() < Duration::from_secs(1));
 
     // Survives a restart: a new instance on the same store refuses it from its first request.
@@ -516,7 +627,11 @@ async fn logins_are_rate_limited_and_failures_look_the_same() {
         wrong.json(),
         "an unknown user and a wrong password get the same answer"
     );
-    assert_eq!(login(&app, "tester", PASSWORD, "ops").await.status, 403, "no ops role");
+    assert_eq!(
+        login(&app, "tester", PASSWORD, "ops").await.status,
+        403,
+        "no ops role"
+    );
     assert_eq!(login(&app, "tester", PASSWORD, "mobile").await.status, 200);
     // tester has used its 3 attempts: the 4th is refused even with the right password.
     let limited = login(&app, "tester", PASSWORD, "mobile").await;
@@ -525,12 +640,16 @@ async fn logins_are_rate_limited_and_failures_look_the_same() {
     assert!((1..=60).contains(&retry), "{retry}");
     assert_eq!(limited.json()["retry_after"], retry);
     // The IP has used 5 of 6; one more for another account, then the IP is limited too.
-    assert_eq!(login(&app, "nobody-else", PASSWORD, "mobile").await.status, 401);
+    assert_eq!(
+        login(&app, "nobody-else", PASSWORD, "mobile").await.status,
+        401
+    );
     assert_eq!(login(&app, "third", PASSWORD, "mobile").await.status, 429);
 
     let bad_body = send(
         app.address,
-        Call::new("POST", "/v1/auth/login").json(r#"{"username":"x","password":"y","client":"tv"}"#),
+        Call::new("POST", "/v1/auth/login")
+            .json(r#"{"username":"x","password":"y","client":"tv"}"#),
     )
     .await;
     assert_eq!(bad_body.status, 422);
@@ -563,7 +682,10 @@ async fn introspection_and_token_revocation_follow_the_rfcs() {
     let refresh_state = introspect(session.refresh_token.clone()).await.json();
     assert_eq!(refresh_state["active"], true);
     assert_eq!(refresh_state["token_type"], "refresh_token");
-    assert_eq!(introspect("garbage".into()).await.json(), serde_json::json!({"active": false}));
+    assert_eq!(
+        introspect("garbage".into()).await.json(),
+        serde_json::json!({"active": false})
+    );
     let as_mobile = send(
         app.address,
         Call::new("POST", "/oauth/introspect")
@@ -579,11 +701,28 @@ async fn introspection_and_token_revocation_follow_the_rfcs() {
     )
     .await;
     assert_eq!(revoke.status, 200);
-    assert_eq!(introspect(session.access_token.clone()).await.json()["active"], false);
-    assert_unauthorized(&probe(&app, &session.access_token).await, "after RFC 7009 revoke");
-    let unknown = send(app.address, Call::new("POST", "/oauth/revoke").form("token=unknown")).await;
-    assert_eq!(unknown.status, 200, "RFC 7009: invalid tokens are not an error");
-    let no_token = send(app.address, Call::new("POST", "/oauth/revoke").form("nothing=1")).await;
+    assert_eq!(
+        introspect(session.access_token.clone()).await.json()["active"],
+        false
+    );
+    assert_unauthorized(
+        &probe(&app, &session.access_token).await,
+        "after RFC 7009 revoke",
+    );
+    let unknown = send(
+        app.address,
+        Call::new("POST", "/oauth/revoke").form("token=unknown"),
+    )
+    .await;
+    assert_eq!(
+        unknown.status, 200,
+        "RFC 7009: invalid tokens are not an error"
+    );
+    let no_token = send(
+        app.address,
+        Call::new("POST", "/oauth/revoke").form("nothing=1"),
+    )
+    .await;
     assert_eq!(no_token.status, 400);
 }
 
@@ -595,29 +734,71 @@ async fn admins_create_and_disable_users() {
     assert_eq!(created.status, 201, "{}", created.body);
     assert_eq!(created.json()["id"], "rider-7");
     assert_eq!(
-        call(&app, "POST", "/v1/admin/users", Some("admin"), Some(body)).await.status,
+        call(&app, "POST", "/v1/admin/users", Some("admin"), Some(body))
+            .await
+            .status,
         409
     );
     let weak = r#"{"username":"rider-8","password":"short","roles":["mobile"]}"#;
     assert_eq!(
-        call(&app, "POST", "/v1/admin/users", Some("admin"), Some(weak)).await.status,
+        call(&app, "POST", "/v1/admin/users", Some("admin"), Some(weak))
+            .await
+            .status,
         422
     );
     let session = login(&app, "rider-7", "long enough pass", "mobile").await;
     assert_eq!(session.status, 200);
     let token = session.json()["access_token"].as_str().unwrap().to_owned();
-    let sessions = call(&app, "GET", "/v1/admin/users/rider-7/sessions", Some("admin"), None).await;
+    let sessions = call(
+        &app,
+        "GET",
+        "/v1/admin/users/rider-7/sessions",
+        Some("admin"),
+        None,
+    )
+    .await;
     assert_eq!(sessions.json().as_array().unwrap().len(), 1);
-    let revoked = call(&app, "DELETE", "/v1/admin/users/rider-7/sessions", Some("admin"), None).await;
+    let revoked = call(
+        &app,
+        "DELETE",
+        "/v1/admin/users/rider-7/sessions",
+        Some("admin"),
+        None,
+    )
+    .await;
     assert_eq!(revoked.json()["revoked"], 1);
-    assert_unauthorized(&probe(&app, &token).await, "after an admin revoked the user's sessions");
+    assert_unauthorized(
+        &probe(&app, &token).await,
+        "after an admin revoked the user's sessions",
+    );
     assert_eq!(
-        call(&app, "POST", "/v1/admin/users/rider-7/disable", Some("admin"), None).await.status,
+        call(
+            &app,
+            "POST",
+            "/v1/admin/users/rider-7/disable",
+            Some("admin"),
+            None
+        )
+        .await
+        .status,
         204
     );
-    assert_eq!(login(&app, "rider-7", "long enough pass", "mobile").await.status, 401);
     assert_eq!(
-        call(&app, "POST", "/v1/admin/users/nobody/disable", Some("admin"), None).await.status,
+        login(&app, "rider-7", "long enough pass", "mobile")
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        call(
+            &app,
+            "POST",
+            "/v1/admin/users/nobody/disable",
+            Some("admin"),
+            None
+        )
+        .await
+        .status,
         404
     );
 }
@@ -637,34 +818,196 @@ async fn rbac_matrix_covers_every_route_and_role() {
         ("GET", "/docs", None, false, public),
         ("GET", "/.well-known/jwks.json", None, false, public),
         ("GET", "/v1/fences", None, false, [401, 403, 200, 403, 403]),
-        ("POST", "/v1/fences", Some("{}"), false, [401, 403, 422, 403, 403]),
-        ("GET", "/v1/fences/nope", None, false, [401, 403, 404, 403, 403]),
-        ("PUT", "/v1/fences/nope", Some("{}"), false, [401, 403, 422, 403, 403]),
-        ("DELETE", "/v1/fences/nope", None, false, [401, 403, 404, 403, 403]),
-        ("GET", "/v1/promotions", None, false, [401, 403, 200, 200, 403]),
-        ("POST", "/v1/promotions", Some(r#"{"id":"p","fences":["nowhere"]}"#), false, [401, 403, 422, 403, 403]),
-        ("GET", "/v1/promotions/nope", None, false, [401, 403, 404, 404, 403]),
-        ("PUT", "/v1/promotions/nope", Some(r#"{"id":"p","fences":["x"]}"#), false, [401, 403, 422, 403, 403]),
-        ("POST", "/v1/promotions/nope/deactivate", None, false, [401, 403, 404, 403, 403]),
-        ("POST", "/v1/locations", Some(r#"{"lat":91,"lon":0}"#), false, [401, 422, 403, 403, 403]),
-        ("GET", "/v1/match?lat=0&lon=0", None, false, [401, 200, 200, 200, 200]),
-        ("GET", "/v1/users/me/promotions", None, false, [401, 200, 200, 200, 200]),
-        ("GET", "/v1/users/someone/promotions", None, false, [401, 403, 200, 200, 403]),
-        ("POST", "/v1/auth/login", Some(r#"{"username":"nobody","password":"x","client":"mobile"}"#), false, [401; 5]),
-        ("POST", "/v1/auth/refresh", Some(r#"{"refresh_token":"nope"}"#), false, [401; 5]),
-        ("POST", "/v1/auth/logout", None, false, [401, 204, 204, 204, 204]),
-        ("POST", "/v1/auth/logout-all", None, false, [401, 200, 200, 200, 200]),
-        ("GET", "/v1/auth/sessions", None, false, [401, 200, 200, 200, 200]),
-        ("DELETE", "/v1/auth/sessions/nope", None, false, [401, 404, 404, 404, 404]),
-        ("PUT", "/v1/auth/password", Some(r#"{"current_password":"correct horse battery","new_password":"short"}"#), false, [401, 422, 422, 422, 422]),
-        ("POST", "/v1/admin/users", Some(r#"{"username":"u","password":"long enough pass","roles":[]}"#), false, [401, 403, 403, 403, 422]),
-        ("POST", "/v1/admin/users/nope/disable", None, false, [401, 403, 403, 403, 404]),
-        ("GET", "/v1/admin/users/nope/sessions", None, false, [401, 403, 403, 403, 200]),
-        ("DELETE", "/v1/admin/users/nope/sessions", None, false, [401, 403, 403, 403, 200]),
-        ("POST", "/v1/admin/keys/rotate", None, false, [401, 403, 403, 403, 201]),
-        ("POST", "/v1/admin/keys/nope/revoke", None, false, [401, 403, 403, 403, 404]),
+        (
+            "POST",
+            "/v1/fences",
+            Some("{}"),
+            false,
+            [401, 403, 422, 403, 403],
+        ),
+        (
+            "GET",
+            "/v1/fences/nope",
+            None,
+            false,
+            [401, 403, 404, 403, 403],
+        ),
+        (
+            "PUT",
+            "/v1/fences/nope",
+            Some("{}"),
+            false,
+            [401, 403, 422, 403, 403],
+        ),
+        (
+            "DELETE",
+            "/v1/fences/nope",
+            None,
+            false,
+            [401, 403, 404, 403, 403],
+        ),
+        (
+            "GET",
+            "/v1/promotions",
+            None,
+            false,
+            [401, 403, 200, 200, 403],
+        ),
+        (
+            "POST",
+            "/v1/promotions",
+            Some(r#"{"id":"p","fences":["nowhere"]}"#),
+            false,
+            [401, 403, 422, 403, 403],
+        ),
+        (
+            "GET",
+            "/v1/promotions/nope",
+            None,
+            false,
+            [401, 403, 404, 404, 403],
+        ),
+        (
+            "PUT",
+            "/v1/promotions/nope",
+            Some(r#"{"id":"p","fences":["x"]}"#),
+            false,
+            [401, 403, 422, 403, 403],
+        ),
+        (
+            "POST",
+            "/v1/promotions/nope/deactivate",
+            None,
+            false,
+            [401, 403, 404, 403, 403],
+        ),
+        (
+            "POST",
+            "/v1/locations",
+            Some(r#"{"lat":91,"lon":0}"#),
+            false,
+            [401, 422, 403, 403, 403],
+        ),
+        (
+            "GET",
+            "/v1/match?lat=0&lon=0",
+            None,
+            false,
+            [401, 200, 200, 200, 200],
+        ),
+        (
+            "GET",
+            "/v1/users/me/promotions",
+            None,
+            false,
+            [401, 200, 200, 200, 200],
+        ),
+        (
+            "GET",
+            "/v1/users/someone/promotions",
+            None,
+            false,
+            [401, 403, 200, 200, 403],
+        ),
+        (
+            "POST",
+            "/v1/auth/login",
+            Some(r#"{"username":"nobody","password":"x","client":"mobile"}"#),
+            false,
+            [401; 5],
+        ),
+        (
+            "POST",
+            "/v1/auth/refresh",
+            Some(r#"{"refresh_token":"nope"}"#),
+            false,
+            [401; 5],
+        ),
+        (
+            "POST",
+            "/v1/auth/logout",
+            None,
+            false,
+            [401, 204, 204, 204, 204],
+        ),
+        (
+            "POST",
+            "/v1/auth/logout-all",
+            None,
+            false,
+            [401, 200, 200, 200, 200],
+        ),
+        (
+            "GET",
+            "/v1/auth/sessions",
+            None,
+            false,
+            [401, 200, 200, 200, 200],
+        ),
+        (
+            "DELETE",
+            "/v1/auth/sessions/nope",
+            None,
+            false,
+            [401, 404, 404, 404, 404],
+        ),
+        (
+            "PUT",
+            "/v1/auth/password",
+            Some(r#"{"current_password":"correct horse battery","new_password":"short"}"#),
+            false,
+            [401, 422, 422, 422, 422],
+        ),
+        (
+            "POST",
+            "/v1/admin/users",
+            Some(r#"{"username":"u","password":"long enough pass","roles":[]}"#),
+            false,
+            [401, 403, 403, 403, 422],
+        ),
+        (
+            "POST",
+            "/v1/admin/users/nope/disable",
+            None,
+            false,
+            [401, 403, 403, 403, 404],
+        ),
+        (
+            "GET",
+            "/v1/admin/users/nope/sessions",
+            None,
+            false,
+            [401, 403, 403, 403, 200],
+        ),
+        (
+            "DELETE",
+            "/v1/admin/users/nope/sessions",
+            None,
+            false,
+            [401, 403, 403, 403, 200],
+        ),
+        (
+            "POST",
+            "/v1/admin/keys/rotate",
+            None,
+            false,
+            [401, 403, 403, 403, 201],
+        ),
+        (
+            "POST",
+            "/v1/admin/keys/nope/revoke",
+            None,
+            false,
+            [401, 403, 403, 403, 404],
+        ),
         ("POST", "/oauth/revoke", Some("token=garbage"), true, public),
-        ("POST", "/oauth/introspect", Some("token=garbage"), true, [401, 403, 403, 200, 200]),
+        (
+            "POST",
+            "/oauth/introspect",
+            Some("token=garbage"),
+            true,
+            [401, 403, 403, 200, 200],
+        ),
     ];
     let users = [
         None,
@@ -686,7 +1029,11 @@ async fn rbac_matrix_covers_every_route_and_role() {
                 request = request.bearer(&issued.access_token);
             }
             if let Some(body) = body {
-                request = if *form { request.form(body) } else { request.json(body) };
+                request = if *form {
+                    request.form(body)
+                } else {
+                    request.json(body)
+                };
             }
             let reply = send(app.address, request).await;
             assert_eq!(
@@ -709,5 +1056,8 @@ async fn rbac_matrix_covers_every_route_and_role() {
                 .map(move |method| format!("{method} {path}"))
         })
         .collect();
-    assert_eq!(covered, documented, "the matrix must cover every documented operation");
+    assert_eq!(
+        covered, documented,
+        "the matrix must cover every documented operation"
+    );
 }

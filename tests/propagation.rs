@@ -188,7 +188,9 @@ fn a_fence_uploaded_through_the_api_makes_posted_locations_eligible() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while send(address, Call::new("GET", "/readyz")).await.status != 200 {
+        while std::net::TcpStream::connect(address).is_err()
+            || send(address, Call::new("GET", "/readyz")).await.status != 200
+        {
             assert!(Instant::now() < deadline, "the API did not become ready");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -27,7 +27,10 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/auth/password", put(change_password))
         .route("/v1/admin/users", post(create_user))
         .route("/v1/admin/users/{id}/disable", post(disable_user))
-        .route("/v1/admin/users/{id}/sessions", get(user_sessions).delete(revoke_user_sessions))
+        .route(
+            "/v1/admin/users/{id}/sessions",
+            get(user_sessions).delete(revoke_user_sessions),
+        )
         .route("/v1/admin/keys/rotate", post(rotate_keys))
         .route("/v1/admin/keys/{kid}/revoke", post(revoke_key))
         .route("/oauth/revoke", post(revoke_token))

@@ -99,13 +99,19 @@ fn render(doc: &serde_json::Value) -> String {
     ));
     if let Some(paths) = doc["paths"].as_object() {
         for (path, operations) in paths {
-            let Some(operations) = operations.as_object() else { continue };
+            let Some(operations) = operations.as_object() else {
+                continue;
+            };
             for (method, operation) in operations {
                 html.push_str(&format!(
                     "<div class=\"op\"><span class=\"m\">{}</span><code>{}</code>{}<p>{}</p>",
                     escape(&method.to_uppercase()),
                     escape(path),
-                    if operation.get("security").is_some() { " &#128274;" } else { "" },
+                    if operation.get("security").is_some() {
+                        " &#128274;"
+                    } else {
+                        ""
+                    },
                     escape(
                         operation["description"]
                             .as_str()
@@ -140,7 +146,12 @@ mod tests {
     fn the_document_is_openapi_3_1_with_every_route_and_bearer_security() {
         let doc = openapi();
         assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
-        for path in ["/v1/fences", "/v1/locations", "/v1/auth/login", "/oauth/introspect"] {
+        for path in [
+            "/v1/fences",
+            "/v1/locations",
+            "/v1/auth/login",
+            "/oauth/introspect",
+        ] {
             assert!(doc["paths"].get(path).is_some(), "{path} missing");
         }
         assert_eq!(

@@ -22,8 +22,8 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-pub use crate::auth::{Identity, Role};
 use crate::auth::Auth;
+pub use crate::auth::{Identity, Role};
 use crate::geofence::geojson::parse_fences_value;
 use crate::geofence::GeoPoint;
 use crate::geofence::ParseOptions;
@@ -86,7 +86,9 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         .to_str()
         .map_err(|_| ApiError::unauthorized("the Authorization header is not ASCII"))?;
     match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
             Ok(token.trim())
         }
         _ => Err(ApiError::unauthorized(

@@ -56,7 +56,10 @@ mod tests {
             assert!(limit.check("a").is_ok());
         }
         let wait = limit.check("a").unwrap_err();
-        assert!(wait > Duration::from_secs(8) && wait <= Duration::from_secs(10), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(8) && wait <= Duration::from_secs(10),
+            "{wait:?}"
+        );
         assert_eq!(retry_after_s(wait), 10);
         assert!(limit.check("b").is_ok());
     }

@@ -16,5 +16,5 @@ pub mod secret;
 pub mod service;
 pub mod token;
 
-pub use service::{Auth, AuthError, IssuedTokens, Introspection};
+pub use service::{Auth, AuthError, Introspection, IssuedTokens};
 pub use token::{AccessClaims, ClientKind, Identity, Role};

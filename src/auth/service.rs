@@ -311,6 +311,15 @@ impl Auth {
         Ok(identity)
     }
 
+    /// [`Auth::verify`] without the verified-token cache: what a token costs the first time it is seen.
+    pub fn verify_uncached(&self, token: &str) -> Result<Identity, AuthError> {
+        let (identity, _) = self.verify_signed(token, now_ms())?;
+        if let Some(reason) = self.revoked_reason(&identity.session_id) {
+            return Err(AuthError::SessionEnded(reason));
+        }
+        Ok(identity)
+    }
+
     fn revoked_reason(&self, session_id: &str) -> Option<String> {
         self.revoked
             .read()
@@ -333,7 +342,11 @@ impl Auth {
         ))
     }
 
-    fn verify_claims(&self, token: &str, now: i64) -> Result<(AccessClaims, ClientKind), AuthError> {
+    fn verify_claims(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<(AccessClaims, ClientKind), AuthError> {
         let invalid = |why: String| AuthError::InvalidToken(why);
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| invalid(format!("malformed token: {e}")))?;
@@ -365,7 +378,11 @@ impl Auth {
             .into_iter()
             .find(|c| c.audience(&self.settings.issuer) == claims.aud)
             .ok_or_else(|| invalid("unknown audience".into()))?;
-        if claims.roles.iter().any(|r| !client.allowed_roles().contains(r)) {
+        if claims
+            .roles
+            .iter()
+            .any(|r| !client.allowed_roles().contains(r))
+        {
             return Err(invalid("roles beyond the audience's".into()));
         }
         Ok((claims, client))
@@ -506,7 +523,11 @@ impl Auth {
     }
 
     /// Exchanges a refresh token for the next pair (see [`Store::rotate_refresh_token`]).
-    pub async fn refresh(&self, refresh_token: &str, ip: IpAddr) -> Result<IssuedTokens, AuthError> {
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        ip: IpAddr,
+    ) -> Result<IssuedTokens, AuthError> {
         self.refresh_ip
             .check(&ip.to_string())
             .map_err(|wait| AuthError::RateLimited {
@@ -569,7 +590,11 @@ impl Auth {
     }
 
     /// Revokes every session of a user; returns how many were live.
-    pub async fn revoke_user_sessions(&self, user_id: &str, reason: &str) -> Result<u64, AuthError> {
+    pub async fn revoke_user_sessions(
+        &self,
+        user_id: &str,
+        reason: &str,
+    ) -> Result<u64, AuthError> {
         let revoked = self
             .store
             .revoke_sessions_of(user_id, reason, now_ms())
@@ -759,7 +784,11 @@ impl Auth {
 }
 
 fn roles_scope(roles: &[Role]) -> String {
-    roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(" ")
+    roles
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// How long after issue an access token can still be accepted.

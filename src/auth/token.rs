@@ -46,7 +46,11 @@ impl Role {
 
     #[must_use]
     pub fn join(roles: &[Role]) -> String {
-        roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",")
+        roles
+            .iter()
+            .map(|r| r.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -144,15 +148,23 @@ mod tests {
             Role::parse_list("ops, admin,ops").unwrap(),
             vec![Role::Ops, Role::Admin]
         );
-        assert!(Role::parse_list("ops,root").unwrap_err().contains("\"root\""));
-        assert_eq!(Role::join(&[Role::Mobile, Role::Consumer]), "mobile,consumer");
+        assert!(Role::parse_list("ops,root")
+            .unwrap_err()
+            .contains("\"root\""));
+        assert_eq!(
+            Role::join(&[Role::Mobile, Role::Consumer]),
+            "mobile,consumer"
+        );
     }
 
     #[test]
     fn a_client_kind_bounds_the_roles_of_its_sessions() {
         let everything = Role::ALL;
         assert_eq!(ClientKind::Mobile.grant(&everything), vec![Role::Mobile]);
-        assert_eq!(ClientKind::Ops.grant(&everything), vec![Role::Ops, Role::Admin]);
+        assert_eq!(
+            ClientKind::Ops.grant(&everything),
+            vec![Role::Ops, Role::Admin]
+        );
         assert!(ClientKind::Consumer.grant(&[Role::Mobile]).is_empty());
         assert_eq!(ClientKind::Ops.audience("geopromo"), "geopromo:ops");
     }

@@ -99,7 +99,8 @@ fn user_row(row: &AnyRow) -> Result<UserRecord, StoreError> {
             .try_get::<Option<String>, _>(2)
             .map_err(query_error("reading a user row"))?
             .unwrap_or_default(),
-        roles: Role::parse_list(roles.as_deref().unwrap_or("")).map_err(|e| corrupt("user", &id, e))?,
+        roles: Role::parse_list(roles.as_deref().unwrap_or(""))
+            .map_err(|e| corrupt("user", &id, e))?,
         disabled_at_ms: row.try_get(4).map_err(query_error("reading a user row"))?,
         created_at_ms: row.try_get(5).map_err(query_error("reading a user row"))?,
         id,
@@ -185,11 +186,13 @@ impl Store {
     }
 
     pub async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
-        let row = sqlx::query(&format!("{USER_SELECT} WHERE id = $1 AND username IS NOT NULL"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(query_error("reading a user"))?;
+        let row = sqlx::query(&format!(
+            "{USER_SELECT} WHERE id = $1 AND username IS NOT NULL"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("reading a user"))?;
         row.as_ref().map(user_row).transpose()
     }
 
@@ -211,14 +214,20 @@ impl Store {
         keep_session: Option<&str>,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(query_error("starting a transaction"))?;
-        sqlx::query("UPDATE users SET password_hash = $1, password_changed_at_ms = $2 WHERE id = $3")
-            .bind(password_hash)
-            .bind(now_ms)
-            .bind(user_id)
-            .execute(&mut *tx)
+        let mut tx = self
+            .pool
+            .begin()
             .await
-            .map_err(query_error("changing a password"))?;
+            .map_err(query_error("starting a transaction"))?;
+        sqlx::query(
+            "UPDATE users SET password_hash = $1, password_changed_at_ms = $2 WHERE id = $3",
+        )
+        .bind(password_hash)
+        .bind(now_ms)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error("changing a password"))?;
         let revoked = sqlx::query(
             "UPDATE sessions SET revoked_at_ms = $1, revoked_reason = 'password changed'
              WHERE user_id = $2 AND revoked_at_ms IS NULL AND id <> $3",
@@ -230,13 +239,19 @@ impl Store {
         .await
         .map_err(query_error("revoking sessions"))?
         .rows_affected();
-        tx.commit().await.map_err(query_error("committing a password change"))?;
+        tx.commit()
+            .await
+            .map_err(query_error("committing a password change"))?;
         Ok(revoked)
     }
 
     /// Disables a user and revokes all their sessions; `false` when there is no such user.
     pub async fn disable_user(&self, user_id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(query_error("starting a transaction"))?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query_error("starting a transaction"))?;
         let found = sqlx::query(
             "UPDATE users SET disabled_at_ms = COALESCE(disabled_at_ms, $1) WHERE id = $2 AND username IS NOT NULL",
         )
@@ -256,7 +271,9 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(query_error("revoking sessions"))?;
-        tx.commit().await.map_err(query_error("committing a user change"))?;
+        tx.commit()
+            .await
+            .map_err(query_error("committing a user change"))?;
         Ok(found)
     }
 
@@ -266,7 +283,11 @@ impl Store {
         session: &SessionRecord,
         refresh_hash: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(query_error("starting a transaction"))?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query_error("starting a transaction"))?;
         sqlx::query(
             "INSERT INTO sessions (id, user_id, client, roles, rotation_key, created_at_ms, last_used_at_ms,
                idle_expires_at_ms, absolute_expires_at_ms, revoked_at_ms, revoked_reason, device_label, user_agent)
@@ -287,7 +308,9 @@ impl Store {
         .await
         .map_err(query_error("opening a session"))?;
         insert_refresh(&mut tx, refresh_hash, &session.id, session.created_at_ms).await?;
-        tx.commit().await.map_err(query_error("committing a session"))?;
+        tx.commit()
+            .await
+            .map_err(query_error("committing a session"))?;
         Ok(())
     }
 
@@ -373,14 +396,20 @@ impl Store {
         &self,
         token_hash: &str,
     ) -> Result<Option<(SessionRecord, Option<i64>)>, StoreError> {
-        let row = sqlx::query("SELECT session_id, rotated_at_ms FROM refresh_tokens WHERE token_hash = $1")
-            .bind(token_hash)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(query_error("reading a refresh token"))?;
+        let row = sqlx::query(
+            "SELECT session_id, rotated_at_ms FROM refresh_tokens WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("reading a refresh token"))?;
         let Some(row) = row else { return Ok(None) };
-        let session_id: String = row.try_get(0).map_err(query_error("reading a refresh token"))?;
-        let rotated: Option<i64> = row.try_get(1).map_err(query_error("reading a refresh token"))?;
+        let session_id: String = row
+            .try_get(0)
+            .map_err(query_error("reading a refresh token"))?;
+        let rotated: Option<i64> = row
+            .try_get(1)
+            .map_err(query_error("reading a refresh token"))?;
         Ok(self.session(&session_id).await?.map(|s| (s, rotated)))
     }
 
@@ -397,11 +426,13 @@ impl Store {
     ) -> Result<RefreshOutcome, StoreError> {
         let context = "rotating a refresh token";
         let mut tx = self.pool.begin().await.map_err(query_error(context))?;
-        let row = sqlx::query("SELECT session_id, rotated_at_ms FROM refresh_tokens WHERE token_hash = $1")
-            .bind(token_hash)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(query_error(context))?;
+        let row = sqlx::query(
+            "SELECT session_id, rotated_at_ms FROM refresh_tokens WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(query_error(context))?;
         let Some(row) = row else {
             return Ok(RefreshOutcome::Unknown);
         };
@@ -446,13 +477,14 @@ impl Store {
             }
             // Another caller rotated it between our read and our update (PostgreSQL re-reads after the
             // row lock is released): read what it wrote.
-            rotated_at = sqlx::query("SELECT rotated_at_ms FROM refresh_tokens WHERE token_hash = $1")
-                .bind(token_hash)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(query_error(context))?
-                .try_get(0)
-                .map_err(query_error(context))?;
+            rotated_at =
+                sqlx::query("SELECT rotated_at_ms FROM refresh_tokens WHERE token_hash = $1")
+                    .bind(token_hash)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(query_error(context))?
+                    .try_get(0)
+                    .map_err(query_error(context))?;
         }
         let rotated_at_ms = rotated_at.unwrap_or(now_ms);
         if now_ms - rotated_at_ms <= grace_ms {
@@ -500,13 +532,15 @@ impl Store {
 
     /// Emergency revocation of a key; `false` when there is no such (unrevoked) key.
     pub async fn revoke_signing_key(&self, kid: &str, now_ms: i64) -> Result<bool, StoreError> {
-        Ok(sqlx::query("UPDATE signing_keys SET revoked_at_ms = $1 WHERE kid = $2 AND revoked_at_ms IS NULL")
-            .bind(now_ms)
-            .bind(kid)
-            .execute(&self.pool)
-            .await
-            .map_err(query_error("revoking a signing key"))?
-            .rows_affected()
+        Ok(sqlx::query(
+            "UPDATE signing_keys SET revoked_at_ms = $1 WHERE kid = $2 AND revoked_at_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(kid)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("revoking a signing key"))?
+        .rows_affected()
             > 0)
     }
 }

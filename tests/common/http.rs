@@ -408,8 +408,12 @@ pub fn check_against_openapi(call: &Call, reply: &Reply) {
     }
     let validator = jsonschema::validator_for(&schema)
         .unwrap_or_else(|e| panic!("{} {template}: unusable schema: {e}", call.method));
-    let body: serde_json::Value = serde_json::from_str(&reply.body)
-        .unwrap_or_else(|e| panic!("{} {template}: body is not JSON ({e}): {}", call.method, reply.body));
+    let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap_or_else(|e| {
+        panic!(
+            "{} {template}: body is not JSON ({e}): {}",
+            call.method, reply.body
+        )
+    });
     let errors: Vec<String> = validator
         .iter_errors(&body)
         .map(|e| format!("{} at {}", e, e.instance_path()))
