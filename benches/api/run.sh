@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # API load test on loopback: `geopromo serve` in dev mode (embedded broker, processor, API in one
-# process), 1,000 mobile users each reusing its own access token, wrk with 2 threads.
+# process), 1,000 mobile users each reusing its own access token, wrk with 2 threads; then the own-results
+# read flat out (wrk) and at a fixed 5,000 req/s (autocannon, when installed: npm install -g autocannon).
 #   bash benches/api/run.sh [connections] [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,5 +27,12 @@ for _ in $(seq 100); do curl -sf localhost:18080/readyz >/dev/null && break; sle
 export TOKENS="$work/tokens.txt"
 echo "== POST /v1/locations, $connections connections, ${seconds}s"
 wrk -t2 -c"$connections" -d"${seconds}s" --latency -s benches/api/locations.lua http://127.0.0.1:18080
-echo "== GET /v1/users/me/promotions, $connections connections, ${seconds}s"
+[ -n "${LOCATIONS_ONLY:-}" ] && exit 0
+echo "== GET /v1/users/me/promotions, $connections connections, ${seconds}s, flat out"
 wrk -t2 -c"$connections" -d"${seconds}s" --latency -s benches/api/own-results.lua http://127.0.0.1:18080
+if command -v autocannon >/dev/null; then
+  echo "== GET /v1/users/me/promotions at 5,000 req/s (autocannon, 32 connections), ${seconds}s"
+  NODE_PATH=$(npm root -g) node benches/api/own-results-rate.js http://127.0.0.1:18080 "$TOKENS" 5000 "$seconds"
+else
+  echo "(install autocannon with npm -g for the fixed-rate read test)"
+fi

@@ -179,7 +179,7 @@ impl Store {
     pub async fn user_by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
         let row = sqlx::query(&format!("{USER_SELECT} WHERE username = $1"))
             .bind(username)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reader)
             .await
             .map_err(query_error("reading a user"))?;
         row.as_ref().map(user_row).transpose()
@@ -190,7 +190,7 @@ impl Store {
             "{USER_SELECT} WHERE id = $1 AND username IS NOT NULL"
         ))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await
         .map_err(query_error("reading a user"))?;
         row.as_ref().map(user_row).transpose()
@@ -199,7 +199,7 @@ impl Store {
     /// How many users can log in (the dev banner's "no admin yet" hint).
     pub async fn count_users(&self) -> Result<i64, StoreError> {
         sqlx::query("SELECT COUNT(*) FROM users WHERE username IS NOT NULL")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.reader)
             .await
             .map_err(query_error("counting users"))?
             .try_get(0)
@@ -317,7 +317,7 @@ impl Store {
     pub async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
         let row = sqlx::query(&format!("{SESSION_SELECT} WHERE id = $1"))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reader)
             .await
             .map_err(query_error("reading a session"))?;
         row.as_ref().map(session_row).transpose()
@@ -329,7 +329,7 @@ impl Store {
             "{SESSION_SELECT} WHERE user_id = $1 ORDER BY created_at_ms DESC, id"
         ))
         .bind(user_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await
         .map_err(query_error("listing sessions"))?;
         rows.iter().map(session_row).collect()
@@ -378,7 +378,7 @@ impl Store {
     pub async fn revocations_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query("SELECT id, revoked_at_ms FROM sessions WHERE revoked_at_ms >= $1")
             .bind(since_ms)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reader)
             .await
             .map_err(query_error("reading revocations"))?;
         rows.iter()
@@ -400,7 +400,7 @@ impl Store {
             "SELECT session_id, rotated_at_ms FROM refresh_tokens WHERE token_hash = $1",
         )
         .bind(token_hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await
         .map_err(query_error("reading a refresh token"))?;
         let Some(row) = row else { return Ok(None) };
@@ -508,7 +508,7 @@ impl Store {
 
     pub async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
         let rows = sqlx::query(&format!("{KEY_SELECT} ORDER BY active_from_ms, kid"))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reader)
             .await
             .map_err(query_error("reading signing keys"))?;
         rows.iter().map(key_row).collect()

@@ -127,7 +127,11 @@ pub enum EligibilityChange {
 /// A pooled connection to the store.
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// Writes and transactions. On SQLite a single connection: SQLite has one writer anyway.
     pool: AnyPool,
+    /// Reads outside transactions. On SQLite a separate pool of connections reading the WAL in
+    /// parallel with the writer; on PostgreSQL the same pool.
+    reader: AnyPool,
     backend: Backend,
 }
 
@@ -165,7 +169,28 @@ impl Store {
                 url: redact(url),
                 source,
             })?;
-        let store = Self { pool, backend };
+        let reader = if backend == Backend::Sqlite {
+            // WAL lets readers run beside the writer; the setting is stored in the database file.
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .fetch_optional(&pool)
+                .await
+                .map_err(query_error("switching SQLite to WAL"))?;
+            AnyPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(std::time::Duration::from_secs(5))
+                .connect_lazy(&connect_url)
+                .map_err(|source| StoreError::Connect {
+                    url: redact(url),
+                    source,
+                })?
+        } else {
+            pool.clone()
+        };
+        let store = Self {
+            pool,
+            reader,
+            backend,
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -193,7 +218,7 @@ impl Store {
     /// The catalog version: it changes whenever a fence or promotion does.
     pub async fn catalog_version(&self) -> Result<i64, StoreError> {
         sqlx::query("SELECT version FROM catalog_version WHERE id = 1")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.reader)
             .await
             .map_err(query_error("reading the catalog version"))?
             .try_get::<i64, _>(0)
@@ -261,7 +286,7 @@ impl Store {
             .bind(pattern.as_deref().unwrap_or(""))
             .bind(pattern.as_deref().unwrap_or(""))
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reader)
             .await
             .map_err(query_error("listing fences"))?;
         rows.iter().map(fence_row).collect()
@@ -270,7 +295,7 @@ impl Store {
     pub async fn get_fence(&self, id: &str) -> Result<Option<StoredFence>, StoreError> {
         let row = sqlx::query(&format!("{FENCE_SELECT} WHERE id = $1"))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reader)
             .await
             .map_err(query_error("reading a fence"))?;
         row.as_ref().map(fence_row).transpose()
@@ -301,7 +326,7 @@ impl Store {
     /// Every stored fence, validated again on the way out (a row edited by hand cannot poison the index).
     pub async fn load_fences(&self) -> Result<Vec<Fence>, StoreError> {
         let rows = sqlx::query(&format!("{FENCE_SELECT} ORDER BY id"))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reader)
             .await
             .map_err(query_error("loading fences"))?;
         let mut features = Vec::with_capacity(rows.len());
@@ -370,7 +395,7 @@ impl Store {
 
     pub async fn load_promotions(&self) -> Result<Vec<Promotion>, StoreError> {
         let rows = sqlx::query(&format!("{PROMOTION_SELECT} ORDER BY id"))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reader)
             .await
             .map_err(query_error("loading promotions"))?;
         rows.iter().map(promotion_row).collect()
@@ -379,7 +404,7 @@ impl Store {
     pub async fn get_promotion(&self, id: &str) -> Result<Option<Promotion>, StoreError> {
         let row = sqlx::query(&format!("{PROMOTION_SELECT} WHERE id = $1"))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reader)
             .await
             .map_err(query_error("reading a promotion"))?;
         row.as_ref().map(promotion_row).transpose()
@@ -433,7 +458,7 @@ impl Store {
              WHERE user_id = $1 ORDER BY promotion_id",
         )
         .bind(user_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await
         .map_err(query_error("reading eligibility"))?;
         rows.iter()
@@ -457,7 +482,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         let count: i64 = sqlx::query("SELECT COUNT(*) FROM fences")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.reader)
             .await
             .map_err(query_error("counting fences"))?
             .try_get(0)
