@@ -803,6 +803,16 @@ async fn admins_create_and_disable_users() {
     );
 }
 
+/// Method, path, body, whether the body is a form, and the expected status for none, mobile, ops,
+/// consumer and admin.
+type MatrixRow = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    bool,
+    [u16; 5],
+);
+
 /// Every documented route, with every role and with none. For allowed callers the request is built to
 /// give a known non-auth status (often a 404 or 422, so the matrix changes nothing it depends on).
 #[tokio::test]
@@ -810,7 +820,7 @@ async fn rbac_matrix_covers_every_route_and_role() {
     let app = spawn_with(Backend::Sqlite, test_auth_settings()).await;
     // Columns: none, mobile, ops, consumer, admin.
     let public = [200; 5];
-    let rows: Vec<(&str, &str, Option<&str>, bool, [u16; 5])> = vec![
+    let rows: Vec<MatrixRow> = vec![
         ("GET", "/healthz", None, false, public),
         ("GET", "/readyz", None, false, public),
         ("GET", "/metrics", None, false, public),
