@@ -87,22 +87,22 @@ fn corrupt(what: &'static str, id: &str, problem: impl ToString) -> StoreError {
 }
 
 fn user_row(row: &AnyRow) -> Result<UserRecord, StoreError> {
-    let read = query_error("reading a user row");
-    let id: String = row.try_get(0).map_err(read)?;
-    let roles: Option<String> = row.try_get(3).map_err(query_error("reading a user row"))?;
+    let read = || query_error("reading a user row");
+    let id: String = row.try_get(0).map_err(read())?;
+    let roles: Option<String> = row.try_get(3).map_err(read())?;
     Ok(UserRecord {
         username: row
             .try_get::<Option<String>, _>(1)
-            .map_err(query_error("reading a user row"))?
+            .map_err(read())?
             .unwrap_or_default(),
         password_hash: row
             .try_get::<Option<String>, _>(2)
-            .map_err(query_error("reading a user row"))?
+            .map_err(read())?
             .unwrap_or_default(),
         roles: Role::parse_list(roles.as_deref().unwrap_or(""))
             .map_err(|e| corrupt("user", &id, e))?,
-        disabled_at_ms: row.try_get(4).map_err(query_error("reading a user row"))?,
-        created_at_ms: row.try_get(5).map_err(query_error("reading a user row"))?,
+        disabled_at_ms: row.try_get(4).map_err(read())?,
+        created_at_ms: row.try_get(5).map_err(read())?,
         id,
     })
 }
@@ -177,23 +177,14 @@ impl Store {
     }
 
     pub async fn user_by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
-        let row = sqlx::query(&format!("{USER_SELECT} WHERE username = $1"))
-            .bind(username)
-            .fetch_optional(&self.reader)
+        let sql = format!("{USER_SELECT} WHERE username = $1");
+        self.find_by_key(&sql, username, "reading a user", user_row)
             .await
-            .map_err(query_error("reading a user"))?;
-        row.as_ref().map(user_row).transpose()
     }
 
     pub async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "{USER_SELECT} WHERE id = $1 AND username IS NOT NULL"
-        ))
-        .bind(id)
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(query_error("reading a user"))?;
-        row.as_ref().map(user_row).transpose()
+        let sql = format!("{USER_SELECT} WHERE id = $1 AND username IS NOT NULL");
+        self.find_by_key(&sql, id, "reading a user", user_row).await
     }
 
     /// How many users can log in (the dev banner's "no admin yet" hint).
@@ -315,24 +306,16 @@ impl Store {
     }
 
     pub async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
-        let row = sqlx::query(&format!("{SESSION_SELECT} WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.reader)
+        let sql = format!("{SESSION_SELECT} WHERE id = $1");
+        self.find_by_key(&sql, id, "reading a session", session_row)
             .await
-            .map_err(query_error("reading a session"))?;
-        row.as_ref().map(session_row).transpose()
     }
 
     /// A user's sessions, newest first.
     pub async fn sessions_of(&self, user_id: &str) -> Result<Vec<SessionRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "{SESSION_SELECT} WHERE user_id = $1 ORDER BY created_at_ms DESC, id"
-        ))
-        .bind(user_id)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(query_error("listing sessions"))?;
-        rows.iter().map(session_row).collect()
+        let sql = format!("{SESSION_SELECT} WHERE user_id = $1 ORDER BY created_at_ms DESC, id");
+        self.list_by_key(&sql, user_id, "listing sessions", session_row)
+            .await
     }
 
     /// Revokes one session; `false` when it was already revoked or does not exist.

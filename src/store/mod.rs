@@ -195,6 +195,38 @@ impl Store {
         Ok(store)
     }
 
+    /// The row `sql` selects with `key` as `$1`, read on the reader pool and decoded by `decode`.
+    async fn find_by_key<T>(
+        &self,
+        sql: &str,
+        key: &str,
+        context: &'static str,
+        decode: fn(&AnyRow) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        let row = sqlx::query(sql)
+            .bind(key)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(query_error(context))?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    /// Every row `sql` selects with `key` as `$1`, read on the reader pool and decoded by `decode`.
+    async fn list_by_key<T>(
+        &self,
+        sql: &str,
+        key: &str,
+        context: &'static str,
+        decode: fn(&AnyRow) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let rows = sqlx::query(sql)
+            .bind(key)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(query_error(context))?;
+        rows.iter().map(decode).collect()
+    }
+
     /// Applies the embedded migrations that have not run yet.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         sqlx::migrate!("./migrations").run(&self.pool).await?;
@@ -293,12 +325,9 @@ impl Store {
     }
 
     pub async fn get_fence(&self, id: &str) -> Result<Option<StoredFence>, StoreError> {
-        let row = sqlx::query(&format!("{FENCE_SELECT} WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.reader)
+        let sql = format!("{FENCE_SELECT} WHERE id = $1");
+        self.find_by_key(&sql, id, "reading a fence", fence_row)
             .await
-            .map_err(query_error("reading a fence"))?;
-        row.as_ref().map(fence_row).transpose()
     }
 
     /// Deletes a fence; `false` when there was none.
@@ -402,12 +431,9 @@ impl Store {
     }
 
     pub async fn get_promotion(&self, id: &str) -> Result<Option<Promotion>, StoreError> {
-        let row = sqlx::query(&format!("{PROMOTION_SELECT} WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.reader)
+        let sql = format!("{PROMOTION_SELECT} WHERE id = $1");
+        self.find_by_key(&sql, id, "reading a promotion", promotion_row)
             .await
-            .map_err(query_error("reading a promotion"))?;
-        row.as_ref().map(promotion_row).transpose()
     }
 
     /// Applies transitions in one transaction: enters upsert, exits delete.
@@ -453,25 +479,14 @@ impl Store {
 
     /// A user's current eligible promotions, by promotion id.
     pub async fn eligibility_of(&self, user_id: &str) -> Result<Vec<Eligibility>, StoreError> {
-        let rows = sqlx::query(
+        self.list_by_key(
             "SELECT user_id, promotion_id, fence_id, since_ms, event_id FROM eligibility
              WHERE user_id = $1 ORDER BY promotion_id",
+            user_id,
+            "reading eligibility",
+            eligibility_row,
         )
-        .bind(user_id)
-        .fetch_all(&self.reader)
         .await
-        .map_err(query_error("reading eligibility"))?;
-        rows.iter()
-            .map(|row| {
-                Ok(Eligibility {
-                    user_id: row.try_get(0).map_err(query_error("reading eligibility"))?,
-                    promotion_id: row.try_get(1).map_err(query_error("reading eligibility"))?,
-                    fence_id: row.try_get(2).map_err(query_error("reading eligibility"))?,
-                    since_ms: row.try_get(3).map_err(query_error("reading eligibility"))?,
-                    event_id: row.try_get(4).map_err(query_error("reading eligibility"))?,
-                })
-            })
-            .collect()
     }
 
     /// Seeds fences and promotions when the store has none (first run on the bundled data).
@@ -531,6 +546,19 @@ fn fence_row(row: &AnyRow) -> Result<StoredFence, StoreError> {
         })
     })()
     .map_err(read)
+}
+
+fn eligibility_row(row: &AnyRow) -> Result<Eligibility, StoreError> {
+    (|| {
+        Ok::<_, sqlx::Error>(Eligibility {
+            user_id: row.try_get(0)?,
+            promotion_id: row.try_get(1)?,
+            fence_id: row.try_get(2)?,
+            since_ms: row.try_get(3)?,
+            event_id: row.try_get(4)?,
+        })
+    })()
+    .map_err(query_error("reading eligibility"))
 }
 
 fn promotion_row(row: &AnyRow) -> Result<Promotion, StoreError> {
