@@ -319,6 +319,18 @@ pub struct PostedLocation {
     event_id: Option<String>,
 }
 
+/// A posted location as it goes to the input topic (the contract in `docs/schemas/gps-event.schema.json`), written
+/// straight from the request's fields.
+#[derive(Serialize)]
+struct OutgoingGpsEvent<'a> {
+    user_id: &'a str,
+    lat: f64,
+    lon: f64,
+    ts: serde_json::Value,
+    accuracy_m: Option<f64>,
+    event_id: Option<&'a str>,
+}
+
 /// One location, or up to 1000 as `{"locations": [...]}`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
@@ -371,15 +383,15 @@ async fn post_locations(
     let mut payloads = Vec::with_capacity(locations.len());
     let mut problems = Vec::new();
     for (i, location) in locations.into_iter().enumerate() {
-        let event = serde_json::json!({
-            "user_id": identity.user_id,
-            "lat": location.lat,
-            "lon": location.lon,
-            "ts": location.ts.unwrap_or_else(|| serde_json::Value::from(now)),
-            "accuracy_m": location.accuracy_m,
-            "event_id": location.event_id,
-        });
-        let payload = event.to_string();
+        let payload = serde_json::to_string(&OutgoingGpsEvent {
+            user_id: &identity.user_id,
+            lat: location.lat,
+            lon: location.lon,
+            ts: location.ts.unwrap_or_else(|| serde_json::Value::from(now)),
+            accuracy_m: location.accuracy_m,
+            event_id: location.event_id.as_deref(),
+        })
+        .map_err(ApiError::internal)?;
         match decode_gps_event(
             Some(identity.user_id.as_bytes()),
             payload.as_bytes(),
