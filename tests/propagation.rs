@@ -67,22 +67,29 @@ fn ping_until_eligible(
     }
 }
 
-#[test]
-fn a_fence_added_in_the_store_is_matched_within_two_seconds() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("fences.geojson"), FAR_ONLY).unwrap();
-    std::fs::write(dir.path().join("promotions.json"), FAR_PROMOTION).unwrap();
+/// Settings for a service in `dir`, seeded with the far-away fence and its promotion, on a fresh
+/// embedded broker (returned: it must outlive the service).
+fn service_settings(dir: &std::path::Path, group: &str) -> (Settings, EmbeddedBroker) {
+    std::fs::write(dir.join("fences.geojson"), FAR_ONLY).unwrap();
+    std::fs::write(dir.join("promotions.json"), FAR_PROMOTION).unwrap();
     let mut settings = Settings::default();
-    settings.kafka = common::settings("propagation", Guarantee::AtLeastOnce);
+    settings.kafka = common::settings(group, Guarantee::AtLeastOnce);
     let broker = EmbeddedBroker::start(&settings.kafka, 1).unwrap();
     settings.kafka.brokers = broker.bootstrap_servers().to_owned();
-    settings.fences.path = dir.path().join("fences.geojson");
-    settings.promotions.path = dir.path().join("promotions.json");
-    settings.database.url = format!("sqlite://{}", dir.path().join("geopromo.sqlite").display());
+    settings.fences.path = dir.join("fences.geojson");
+    settings.promotions.path = dir.join("promotions.json");
+    settings.database.url = format!("sqlite://{}", dir.join("geopromo.sqlite").display());
     settings.metrics.listen = String::new();
-    settings.api.listen = "127.0.0.1:0".into();
-    let brokers = settings.kafka.brokers.clone();
+    (settings, broker)
+}
 
+/// Runs `app::serve` (API included) on its own thread until the returned sender fires or drops.
+fn start_service(
+    settings: &Settings,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<anyhow::Result<()>>,
+) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let service_settings = settings.clone();
     let service = std::thread::spawn(move || {
@@ -95,6 +102,17 @@ fn a_fence_added_in_the_store_is_matched_within_two_seconds() {
             let _ = stopped.await;
         }))
     });
+    (stop, service)
+}
+
+#[test]
+fn a_fence_added_in_the_store_is_matched_within_two_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut settings, _broker) = service_settings(dir.path(), "propagation");
+    settings.api.listen = "127.0.0.1:0".into();
+    let brokers = settings.kafka.brokers.clone();
+
+    let (stop, service) = start_service(&settings);
 
     // The store was seeded from the files, and the pipeline works on them.
     let reader = output_reader(&brokers);
@@ -151,17 +169,8 @@ fn a_fence_uploaded_through_the_api_makes_posted_locations_eligible() {
     use geopromo::auth::{Auth, ClientKind, Role};
 
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("fences.geojson"), FAR_ONLY).unwrap();
-    std::fs::write(dir.path().join("promotions.json"), FAR_PROMOTION).unwrap();
-    let mut settings = Settings::default();
-    settings.kafka = common::settings("propagation-api", Guarantee::AtLeastOnce);
-    let broker = EmbeddedBroker::start(&settings.kafka, 1).unwrap();
-    settings.kafka.brokers = broker.bootstrap_servers().to_owned();
-    settings.fences.path = dir.path().join("fences.geojson");
-    settings.promotions.path = dir.path().join("promotions.json");
-    settings.database.url = format!("sqlite://{}", dir.path().join("geopromo.sqlite").display());
+    let (mut settings, _broker) = service_settings(dir.path(), "propagation-api");
     settings.database.poll_interval_ms = 250;
-    settings.metrics.listen = String::new();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -172,18 +181,7 @@ fn a_fence_uploaded_through_the_api_makes_posted_locations_eligible() {
     let address: std::net::SocketAddr = settings.api.listen.parse().unwrap();
     let brokers = settings.kafka.brokers.clone();
 
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let service_settings = settings.clone();
-    let service = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let options = ServeOptions {
-            api: true,
-            ..ServeOptions::default()
-        };
-        runtime.block_on(serve(service_settings, options, async {
-            let _ = stopped.await;
-        }))
-    });
+    let (stop, service) = start_service(&settings);
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
