@@ -98,28 +98,39 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-/// Builds the catalog from what the store holds; returns it with the version it reflects.
+/// Builds the catalog from what the store holds; returns it with the version it reflects. Rows that
+/// cannot be used are quarantined (left out, logged as errors, listed by `/readyz` and counted by the
+/// `catalog_quarantined` metric): a service never refuses to start on stored data.
 pub async fn catalog_from_store(
     store: &Store,
     settings: &Settings,
 ) -> anyhow::Result<(Catalog, i64)> {
     // Read the version first: a change racing with the load is then picked up by the next poll.
     let version = store.catalog_version().await?;
-    let fences = store.load_fences().await?;
-    let promotions = store.load_promotions().await?;
+    let parts = store.load_catalog_parts().await?;
+    for line in &parts.quarantined {
+        tracing::error!(catalog_version = version, "QUARANTINED stored data: {line}");
+    }
     let rules = settings.rules.to_options();
     let cells = settings.fences.cells_per_degree;
     let catalog = tokio::task::spawn_blocking(move || {
         Catalog::build(
-            &fences,
-            promotions,
+            &parts.fences,
+            parts.promotions,
             rules,
             IndexOptions::default().cells_per_degree(cells),
         )
+        .map(|catalog| catalog.with_quarantined(parts.quarantined))
     })
     .await
     .context("catalog build panicked")?
-    .context("the stored promotions do not fit the stored fences")?;
+    .context("the stored catalog does not build")?;
+    if catalog.active_promotions() == 0 {
+        tracing::warn!(
+            "NO ACTIVE PROMOTION in the store: every point is matched and nobody becomes eligible. \
+             Add one with POST /v1/promotions or `geopromo promotions import FILE`"
+        );
+    }
     Ok((catalog, version))
 }
 
@@ -277,7 +288,6 @@ pub async fn serve(
         catalog.clone(),
         metrics,
     )
-    .with_transactional_id(settings.transactional_id())
     .on_emit(hook);
     let processor_stop = stop.clone();
     let mut processor_task = tokio::task::spawn_blocking(move || processor.run(&processor_stop));

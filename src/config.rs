@@ -168,7 +168,9 @@ pub struct KafkaSettings {
     pub state_topic: String,
     pub group_id: String,
     pub guarantee: Guarantee,
-    /// Needed for `exactly_once`: unique and stable per processor instance. Default `{group_id}-{host}`.
+    /// Required with `exactly_once`: unique per processor instance and stable across its restarts (a
+    /// StatefulSet ordinal, a compose service name). No default: a derived id (hostname, pid) is either
+    /// shared by two instances or changes on restart, and both break the fencing of zombie producers.
     pub transactional_id: Option<String>,
     /// How often progress is checkpointed (outputs acknowledged, offsets committed or transaction committed).
     pub commit_interval_ms: u64,
@@ -178,11 +180,42 @@ pub struct KafkaSettings {
     pub embedded_partitions: i32,
     /// librdkafka properties for every client (`security.protocol`, `sasl.*`, `ssl.*`, ...).
     /// In environment variables, write `_` for `.`: `GEOPROMO__KAFKA__PROPERTIES__SASL_MECHANISM`.
+    #[serde(deserialize_with = "property_map")]
     pub properties: BTreeMap<String, String>,
     /// Extra librdkafka properties for the consumers only.
+    #[serde(deserialize_with = "property_map")]
     pub consumer_properties: BTreeMap<String, String>,
     /// Extra librdkafka properties for the producers only.
+    #[serde(deserialize_with = "property_map")]
     pub producer_properties: BTreeMap<String, String>,
+}
+
+/// librdkafka takes every property as a string; settings files and environment variables give numbers
+/// and booleans their own types (`"linger.ms" = 5`), so those are turned into the strings librdkafka reads.
+fn property_map<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Integer(i64),
+        Float(f64),
+        Flag(bool),
+    }
+    let raw = BTreeMap::<String, Scalar>::deserialize(deserializer)?;
+    Ok(raw
+        .into_iter()
+        .map(|(key, value)| {
+            let text = match value {
+                Scalar::Text(text) => text,
+                Scalar::Integer(n) => n.to_string(),
+                Scalar::Float(x) => x.to_string(),
+                Scalar::Flag(b) => b.to_string(),
+            };
+            (key, text)
+        })
+        .collect())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -321,6 +354,19 @@ impl Settings {
     fn check(&self) -> Result<(), ConfigError> {
         let fail = |text: String| Err(ConfigError::Rule(text));
         let kafka = &self.kafka;
+        if kafka.guarantee == Guarantee::ExactlyOnce
+            && kafka
+                .transactional_id
+                .as_deref()
+                .is_none_or(|id| id.trim().is_empty())
+        {
+            return fail(
+                "kafka.transactional_id is required with kafka.guarantee = \"exactly_once\": give each \
+                 processor instance its own id that stays the same across its restarts (for example \
+                 GEOPROMO__KAFKA__TRANSACTIONAL_ID=geopromo-processor-0); see docs/operations.md"
+                    .into(),
+            );
+        }
         for (name, topic) in [
             ("kafka.input_topic", &kafka.input_topic),
             ("kafka.output_topic", &kafka.output_topic),
@@ -389,16 +435,6 @@ impl Settings {
         Ok(())
     }
 
-    /// The transactional id this instance uses in `exactly_once` mode.
-    #[must_use]
-    pub fn transactional_id(&self) -> String {
-        self.kafka.transactional_id.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/etc/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|_| "local".into());
-            format!("{}-{host}", self.kafka.group_id)
-        })
-    }
 }
 
 #[cfg(test)]
@@ -422,6 +458,37 @@ mod tests {
             assert_eq!(settings.kafka.group_id, "prod");
             assert_eq!(settings.rules.hysteresis_m, 150.0);
             assert_eq!(settings.kafka.properties["sasl.mechanism"], "PLAIN");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn numeric_and_boolean_kafka_properties_are_taken() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "base.toml",
+                "[kafka.producer_properties]\n\"linger.ms\" = 5\n\"enable.idempotence\" = true\n",
+            )?;
+            jail.set_env("GEOPROMO__KAFKA__PROPERTIES__SOCKET_TIMEOUT_MS", "1500");
+            let settings = Settings::load(Path::new(".")).unwrap();
+            assert_eq!(settings.kafka.producer_properties["linger.ms"], "5");
+            assert_eq!(settings.kafka.producer_properties["enable.idempotence"], "true");
+            assert_eq!(settings.kafka.properties["socket.timeout.ms"], "1500");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn exactly_once_needs_an_explicit_transactional_id() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("base.toml", "[kafka]\nguarantee = \"exactly_once\"\n")?;
+            let err = Settings::load(Path::new(".")).unwrap_err().to_string();
+            assert!(err.contains("kafka.transactional_id"), "{err}");
+            jail.create_file(
+                "base.toml",
+                "[kafka]\nguarantee = \"exactly_once\"\ntransactional_id = \"p-0\"\n",
+            )?;
+            assert!(Settings::load(Path::new(".")).is_ok());
             Ok(())
         });
     }

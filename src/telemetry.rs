@@ -53,6 +53,11 @@ pub struct PipelineMetrics {
     pub checkpoints: Counter,
     pub rewinds: Counter,
     pub delivery_failures: Counter,
+    /// Records the brokers can never take (too large, invalid, not authorised), by topic: skipped.
+    undeliverable: Family<Labels, Counter>,
+    /// Input records skipped because the consumer's position fell out of the retained log.
+    pub offsets_skipped: Counter,
+    pub offset_resets: Counter,
     pub users_in_state: Gauge,
     pub state_restored_users: Counter,
 }
@@ -82,6 +87,9 @@ impl Default for PipelineMetrics {
             checkpoints: Counter::default(),
             rewinds: Counter::default(),
             delivery_failures: Counter::default(),
+            undeliverable: Family::default(),
+            offsets_skipped: Counter::default(),
+            offset_resets: Counter::default(),
             users_in_state: Gauge::default(),
             state_restored_users: Counter::default(),
         };
@@ -97,6 +105,15 @@ impl PipelineMetrics {
         self.dead_lettered
             .get_or_create(&label("reason", reason))
             .inc();
+    }
+
+    pub fn undeliverable(&self, topic: &str) {
+        self.undeliverable.get_or_create(&label("topic", topic)).inc();
+    }
+
+    #[must_use]
+    pub fn undeliverable_total(&self, topic: &str) -> u64 {
+        self.undeliverable.get_or_create(&label("topic", topic)).get()
     }
 
     #[must_use]
@@ -184,6 +201,21 @@ impl PipelineMetrics {
             "delivery_failures",
             "Produced messages the broker did not acknowledge",
             self.delivery_failures.clone(),
+        );
+        registry.register(
+            "records_undeliverable",
+            "Produced records the brokers refused for good (size, invalid, authorisation); skipped and logged",
+            self.undeliverable.clone(),
+        );
+        registry.register(
+            "input_offsets_skipped",
+            "Input records skipped because the consumer position fell out of the retained log",
+            self.offsets_skipped.clone(),
+        );
+        registry.register(
+            "input_offset_resets",
+            "Times a partition's position was out of the retained log and reset",
+            self.offset_resets.clone(),
         );
         registry.register(
             "users_in_state",

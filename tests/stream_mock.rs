@@ -377,3 +377,175 @@ fn output_events_match_their_schema() {
     assert_eq!(object["kind"], "exit");
     assert!(object["distance_m"].is_null());
 }
+
+/// A poison pill for a whole fleet, before the fix: a 1.5 MB event (the broker takes it; the processor's
+/// producer cannot send it back out whole) killed the processor on every restart. Now the dead letter is
+/// cut to fit and says so, an unkeyed event is dead-lettered too, and the good events after both are
+/// still processed by a processor that stays up.
+#[test]
+fn an_oversized_event_and_an_unkeyed_one_are_dead_lettered_and_the_processor_lives_on() {
+    let settings = settings("poison", Guarantee::AtLeastOnce);
+    let broker = EmbeddedBroker::start(&settings, 1).unwrap();
+    let brokers = broker.bootstrap_servers().to_owned();
+    let t0 = geopromo::promo::timestamp::now_ms() - 86_400_000;
+    let huge = format!(
+        r#"{{"user_id":"u","lat":1,"lon":1,"ts":{t0},"pad":"{}"}}"#,
+        "x".repeat(1_500_000)
+    );
+    // A client that allows large records, as an outside producer may.
+    let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("message.max.bytes", "5000000")
+        .create()
+        .unwrap();
+    use rdkafka::producer::Producer;
+    let unkeyed = format!(r#"{{"user_id":"nokey","lat":-6.05,"lon":106.05,"ts":{t0}}}"#);
+    producer
+        .send(
+            rdkafka::producer::BaseRecord::<str, str>::to(&settings.input_topic)
+                .key("u")
+                .payload(&huge),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer
+        .send(rdkafka::producer::BaseRecord::<str, str>::to(&settings.input_topic).payload(&unkeyed))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    let running = Running::start(&settings, &brokers, catalog(PROMOTIONS));
+    running.wait_consumed(2, SECONDS_30);
+    let good = vec![gps("a", -6.05, 106.05, t0), gps("b", -6.05, 106.05, t0)];
+    produce(&brokers, &settings.input_topic, &good);
+    running.wait_consumed(4, SECONDS_30);
+    let output = consume(&brokers, &settings.output_topic, 2, false, QUIET, SECONDS_30);
+    let dead = consume(&brokers, &settings.dlq_topic, 2, false, QUIET, SECONDS_30);
+    assert_eq!(output.len(), 2, "the good events after the poison were processed");
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let report = running.stop();
+    assert_eq!(report.consumed, 4);
+
+    let truncated = dead
+        .iter()
+        .find(|m| m.headers["dlq.reason"] == "oversized")
+        .expect("the oversized event was dead-lettered");
+    assert_eq!(truncated.headers["dlq.truncated"], "true");
+    assert_eq!(
+        truncated.headers["dlq.original.size"],
+        huge.len().to_string()
+    );
+    let digest = ring::digest::digest(&ring::digest::SHA256, huge.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(truncated.headers["dlq.original.sha256"], hex);
+    assert!(truncated.payload.len() < 1_000_000);
+    assert!(huge.as_bytes().starts_with(&truncated.payload));
+    assert_eq!(truncated.key.as_deref(), Some("u"));
+    let unkeyed_letter = dead
+        .iter()
+        .find(|m| m.headers["dlq.reason"] == "missing_key")
+        .expect("the unkeyed event was dead-lettered");
+    assert_eq!(unkeyed_letter.payload, unkeyed.as_bytes());
+    assert!(!unkeyed_letter.headers.contains_key("dlq.truncated"));
+}
+
+/// Users who enter, stay past the cooldown and exit, with the processor killed (SIGKILL) right after
+/// the exits, before it commits: the replay must decide exactly as an uninterrupted run (the pure-core
+/// reference model) would. Before the fix, the exit's tombstone was applied on restore whatever the
+/// committed offset, and the replayed inside pings invented a second `enter` for most users; a late
+/// point after the restart was also judged against the last transition's time instead of the last ping.
+#[test]
+fn a_crash_after_exits_replays_exactly_like_a_clean_run() {
+    let mut kafka = settings("crashy", Guarantee::AtLeastOnce);
+    kafka.embedded_partitions = 3;
+    let broker = EmbeddedBroker::start(&kafka, 1).unwrap();
+    let brokers = broker.bootstrap_servers().to_owned();
+    let t0 = geopromo::promo::timestamp::now_ms() - 86_400_000;
+    let users: Vec<String> = (0..60).map(|i| format!("stayer-{i}")).collect();
+    let inside = |u: &str, minute: i64| gps(u, -6.05, 106.05, t0 + minute * MINUTE);
+    let outside = |u: &str, minute: i64| gps(u, -6.05, east_of_square(5000.0), t0 + minute * MINUTE);
+    let mut phase1 = Vec::new();
+    let mut phase2 = Vec::new();
+    let mut phase3 = Vec::new();
+    for u in &users {
+        for minute in 0..=10 {
+            phase1.push(inside(u, minute)); // enter at minute 0
+        }
+        for minute in 11..=70 {
+            phase2.push(inside(u, minute)); // stays past the 60-minute cooldown
+        }
+        phase2.push(outside(u, 75)); // exit; the standing is dropped
+        phase2.push(outside(u, 80));
+        phase3.push(inside(u, 78)); // late against the last ping (80), not against the exit (75)
+        phase3.push(inside(u, 200)); // a genuine re-enter
+    }
+    let all: Vec<_> = phase1.iter().chain(&phase2).chain(&phase3).cloned().collect();
+    let catalog = catalog(PROMOTIONS);
+    let clean = expected_event_ids(&catalog.load(), &all, geopromo::promo::timestamp::now_ms());
+    assert_eq!(clean.len(), 3 * users.len(), "enter, exit, re-enter per user");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = process_config(
+        dir.path(),
+        &brokers,
+        PROMOTIONS,
+        "commit_interval_ms = 3000",
+        "\"fetch.wait.max.ms\" = 5",
+    );
+    let log = dir.path().join("processor.log");
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut seen: Vec<String> = Vec::new();
+    let read_until = |count: usize, seen: &mut Vec<String>| {
+        let output = consume(&brokers, &kafka.output_topic, count, false, Duration::from_millis(100), SECONDS_30);
+        *seen = output
+            .iter()
+            .map(|m| m.json()["event_id"].as_str().unwrap().to_owned())
+            .collect();
+        seen.len() >= count
+    };
+
+    produce(&brokers, &kafka.input_topic, &phase1);
+    let mut first = start_processor(&config, &log);
+    assert!(read_until(users.len(), &mut seen), "enters; log:\n{}", log_text());
+    // Let at least one checkpoint commit phase 1.
+    std::thread::sleep(Duration::from_millis(4000));
+    produce(&brokers, &kafka.input_topic, &phase2);
+    assert!(read_until(2 * users.len(), &mut seen), "exits; log:\n{}", log_text());
+    first.0.kill().unwrap(); // SIGKILL right after the exits: no checkpoint covers them
+    first.0.wait().unwrap();
+
+    let _second = start_processor(&config, &log);
+    produce(&brokers, &kafka.input_topic, &phase3);
+    read_until(clean.len(), &mut seen);
+    // Give an invented event the time to show up.
+    std::thread::sleep(Duration::from_secs(2));
+    read_until(clean.len(), &mut seen);
+    let clean_set: std::collections::HashSet<&String> = clean.iter().collect();
+    let seen_set: std::collections::HashSet<&String> = seen.iter().collect();
+    let invented = seen_set.difference(&clean_set).count();
+    let lost = clean_set.difference(&seen_set).count();
+    assert_eq!(
+        (invented, lost),
+        (0, 0),
+        "the crashy run's event ids equal the clean run's (duplicates aside); log:\n{}",
+        log_text()
+    );
+}
+
+/// Two instances with one derived transactional id were not fenced from each other; now there is no
+/// derived id, and exactly-once refuses to start without one.
+#[test]
+fn exactly_once_refuses_to_start_without_a_transactional_id() {
+    let mut kafka = settings("no-txid", Guarantee::ExactlyOnce);
+    kafka.transactional_id = None;
+    let broker = EmbeddedBroker::start(&kafka, 1).unwrap();
+    let processor = geopromo::stream::Processor::new(
+        kafka,
+        broker.bootstrap_servers(),
+        catalog(PROMOTIONS),
+        geopromo::telemetry::PipelineMetrics::default(),
+    );
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let error = processor.run(&stop).unwrap_err().to_string();
+    assert!(error.contains("transactional"), "{error}");
+}

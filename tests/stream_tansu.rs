@@ -7,23 +7,13 @@ mod common;
 use std::collections::HashSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-
-/// Kills the child when dropped, so a failing test leaves no processes behind.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn tansu_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("TANSU_BIN") {
@@ -99,24 +89,6 @@ fn start_tansu(dir: &Path) -> (Guard, String) {
     (guard, brokers)
 }
 
-fn start_processor(config_dir: &Path, log: &Path) -> Guard {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Guard(
-        Command::new(env!("CARGO_BIN_EXE_geopromo"))
-            .args(["process", "--config-dir"])
-            .arg(config_dir)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
-}
-
 /// Reads the output topic from the beginning, incrementally.
 struct Reader(BaseConsumer);
 
@@ -173,24 +145,7 @@ fn sigkill_mid_stream_then_restart_loses_nothing_on_a_real_broker() {
         })
     };
 
-    let config = dir.path().join("config");
-    std::fs::create_dir(&config).unwrap();
-    std::fs::write(config.join("fences.geojson"), FENCES).unwrap();
-    std::fs::write(config.join("promotions.json"), PROMOTIONS).unwrap();
-    std::fs::write(
-        config.join("base.toml"),
-        format!(
-            "[fences]\npath = \"{fences}\"\n[promotions]\npath = \"{promotions}\"\n\
-             [kafka]\nbrokers = \"{brokers}\"\ncommit_interval_ms = 200\n\
-             [kafka.consumer_properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
-             [metrics]\nlisten = \"\"\n[api]\nlisten = \"\"\n\
-             [database]\nurl = \"sqlite://{database}\"\n",
-            fences = config.join("fences.geojson").display(),
-            promotions = config.join("promotions.json").display(),
-            database = dir.path().join("geopromo.sqlite").display(),
-        ),
-    )
-    .unwrap();
+    let config = process_config(dir.path(), &brokers, PROMOTIONS, "", "");
     let log = dir.path().join("processor.log");
 
     let reader = Reader::new(&brokers);

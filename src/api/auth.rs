@@ -2,7 +2,7 @@
 //! RFC 7662 introspection and the JWKS.
 
 use axum::extract::rejection::FormRejection;
-use axum::extract::{Form, Path, State};
+use axum::extract::{Form, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post, put};
@@ -10,16 +10,43 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{ApiError, ApiJson, ApiState, ClientIp, Identity, Require, Role};
+use super::{ApiError, ApiJson, ApiPath, ApiState, ClientIp, Identity, Require, Role};
 use crate::auth::{AuthError, ClientKind, Introspection, IssuedTokens};
 use crate::promo::timestamp::format_rfc3339_ms;
 use crate::store::SessionRecord;
 
-pub(super) fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/.well-known/jwks.json", get(jwks))
+/// Largest body an auth endpoint reads: these are reachable without a token, so a large body must be
+/// refused before it is buffered.
+pub const MAX_AUTH_BODY_BYTES: usize = 8 * 1024;
+
+/// The per-IP limit of login and refresh, applied before the body is read, so that refused requests
+/// cost neither memory nor parsing.
+async fn admit_by_ip(
+    State(state): State<ApiState>,
+    ClientIp(ip): ClientIp,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let admitted = if request.uri().path() == "/v1/auth/login" {
+        state.auth.admit_login(ip)
+    } else {
+        state.auth.admit_refresh(ip)
+    };
+    match admitted {
+        Ok(()) => next.run(request).await,
+        Err(error) => ApiError::from(error).into_response(),
+    }
+}
+
+pub(super) fn routes(state: ApiState) -> Router<ApiState> {
+    let admit = axum::middleware::from_fn_with_state(state, admit_by_ip);
+    let limited = Router::new()
         .route("/v1/auth/login", post(login))
         .route("/v1/auth/refresh", post(refresh))
+        .route_layer(admit);
+    Router::new()
+        .route("/.well-known/jwks.json", get(jwks))
+        .merge(limited)
         .route("/v1/auth/logout", post(logout))
         .route("/v1/auth/logout-all", post(logout_all))
         .route("/v1/auth/sessions", get(own_sessions))
@@ -35,6 +62,7 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/admin/keys/{kid}/revoke", post(revoke_key))
         .route("/oauth/revoke", post(revoke_token))
         .route("/oauth/introspect", post(introspect))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_AUTH_BODY_BYTES))
 }
 
 impl From<AuthError> for ApiError {
@@ -290,7 +318,7 @@ async fn own_sessions(
 async fn revoke_own_session(
     State(state): State<ApiState>,
     identity: Identity,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     state
         .auth
@@ -388,7 +416,7 @@ async fn create_user(
 async fn disable_user(
     State(state): State<ApiState>,
     identity: Identity,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     identity.require(&[Role::Admin])?;
     state.auth.disable_user(&id).await?;
@@ -406,7 +434,7 @@ async fn disable_user(
 async fn user_sessions(
     State(state): State<ApiState>,
     identity: Identity,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Vec<SessionView>>, ApiError> {
     identity.require(&[Role::Admin])?;
     let sessions = state.auth.sessions_of(&id).await?;
@@ -429,7 +457,7 @@ async fn user_sessions(
 async fn revoke_user_sessions(
     State(state): State<ApiState>,
     identity: Identity,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Revoked>, ApiError> {
     identity.require(&[Role::Admin])?;
     let revoked = state
@@ -474,7 +502,7 @@ async fn rotate_keys(
 async fn revoke_key(
     State(state): State<ApiState>,
     identity: Identity,
-    Path(kid): Path<String>,
+    ApiPath(kid): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     identity.require(&[Role::Admin])?;
     state.auth.revoke_key(&kid).await?;

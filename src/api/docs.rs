@@ -16,7 +16,7 @@ use utoipa::{Modify, OpenApi};
     paths(
         super::healthz, super::ready, super::metrics, openapi_json, docs_page,
         super::list_fences, super::upload_fences, super::get_fence, super::replace_fence, super::delete_fence,
-        super::list_promotions, super::create_promotion, super::get_promotion, super::replace_promotion,
+        super::list_promotions, super::create_promotion, super::get_promotion, super::replace_promotion, super::delete_promotion,
         super::deactivate_promotion,
         super::post_locations, super::match_point, super::user_promotions,
         super::auth::jwks, super::auth::login, super::auth::refresh, super::auth::logout,

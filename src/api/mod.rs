@@ -12,7 +12,7 @@ pub mod problem;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -32,7 +32,7 @@ use crate::promo::timestamp::{format_rfc3339_ms, now_ms};
 use crate::promo::PromotionSpec;
 use crate::promo::{decode_gps_event, SharedCatalog};
 use crate::store::{Store, StoredFence};
-pub use problem::{ApiError, ApiJson};
+pub use problem::{ApiError, ApiJson, ApiPath, ApiQuery};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 /// Role checks for handlers.
@@ -137,19 +137,30 @@ pub async fn serve(
     .await
 }
 
+/// Largest body of any JSON request but a GeoJSON upload (a batch of 1,000 locations is ~200 KiB).
+pub const MAX_JSON_BODY_BYTES: usize = 1024 * 1024;
+
 /// Every route: `/v1`, the auth endpoints, health, metrics, the OpenAPI document and the docs page.
+/// Body limits are per route: only GeoJSON uploads may use `api.max_body_bytes`; the auth endpoints,
+/// reachable without a token, take a few KiB (see `auth::routes`).
 pub fn router(state: ApiState) -> Router {
-    let limit = state.max_body_bytes;
+    let upload_limit = DefaultBodyLimit::max(state.max_body_bytes);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(docs::openapi_json))
         .route("/docs", get(docs::docs_page))
-        .route("/v1/fences", get(list_fences).post(upload_fences))
+        .route(
+            "/v1/fences",
+            get(list_fences).post(upload_fences).layer(upload_limit),
+        )
         .route(
             "/v1/fences/{id}",
-            get(get_fence).put(replace_fence).delete(delete_fence),
+            get(get_fence)
+                .put(replace_fence)
+                .layer(upload_limit)
+                .delete(delete_fence),
         )
         .route(
             "/v1/promotions",
@@ -157,15 +168,19 @@ pub fn router(state: ApiState) -> Router {
         )
         .route(
             "/v1/promotions/{id}",
-            get(get_promotion).put(replace_promotion),
+            get(get_promotion)
+                .put(replace_promotion)
+                .delete(delete_promotion),
         )
         .route("/v1/promotions/{id}/deactivate", post(deactivate_promotion))
         .route("/v1/locations", post(post_locations))
         .route("/v1/match", get(match_point))
         .route("/v1/users/{id}/promotions", get(user_promotions))
-        .merge(auth::routes())
+        .merge(auth::routes(state.clone()))
         .fallback(|| async { ApiError::not_found("no such route") })
-        .layer(DefaultBodyLimit::max(limit))
+        .method_not_allowed_fallback(problem::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY_BYTES))
+        .layer(axum::middleware::from_fn(problem::refuse_control_characters))
         .with_state(state)
 }
 
@@ -180,7 +195,7 @@ async fn healthz() -> &'static str {
         (status = 200, description = "Store and broker reachable", body = String, content_type = "text/plain"),
         (status = 503, description = "A dependency is unreachable", body = ApiError, content_type = "application/problem+json"),
     ))]
-async fn ready(State(state): State<ApiState>) -> Result<&'static str, ApiError> {
+async fn ready(State(state): State<ApiState>) -> Result<String, ApiError> {
     state.store.ping().await.map_err(ApiError::unavailable)?;
     if let Some(sink) = &state.locations {
         let producer = sink.producer.clone();
@@ -192,11 +207,27 @@ async fn ready(State(state): State<ApiState>) -> Result<&'static str, ApiError> 
                 .fetch_metadata(Some(&topic), std::time::Duration::from_secs(2))
                 .map(|_| ())
         })
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .map_err(|e| ApiError::unavailable(format!("broker: {e}")))?;
     }
-    Ok("ready")
+    // Quarantined rows do not make the instance unready (the rest of the catalog serves), but they are
+    // listed where an operator looks first.
+    let catalog = state.catalog.load();
+    let quarantined = catalog.quarantined();
+    if quarantined.is_empty() {
+        Ok("ready".into())
+    } else {
+        let mut text = format!(
+            "ready, degraded: {} stored row(s) quarantined (left out of the catalog)\n",
+            quarantined.len()
+        );
+        for line in quarantined {
+            text.push_str("quarantined: ");
+            text.push_str(line);
+            text.push('\n');
+        }
+        Ok(text)
+    }
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "operations",
@@ -237,7 +268,7 @@ pub struct UploadResult {
 async fn replace_fence(
     State(state): State<ApiState>,
     identity: Identity,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(mut body): ApiJson<serde_json::Value>,
 ) -> Result<Json<UploadResult>, ApiError> {
     identity.require(&[Role::Ops])?;
@@ -262,8 +293,7 @@ async fn replace_fence(
     let catalog_version = state
         .store
         .upsert_fences(&parsed.fences, now_ms())
-        .await
-        .map_err(ApiError::internal)?;
+        .await?;
     Ok(Json(UploadResult {
         stored: parsed.fences.len(),
         catalog_version,
@@ -305,7 +335,9 @@ async fn match_point(
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostedLocation {
+    #[schema(minimum = -90, maximum = 90)]
     lat: f64,
+    #[schema(minimum = -180, maximum = 180)]
     lon: f64,
     /// RFC 3339 string or epoch milliseconds; default: now.
     #[serde(default)]
@@ -331,12 +363,41 @@ struct OutgoingGpsEvent<'a> {
     event_id: Option<&'a str>,
 }
 
-/// One location, or up to 1000 as `{"locations": [...]}`.
-#[derive(Debug, Deserialize, ToSchema)]
+/// One location, or up to 1000 as `{"locations": [...]}`. Either form refuses unknown fields, `user_id`
+/// included: a location is credited to the caller of the token, never to a user named in the body.
+#[derive(Debug, ToSchema)]
 #[serde(untagged)]
 pub enum LocationBody {
-    Batch { locations: Vec<PostedLocation> },
+    Batch(LocationBatch),
     One(PostedLocation),
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LocationBatch {
+    #[schema(min_items = 1, max_items = 1000)]
+    locations: Vec<PostedLocation>,
+}
+
+impl<'de> Deserialize<'de> for LocationBody {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = serde_json::Value::deserialize(deserializer)?;
+        if value.get("user_id").is_some() {
+            return Err(D::Error::custom(
+                "user_id is not accepted: a location is credited to the caller of the token",
+            ));
+        }
+        if value.get("locations").is_some() {
+            LocationBatch::deserialize(value)
+                .map(Self::Batch)
+                .map_err(D::Error::custom)
+        } else {
+            PostedLocation::deserialize(value)
+                .map(Self::One)
+                .map_err(D::Error::custom)
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -371,7 +432,7 @@ async fn post_locations(
         .ok_or_else(|| ApiError::unavailable("this instance has no broker for locations"))?;
     let locations = match body {
         LocationBody::One(one) => vec![one],
-        LocationBody::Batch { locations } => locations,
+        LocationBody::Batch(batch) => batch.locations,
     };
     if locations.is_empty() || locations.len() > MAX_LOCATION_BATCH {
         return Err(ApiError::unprocessable(
@@ -380,6 +441,7 @@ async fn post_locations(
         ));
     }
     let now = now_ms();
+    let max_future_skew_ms = state.catalog.load().rules().max_future_skew_ms;
     let mut payloads = Vec::with_capacity(locations.len());
     let mut problems = Vec::new();
     for (i, location) in locations.into_iter().enumerate() {
@@ -397,6 +459,12 @@ async fn post_locations(
             payload.as_bytes(),
             16 * 1024,
         ) {
+            // The processor would clamp it to its clock; refusing it here tells the client, instead of
+            // making a far-future time the user's eligibility `since`.
+            Ok(event) if event.ts_ms > now.saturating_add(max_future_skew_ms) => problems.push(format!(
+                "location {i}: ts is more than {} s ahead of the server clock",
+                max_future_skew_ms / 1000
+            )),
             Ok(_) => payloads.push(payload),
             Err(error) => problems.push(format!("location {i}: {error}")),
         }
@@ -491,8 +559,7 @@ async fn list_fences(
     let rows = state
         .store
         .list_fences(page.after.as_deref(), page.name.as_deref(), limit + 1)
-        .await
-        .map_err(ApiError::internal)?;
+        .await?;
     let next = (rows.len() as i64 > limit).then(|| rows[limit as usize - 1].id.clone());
     let items = rows
         .iter()
@@ -513,14 +580,13 @@ async fn list_fences(
 async fn get_fence(
     State(state): State<ApiState>,
     identity: Identity,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     identity.require(&[Role::Ops])?;
     let fence = state
         .store
         .get_fence(&id)
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no fence {id:?}")))?;
     let geometry: serde_json::Value =
         serde_json::from_str(&fence.geometry).map_err(ApiError::internal)?;
@@ -557,14 +623,12 @@ async fn upload_fences(
     identity.require(&[Role::Ops])?;
     let parsed =
         tokio::task::spawn_blocking(move || parse_fences_value(body, &ParseOptions::default()))
-            .await
-            .map_err(ApiError::internal)?
+            .await?
             .map_err(ApiError::invalid_geojson)?;
     let catalog_version = state
         .store
         .upsert_fences(&parsed.fences, now_ms())
-        .await
-        .map_err(ApiError::internal)?;
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(UploadResult {
@@ -579,6 +643,7 @@ async fn upload_fences(
     params(("id" = String, Path, description = "Fence id")),
     responses(
         (status = 204, description = "Deleted"),
+        (status = 409, description = "Promotions target the fence (named in `errors`); delete or change them first", body = ApiError, content_type = "application/problem+json"),
         (status = 404, description = "No such fence", body = ApiError, content_type = "application/problem+json"),
         (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
     ),
@@ -586,14 +651,13 @@ async fn upload_fences(
 async fn delete_fence(
     State(state): State<ApiState>,
     identity: Identity,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     identity.require(&[Role::Ops])?;
     if state
         .store
         .delete_fence(&id)
-        .await
-        .map_err(ApiError::internal)?
+        .await?
     {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -639,27 +703,15 @@ async fn create_promotion(
     ApiJson(spec): ApiJson<PromotionSpec>,
 ) -> Result<(StatusCode, Json<PromotionView>), ApiError> {
     identity.require(&[Role::Ops])?;
+    let view = store_promotion(&state, spec).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Checks a promotion and stores it; the store refuses one whose fences do not exist (422).
+async fn store_promotion(state: &ApiState, spec: PromotionSpec) -> Result<PromotionView, ApiError> {
     let promotion = spec.parse(0).map_err(ApiError::invalid_promotion)?;
-    for fence in &promotion.fence_ids {
-        if state
-            .store
-            .get_fence(fence)
-            .await
-            .map_err(ApiError::internal)?
-            .is_none()
-        {
-            return Err(ApiError::unprocessable(
-                format!("fence {fence:?} does not exist"),
-                Vec::new(),
-            ));
-        }
-    }
-    state
-        .store
-        .upsert_promotion(&promotion, now_ms())
-        .await
-        .map_err(ApiError::internal)?;
-    Ok((StatusCode::CREATED, Json(PromotionView::from(&promotion))))
+    state.store.upsert_promotion(&promotion, now_ms()).await?;
+    Ok(PromotionView::from(&promotion))
 }
 
 /// `PUT /v1/promotions/{id}`: replaces a promotion (the body's id must match the path).
@@ -675,7 +727,7 @@ async fn create_promotion(
 async fn replace_promotion(
     State(state): State<ApiState>,
     identity: Identity,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(spec): ApiJson<PromotionSpec>,
 ) -> Result<Json<PromotionView>, ApiError> {
     identity.require(&[Role::Ops])?;
@@ -685,8 +737,29 @@ async fn replace_promotion(
             Vec::new(),
         ));
     }
-    let (_, Json(view)) = create_promotion(State(state), identity, ApiJson(spec)).await?;
-    Ok(Json(view))
+    Ok(Json(store_promotion(&state, spec).await?))
+}
+
+/// `DELETE /v1/promotions/{id}`: removes a promotion. Users eligible for it exit at their next point.
+#[utoipa::path(delete, path = "/v1/promotions/{id}", tag = "promotions",
+    params(("id" = String, Path, description = "Promotion id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such promotion", body = ApiError, content_type = "application/problem+json"),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn delete_promotion(
+    State(state): State<ApiState>,
+    identity: Identity,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    identity.require(&[Role::Ops])?;
+    if state.store.delete_promotion(&id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no promotion {id:?}")))
+    }
 }
 
 /// `POST /v1/promotions/{id}/deactivate`: stops new eligibility; eligible users exit at their next point.
@@ -701,21 +774,19 @@ async fn replace_promotion(
 async fn deactivate_promotion(
     State(state): State<ApiState>,
     identity: Identity,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<PromotionView>, ApiError> {
     identity.require(&[Role::Ops])?;
     let mut promotion = state
         .store
         .get_promotion(&id)
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no promotion {id:?}")))?;
     promotion.active = false;
     state
         .store
         .upsert_promotion(&promotion, now_ms())
-        .await
-        .map_err(ApiError::internal)?;
+        .await?;
     Ok(Json(PromotionView::from(&promotion)))
 }
 
@@ -733,8 +804,7 @@ async fn list_promotions(
     let promotions = state
         .store
         .load_promotions()
-        .await
-        .map_err(ApiError::internal)?;
+        .await?;
     Ok(Json(promotions.iter().map(PromotionView::from).collect()))
 }
 
@@ -749,14 +819,13 @@ async fn list_promotions(
 async fn get_promotion(
     State(state): State<ApiState>,
     identity: Identity,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<PromotionView>, ApiError> {
     identity.require(&[Role::Ops, Role::Consumer])?;
     let promotion = state
         .store
         .get_promotion(&id)
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no promotion {id:?}")))?;
     Ok(Json(PromotionView::from(&promotion)))
 }
@@ -783,7 +852,7 @@ pub struct EligibilityView {
 async fn user_promotions(
     State(state): State<ApiState>,
     identity: Identity,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Vec<EligibilityView>>, ApiError> {
     let user = if id == "me" {
         identity.user_id.clone()
@@ -796,8 +865,7 @@ async fn user_promotions(
     let rows = state
         .store
         .eligibility_of(&user)
-        .await
-        .map_err(ApiError::internal)?;
+        .await?;
     Ok(Json(
         rows.into_iter()
             .map(|e| EligibilityView {

@@ -1,15 +1,24 @@
 //! Keyed rate limits (GCRA, from `governor`) for logins and refreshes.
+//!
+//! Keys (IP addresses, usernames) come from unauthenticated requests, so the limiter must not grow with
+//! them: each key is hashed (SipHash with a per-process random key, so buckets cannot be aimed at) into
+//! one of [`BUCKETS`] buckets. Two keys sharing a bucket share a limit, which only makes limits stricter.
 
+use std::hash::{BuildHasher, RandomState};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+/// How many distinct limits a [`KeyedLimit`] holds at most (a few MiB of state).
+pub const BUCKETS: u32 = 1 << 16;
+
 /// A burst, then a steady rate per minute, per key.
 pub struct KeyedLimit {
-    limiter: DefaultKeyedRateLimiter<String>,
+    limiter: DefaultKeyedRateLimiter<u32>,
     clock: DefaultClock,
+    hasher: RandomState,
 }
 
 impl KeyedLimit {
@@ -22,13 +31,15 @@ impl KeyedLimit {
         Self {
             limiter: RateLimiter::keyed(quota),
             clock: DefaultClock::default(),
+            hasher: RandomState::new(),
         }
     }
 
     /// Takes one cell for `key`; `Err(wait)` when the key is over its limit.
     pub fn check(&self, key: &str) -> Result<(), Duration> {
+        let bucket = (self.hasher.hash_one(key) % u64::from(BUCKETS)) as u32;
         self.limiter
-            .check_key(&key.to_owned())
+            .check_key(&bucket)
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
@@ -62,6 +73,15 @@ mod tests {
         );
         assert_eq!(retry_after_s(wait), 10);
         assert!(limit.check("b").is_ok());
+    }
+
+    #[test]
+    fn the_key_space_is_bounded_whatever_the_keys() {
+        let limit = KeyedLimit::new(1, 1);
+        for i in 0..200_000 {
+            let _ = limit.check(&format!("user-{i}"));
+        }
+        assert!(limit.limiter.len() <= BUCKETS as usize, "{}", limit.limiter.len());
     }
 
     #[test]

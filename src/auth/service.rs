@@ -397,12 +397,11 @@ impl Auth {
         client: ClientKind,
         device_label: Option<String>,
         user_agent: Option<String>,
-        ip: IpAddr,
+        _ip: IpAddr,
     ) -> Result<IssuedTokens, AuthError> {
         let limited = |wait| AuthError::RateLimited {
             retry_after_s: retry_after_s(wait),
         };
-        self.login_ip.check(&ip.to_string()).map_err(limited)?;
         self.login_account
             .check(&username.to_lowercase())
             .map_err(limited)?;
@@ -522,17 +521,30 @@ impl Auth {
         })
     }
 
-    /// Exchanges a refresh token for the next pair (see [`Store::rotate_refresh_token`]).
-    pub async fn refresh(
-        &self,
-        refresh_token: &str,
-        ip: IpAddr,
-    ) -> Result<IssuedTokens, AuthError> {
+    /// Takes one login attempt from `ip`'s allowance. The HTTP layer calls it before reading the body.
+    pub fn admit_login(&self, ip: IpAddr) -> Result<(), AuthError> {
+        self.login_ip
+            .check(&ip.to_string())
+            .map_err(|wait| AuthError::RateLimited {
+                retry_after_s: retry_after_s(wait),
+            })
+    }
+
+    /// Takes one refresh from `ip`'s allowance. The HTTP layer calls it before reading the body.
+    pub fn admit_refresh(&self, ip: IpAddr) -> Result<(), AuthError> {
         self.refresh_ip
             .check(&ip.to_string())
             .map_err(|wait| AuthError::RateLimited {
                 retry_after_s: retry_after_s(wait),
-            })?;
+            })
+    }
+
+    /// Exchanges a refresh token for the next pair (see [`Store::rotate_refresh_token`]).
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        _ip: IpAddr,
+    ) -> Result<IssuedTokens, AuthError> {
         let now = now_ms();
         let outcome = self
             .store

@@ -45,6 +45,8 @@ pub enum DecodeError {
     EmptyUserId,
     #[error("user_id is {0} bytes, over the {MAX_USER_ID_BYTES}-byte limit")]
     UserIdTooLong(usize),
+    #[error("the message has no key; events must be keyed by user id so each user stays on one partition")]
+    MissingKey,
     #[error(
         "message key {key:?} differs from user_id {user_id:?}; events must be keyed by user id"
     )]
@@ -68,6 +70,7 @@ impl DecodeError {
             Self::Schema(_) => "schema_violation",
             Self::UnsupportedVersion(_) => "unsupported_schema_version",
             Self::EmptyUserId | Self::UserIdTooLong(_) => "invalid_user_id",
+            Self::MissingKey => "missing_key",
             Self::KeyMismatch { .. } => "key_mismatch",
             Self::Position(_) => "invalid_position",
             Self::Timestamp(_) => "invalid_timestamp",
@@ -76,13 +79,14 @@ impl DecodeError {
     }
 
     /// Every code `code()` can return, for pre-registering metric labels.
-    pub const CODES: [&'static str; 10] = [
+    pub const CODES: [&'static str; 11] = [
         "oversized",
         "empty_payload",
         "malformed_json",
         "schema_violation",
         "unsupported_schema_version",
         "invalid_user_id",
+        "missing_key",
         "key_mismatch",
         "invalid_position",
         "invalid_timestamp",
@@ -140,8 +144,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawTs<'a> {
     }
 }
 
-/// Decodes and checks one input payload. `key` is the message key, if any; it must equal the user id so
-/// that all of a user's events land in one partition, in order.
+/// Decodes and checks one input payload. `key` is the message key; it must be present and equal the user
+/// id so that all of a user's events land in one partition, in order (an unkeyed event would be spread
+/// over partitions by the producer and split the user's state).
 pub fn decode_gps_event<'a>(
     key: Option<&[u8]>,
     payload: &'a [u8],
@@ -172,13 +177,14 @@ pub fn decode_gps_event<'a>(
     if raw.user_id.len() > MAX_USER_ID_BYTES {
         return Err(DecodeError::UserIdTooLong(raw.user_id.len()));
     }
-    if let Some(key) = key {
-        if key != raw.user_id.as_bytes() {
-            return Err(DecodeError::KeyMismatch {
-                key: String::from_utf8_lossy(key).into_owned(),
-                user_id: raw.user_id.into_owned(),
-            });
-        }
+    let Some(key) = key else {
+        return Err(DecodeError::MissingKey);
+    };
+    if key != raw.user_id.as_bytes() {
+        return Err(DecodeError::KeyMismatch {
+            key: String::from_utf8_lossy(key).into_owned(),
+            user_id: raw.user_id.into_owned(),
+        });
     }
     let point = GeoPoint::new(raw.lat, raw.lon)?;
     let ts_ms = match raw.ts {
@@ -307,7 +313,11 @@ mod tests {
     use super::*;
 
     fn decode(payload: &str) -> Result<GpsEvent<'_>, DecodeError> {
-        decode_gps_event(None, payload.as_bytes(), 4096)
+        let key = payload
+            .contains("\"user_id\":\"u1\"")
+            .then_some(&b"u1"[..])
+            .unwrap_or(b"u");
+        decode_gps_event(Some(key), payload.as_bytes(), 4096)
     }
 
     #[test]
@@ -372,6 +382,12 @@ mod tests {
             4096,
         );
         assert_eq!(mismatch.unwrap_err().code(), "key_mismatch");
+        let unkeyed = decode_gps_event(
+            None,
+            br#"{"user_id":"u","lat":1,"lon":1,"ts":1795334400000}"#,
+            4096,
+        );
+        assert_eq!(unkeyed.unwrap_err().code(), "missing_key");
     }
 
     #[test]

@@ -232,6 +232,8 @@ pub struct Catalog {
     pub(crate) rules: RuleOptions,
     /// All fences, targeted or not, for lookups by id.
     all_fences: usize,
+    /// Stored rows left out of this catalog, and why (see `Store::load_catalog_parts`).
+    quarantined: Vec<String>,
 }
 
 pub type SharedCatalog = arc_swap::ArcSwap<Catalog>;
@@ -303,7 +305,27 @@ impl Catalog {
             by_id,
             rules,
             all_fences: fences.len(),
+            quarantined: Vec::new(),
         })
+    }
+
+    /// Records what was left out of this catalog when it was built from stored data.
+    #[must_use]
+    pub fn with_quarantined(mut self, quarantined: Vec<String>) -> Self {
+        self.quarantined = quarantined;
+        self
+    }
+
+    /// Stored rows left out of this catalog, one line each.
+    #[must_use]
+    pub fn quarantined(&self) -> &[String] {
+        &self.quarantined
+    }
+
+    /// Promotions that are active (switched on; their window may still be ahead or behind).
+    #[must_use]
+    pub fn active_promotions(&self) -> usize {
+        self.promotions.iter().filter(|p| p.active).count()
     }
 
     #[must_use]

@@ -64,6 +64,17 @@ pub enum StoreError {
     },
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The catalog invariant: every fence a promotion targets exists.
+    #[error("fence {fence:?} is targeted by promotion(s) {}; delete or change them first", promotions.join(", "))]
+    FenceInUse {
+        fence: String,
+        promotions: Vec<String>,
+    },
+    #[error("promotion {promotion:?} targets fence(s) that do not exist: {}", missing.join(", "))]
+    UnknownFences {
+        promotion: String,
+        missing: Vec<String>,
+    },
     #[error("stored {what} {id:?} cannot be read back: {problem}")]
     Corrupt {
         what: &'static str,
@@ -89,6 +100,15 @@ fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// The stored catalog, as far as it can be built, and what had to be left out.
+#[derive(Debug, Clone)]
+pub struct CatalogParts {
+    pub fences: Vec<Fence>,
+    pub promotions: Vec<Promotion>,
+    /// One line per row left out, saying which and why.
+    pub quarantined: Vec<String>,
 }
 
 /// A fence as stored.
@@ -330,26 +350,141 @@ impl Store {
             .await
     }
 
-    /// Deletes a fence; `false` when there was none.
+    /// Deletes a fence; `false` when there was none. Refused ([`StoreError::FenceInUse`]) while a
+    /// promotion targets it, in the same transaction, so the stored catalog always builds.
     pub async fn delete_fence(&self, id: &str) -> Result<bool, StoreError> {
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(query_error("starting a transaction"))?;
+        // First, so that concurrent catalog changes queue behind this one (the version row is locked).
+        bump_version(&mut tx).await?;
+        let promotions = promotions_targeting(&mut tx, id).await?;
+        if !promotions.is_empty() {
+            return Err(StoreError::FenceInUse {
+                fence: id.to_owned(),
+                promotions,
+            });
+        }
         let deleted = sqlx::query("DELETE FROM fences WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await
             .map_err(query_error("deleting a fence"))?
             .rows_affected();
-        if deleted > 0 {
-            bump_version(&mut tx).await?;
+        if deleted == 0 {
+            // Nothing changed: do not publish a new catalog version.
+            return Ok(false);
         }
         tx.commit()
             .await
             .map_err(query_error("committing a fence deletion"))?;
-        Ok(deleted > 0)
+        Ok(true)
+    }
+
+    /// Deletes a promotion; `false` when there was none.
+    pub async fn delete_promotion(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query_error("starting a transaction"))?;
+        bump_version(&mut tx).await?;
+        let deleted = sqlx::query("DELETE FROM promotions WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error("deleting a promotion"))?
+            .rows_affected();
+        if deleted == 0 {
+            return Ok(false);
+        }
+        tx.commit()
+            .await
+            .map_err(query_error("committing a promotion deletion"))?;
+        Ok(true)
+    }
+
+    /// What the catalog is built from: every fence and promotion that can be read back and fits the
+    /// rest. A row that cannot (edited by hand, written by an older version, a promotion whose fence is
+    /// gone) is left out and described in `quarantined`, so one bad row never stops a service.
+    pub async fn load_catalog_parts(&self) -> Result<CatalogParts, StoreError> {
+        let mut quarantined = Vec::new();
+        let rows = sqlx::query(&format!("{FENCE_SELECT} ORDER BY id"))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(query_error("loading fences"))?;
+        let mut features = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let fence = match fence_row(row) {
+                Ok(fence) => fence,
+                Err(error) => {
+                    quarantined.push(format!("a fence row: {error}"));
+                    continue;
+                }
+            };
+            match serde_json::from_str::<serde_json::Value>(&fence.geometry) {
+                Ok(geometry) => features.push(serde_json::json!({
+                    "type": "Feature", "id": fence.id,
+                    "properties": {"name": fence.name, "tolerance_m": fence.tolerance_m},
+                    "geometry": geometry,
+                })),
+                Err(error) => {
+                    quarantined.push(format!("fence {:?}: geometry is not JSON: {error}", fence.id));
+                }
+            }
+        }
+        let collection = serde_json::json!({"type": "FeatureCollection", "features": features});
+        let parsed = parse_fences(
+            collection.to_string().as_bytes(),
+            &ParseOptions::default().skip_invalid(true),
+        )
+        .map_err(|err| StoreError::Corrupt {
+            what: "fence set",
+            id: String::new(),
+            problem: err.report_lines().join("; "),
+        })?;
+        quarantined.extend(
+            crate::geofence::geojson::problem_lines(&parsed.skipped)
+                .into_iter()
+                .map(|line| format!("fence {line}")),
+        );
+        let fences = parsed.fences;
+        let known: std::collections::HashSet<&str> =
+            fences.iter().map(|f| f.id.as_str()).collect();
+        let rows = sqlx::query(&format!("{PROMOTION_SELECT} ORDER BY id"))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(query_error("loading promotions"))?;
+        let mut promotions = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match promotion_row(row) {
+                Ok(promotion) => {
+                    let missing: Vec<&str> = promotion
+                        .fence_ids
+                        .iter()
+                        .map(|f| &**f)
+                        .filter(|f| !known.contains(f))
+                        .collect();
+                    if missing.is_empty() {
+                        promotions.push(promotion);
+                    } else {
+                        quarantined.push(format!(
+                            "promotion {:?}: targets missing or unreadable fence(s) {}",
+                            &*promotion.id,
+                            missing.join(", ")
+                        ));
+                    }
+                }
+                Err(error) => quarantined.push(format!("a promotion row: {error}")),
+            }
+        }
+        Ok(CatalogParts {
+            fences,
+            promotions,
+            quarantined,
+        })
     }
 
     /// Every stored fence, validated again on the way out (a row edited by hand cannot poison the index).
@@ -396,6 +531,23 @@ impl Store {
             .map_err(query_error("starting a transaction"))?;
         let version = bump_version(&mut tx).await?;
         let fence_ids: Vec<&str> = promotion.fence_ids.iter().map(|f| &**f).collect();
+        let mut missing = Vec::new();
+        for fence in &fence_ids {
+            let found = sqlx::query("SELECT 1 FROM fences WHERE id = $1")
+                .bind(*fence)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(query_error("checking a promotion's fences"))?;
+            if found.is_none() {
+                missing.push((*fence).to_owned());
+            }
+        }
+        if !missing.is_empty() {
+            return Err(StoreError::UnknownFences {
+                promotion: promotion.id.to_string(),
+                missing,
+            });
+        }
         sqlx::query(
             "INSERT INTO promotions (id, name, fence_ids, valid_from_ms, valid_until_ms, active, cooldown_ms, version, updated_at_ms)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
@@ -517,6 +669,29 @@ impl Store {
     pub fn feature_of(fence: &Fence) -> serde_json::Value {
         fence_feature(fence)
     }
+}
+
+/// Ids of the promotions whose fence list names `fence` (read inside the caller's transaction).
+async fn promotions_targeting(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    fence: &str,
+) -> Result<Vec<String>, StoreError> {
+    let rows = sqlx::query("SELECT id, fence_ids FROM promotions ORDER BY id")
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(query_error("reading promotions' fences"))?;
+    let mut targeting = Vec::new();
+    for row in &rows {
+        let id: String = row.try_get(0).map_err(query_error("reading promotions' fences"))?;
+        let fences: String = row.try_get(1).map_err(query_error("reading promotions' fences"))?;
+        // A row that cannot be read back counts as targeting: refusing is the safe side.
+        let targets = serde_json::from_str::<Vec<String>>(&fences)
+            .map_or(true, |list| list.iter().any(|f| f == fence));
+        if targets {
+            targeting.push(id);
+        }
+    }
+    Ok(targeting)
 }
 
 async fn bump_version(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<i64, StoreError> {

@@ -1,11 +1,18 @@
 //! Per-user state persisted Kafka-Streams style: a compacted topic partitioned like the input, one record
-//! per user (key = user id), written whenever a point changes the user's eligibility.
+//! per user (key = user id).
 //!
-//! Each record carries the input offset that caused it. On restore, records at or past the partition's
-//! committed input offset are skipped: those inputs will be processed again, and the state must be the one
-//! that matches the committed position. Compaction could otherwise have removed the older record a skipped
-//! one replaced, so the topic is meant to have `min.compaction.lag.ms` above the commit interval (the
-//! embedded broker never compacts).
+//! Every decision depends on the whole `UserState` (standings for the cooldown, `last_ts_ms` for the late
+//! check), so each checkpoint writes the state of every user a point was applied to since the previous
+//! checkpoint, before the input offsets are committed. Each record carries the input offset of the user's
+//! newest applied point. On restore, records at or past the partition's committed input offset are
+//! skipped: those inputs will be processed again, and the state must be the one that matches the committed
+//! position. The replay then decides exactly as an uninterrupted run would.
+//!
+//! A user with nothing left is written as a record with empty standings, never as a tombstone: a tombstone
+//! cannot carry the offset, so a restore could not tell whether it belongs before or after the committed
+//! position (applying it whatever the position re-notified users after a crash). Compaction could remove
+//! the older record a skipped one replaced, so the topic is meant to have `min.compaction.lag.ms` above the
+//! commit interval (`geopromo` never needs it below a minute; the embedded broker never compacts).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -22,7 +29,24 @@ use crate::stream::client::{client_config, Role};
 use crate::stream::processor::StreamError;
 
 /// Users of one partition.
-pub type PartitionUsers = HashMap<Box<str>, UserState>;
+pub type PartitionUsers = HashMap<Box<str>, TrackedUser>;
+
+/// A user's state and whether the changelog has it yet.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TrackedUser {
+    pub state: UserState,
+    /// Input offset of the newest point applied since the state was last written to the changelog.
+    pub unflushed_offset: Option<i64>,
+}
+
+impl TrackedUser {
+    fn restored(state: UserState) -> Self {
+        Self {
+            state,
+            unflushed_offset: None,
+        }
+    }
+}
 
 pub const STATE_RECORD_VERSION: u32 = 1;
 
@@ -138,9 +162,11 @@ pub fn restore(
                 match decode_state(message.payload()) {
                     Ok(Some((input_offset, _))) if input_offset >= committed => {}
                     Ok(Some((_, state))) => {
-                        users.insert(key.into(), state);
+                        users.insert(key.into(), TrackedUser::restored(state));
                     }
                     Ok(None) => {
+                        // Written by versions before 0.2 only; it carries no offset, so the best reading is
+                        // the one those versions meant.
                         users.remove(key);
                     }
                     Err(error) => {

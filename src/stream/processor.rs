@@ -15,7 +15,7 @@
 //! the changelog, so the replay decides exactly as the first run did (and produces the same event ids).
 
 use std::cell::Cell;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -33,7 +33,7 @@ use crate::promo::event::{eligibility_event_id, ELIGIBILITY_SCHEMA_VERSION};
 use crate::promo::timestamp::{format_rfc3339_ms, now_ms};
 use crate::promo::{
     decode_gps_event, DecodeError, EligibilityEvent, GpsEvent, Outcome, Scratch, SharedCatalog,
-    Transition, TransitionKind, UserState,
+    Transition, TransitionKind,
 };
 use crate::stream::changelog::{self, PartitionUsers};
 use crate::stream::client::{check_topics, client_config, Role};
@@ -101,7 +101,7 @@ pub struct Processor {
     on_emit: Option<EmitHook>,
     settings: KafkaSettings,
     brokers: String,
-    transactional_id: String,
+    transactional_id: Option<String>,
     catalog: Arc<SharedCatalog>,
     metrics: PipelineMetrics,
 }
@@ -114,10 +114,7 @@ impl Processor {
         catalog: Arc<SharedCatalog>,
         metrics: PipelineMetrics,
     ) -> Self {
-        let transactional_id = settings
-            .transactional_id
-            .clone()
-            .unwrap_or_else(|| format!("{}-processor", settings.group_id));
+        let transactional_id = settings.transactional_id.clone();
         Self {
             on_emit: None,
             settings,
@@ -138,7 +135,7 @@ impl Processor {
     /// The transactional id used in exactly-once mode: unique and stable per instance.
     #[must_use]
     pub fn with_transactional_id(mut self, id: impl Into<String>) -> Self {
-        self.transactional_id = id.into();
+        self.transactional_id = Some(id.into());
         self
     }
 
@@ -187,6 +184,7 @@ impl Processor {
             doomed: Cell::new(false),
             on_emit: self.on_emit.take(),
             pending: VecDeque::new(),
+            dead_letter_limit: self.producer_message_limit(),
         }));
         let consumer = self.create_consumer(core.clone())?;
         consumer
@@ -215,6 +213,7 @@ impl Processor {
                 Some(Err(error)) => tracing::warn!(%error, "consumer error"),
                 Some(Ok(message)) => {
                     let mut core = lock(&core);
+                    core.check_position(&consumer, message.partition(), message.offset());
                     if let Err(error) = core.process(&message) {
                         break Err(error);
                     }
@@ -246,6 +245,14 @@ impl Processor {
         result.and(final_checkpoint).map(|()| report)
     }
 
+    /// The producer's `message.max.bytes` (librdkafka's default unless configured).
+    fn producer_message_limit(&self) -> usize {
+        client_config(&self.settings, &self.brokers, Role::Producer)
+            .get("message.max.bytes")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(1_000_000)
+    }
+
     fn create_producer(&self) -> Result<ThreadedProducer<DeliveryTracker>, StreamError> {
         let mut config = client_config(&self.settings, &self.brokers, Role::Producer);
         let defaults = [
@@ -261,7 +268,14 @@ impl Processor {
             }
         }
         if self.settings.guarantee == Guarantee::ExactlyOnce {
-            config.set("transactional.id", &self.transactional_id);
+            let id = self.transactional_id.as_deref().ok_or_else(|| {
+                StreamError::Fatal(
+                    "exactly_once needs a transactional id unique and stable per instance \
+                     (kafka.transactional_id)"
+                        .into(),
+                )
+            })?;
+            config.set("transactional.id", id);
         }
         let producer: ThreadedProducer<DeliveryTracker> = config
             .create_with_context(DeliveryTracker::new(self.metrics.clone()))
@@ -359,6 +373,8 @@ struct Core {
     doomed: Cell<bool>,
     /// At-least-once checkpoints waiting for their outputs to be acknowledged, oldest first.
     pending: VecDeque<PendingCheckpoint>,
+    /// The largest record the producer sends (`message.max.bytes`): dead letters are cut to fit.
+    dead_letter_limit: usize,
 }
 
 /// Input positions that may be committed once every record with a lower sequence number is acknowledged.
@@ -369,8 +385,14 @@ struct PendingCheckpoint {
 }
 
 impl Core {
-    /// Sends one record, tracking it until its delivery report arrives.
-    fn send<K, P>(&self, mut record: BaseRecord<'_, K, P, usize>) -> Result<(), StreamError>
+    /// Sends one record, tracking it until its delivery report arrives. A record the brokers can never
+    /// take (too large, invalid, not authorised) is counted and logged with the input record it came
+    /// from, and the loop goes on: one bad record must not stop every processor the partition moves to.
+    fn send<K, P>(
+        &self,
+        mut record: BaseRecord<'_, K, P, usize>,
+        source: Source,
+    ) -> Result<(), StreamError>
     where
         K: rdkafka::message::ToBytes + ?Sized,
         P: rdkafka::message::ToBytes + ?Sized,
@@ -378,8 +400,9 @@ impl Core {
         let sequence = self.next_sequence.get();
         self.next_sequence.set(sequence + 1);
         let tracker = self.producer.context();
-        tracker.register(sequence);
+        tracker.register(sequence, source);
         record.delivery_opaque = sequence as usize;
+        let topic = record.topic;
         match send(&self.producer, record) {
             Ok(()) => Ok(()),
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::State))
@@ -391,9 +414,70 @@ impl Core {
                 self.doomed.set(true);
                 Ok(())
             }
+            Err(error) if is_permanent(&error) => {
+                tracker.forget(sequence);
+                self.metrics.undeliverable(topic);
+                tracing::error!(
+                    %error,
+                    topic,
+                    source.partition = source.partition,
+                    source.offset = source.offset,
+                    "record can never be delivered; skipped"
+                );
+                Ok(())
+            }
             Err(source) => {
                 tracker.forget(sequence);
                 Err(StreamError::kafka("producing", source))
+            }
+        }
+    }
+
+    /// Notices when a partition's position jumped over records: the consumer fell out of the retained
+    /// log and librdkafka reset it (`auto.offset.reset`). The skipped records are gone; say so loudly.
+    /// A gap of one is a transaction marker, not data.
+    fn check_position<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        partition: i32,
+        offset: i64,
+    ) {
+        let Some(expected) = self
+            .partitions
+            .get(&partition)
+            .and_then(|p| p.next_offset.or(p.rewind_to))
+        else {
+            return;
+        };
+        if offset <= expected + 1 {
+            return;
+        }
+        let low = consumer
+            .fetch_watermarks(
+                &self.settings.input_topic,
+                partition,
+                Duration::from_secs(5),
+            )
+            .map(|(low, _)| low);
+        match low {
+            Ok(low) if low <= expected => {
+                // Aborted transactions or compaction, not lost data.
+                tracing::debug!(partition, expected, offset, "offset gap within the retained log");
+            }
+            _ => {
+                let skipped = offset - expected;
+                self.metrics.offset_resets.inc();
+                self.metrics.offsets_skipped.inc_by(skipped as u64);
+                tracing::error!(
+                    topic = %self.settings.input_topic,
+                    partition,
+                    position = expected,
+                    resumed_at = offset,
+                    skipped,
+                    low_watermark = low.ok(),
+                    "OFFSET RESET: the position fell out of the retained log; {skipped} input records were \
+                     never processed (the consumer is too far behind the broker's retention)"
+                );
             }
         }
     }
@@ -415,9 +499,11 @@ impl Core {
         match decoded {
             Err(error) => self.dead_letter(message, &error)?,
             Ok(event) => {
-                let now = now_ms();
+                // The record's own timestamp, not the wall clock: a replay after a crash must clamp
+                // future-skewed points exactly as the first run did.
+                let now = message.timestamp().to_millis().unwrap_or_else(now_ms);
                 // A guard, not an Arc clone: no reference-count traffic per event.
-                let (outcome, changed_user) = {
+                let outcome = {
                     let catalog = self.catalog.load();
                     let Some(users) = self.partitions.get_mut(&partition).map(|p| &mut p.users)
                     else {
@@ -429,16 +515,16 @@ impl Core {
                     };
                     self.transitions.clear();
                     let outcome = catalog.evaluate(
-                        user,
+                        &mut user.state,
                         &event,
                         now,
                         &mut self.scratch,
                         &mut self.transitions,
                     );
-                    (
-                        outcome,
-                        (!self.transitions.is_empty()).then(|| user.clone()),
-                    )
+                    if outcome == Outcome::Applied {
+                        user.unflushed_offset = Some(offset);
+                    }
+                    outcome
                 };
                 let evaluated_at = sampled.then(Instant::now);
                 match outcome {
@@ -454,8 +540,8 @@ impl Core {
                         }
                     }
                 }
-                if let Some(user) = changed_user {
-                    self.emit(&event, now, partition, offset, &user)?;
+                if !self.transitions.is_empty() {
+                    self.emit(&event, partition, offset)?;
                 }
                 if let (Some(started), Some(decoded_at), Some(evaluated_at)) =
                     (started, decoded_at, evaluated_at)
@@ -472,7 +558,7 @@ impl Core {
                     if let Some(created) = message.timestamp().to_millis() {
                         self.metrics
                             .event_age_seconds
-                            .observe((now - created).max(0) as f64 / 1000.0);
+                            .observe((now_ms() - created).max(0) as f64 / 1000.0);
                     }
                 }
             }
@@ -485,15 +571,15 @@ impl Core {
         Ok(())
     }
 
-    /// Produces the transitions of one event, then the user's new state to the changelog.
+    /// Produces the transitions of one event. The user's new state reaches the changelog at the next
+    /// checkpoint ([`Core::flush_state`]).
     fn emit(
         &mut self,
         event: &GpsEvent<'_>,
-        now: i64,
         partition: i32,
         offset: i64,
-        user: &UserState,
     ) -> Result<(), StreamError> {
+        let now = now_ms();
         let emitted_at = format_rfc3339_ms(now);
         let event_ts = format_rfc3339_ms(event.ts_ms);
         for transition in std::mem::take(&mut self.transitions) {
@@ -519,7 +605,7 @@ impl Core {
             let record = BaseRecord::with_opaque_to(&self.settings.output_topic, 0)
                 .key(event.user_id.as_bytes())
                 .payload(&self.buffer[..]);
-            self.send(record)?;
+            self.send(record, Source { partition, offset })?;
             if let Some(hook) = &self.on_emit {
                 hook(&output);
             }
@@ -529,59 +615,86 @@ impl Core {
             };
             self.report.emitted += 1;
         }
-        self.buffer.clear();
-        let payload = if user.standings.is_empty() {
-            None
-        } else {
-            changelog::encode_state(&mut self.buffer, offset, user);
-            Some(&self.buffer[..])
-        };
-        let mut record =
-            BaseRecord::<[u8], [u8], usize>::with_opaque_to(&self.settings.state_topic, 0)
-                .key(event.user_id.as_bytes())
-                .partition(partition);
-        if let Some(payload) = payload {
-            record = record.payload(payload);
-        }
-        self.send(record)
+        Ok(())
     }
 
-    /// Sends the original message to the dead-letter topic with the reason and its origin in headers.
+    /// Writes the state of every user changed since the last checkpoint to the changelog, so that a
+    /// restore at the offsets this checkpoint commits finds exactly the state the run had there.
+    fn flush_state(&mut self) -> Result<(), StreamError> {
+        let mut partitions = std::mem::take(&mut self.partitions);
+        let result = (|| {
+            for (&partition, partition_state) in &mut partitions {
+                for (user_id, user) in &mut partition_state.users {
+                    let Some(offset) = user.unflushed_offset.take() else {
+                        continue;
+                    };
+                    self.buffer.clear();
+                    changelog::encode_state(&mut self.buffer, offset, &user.state);
+                    let record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(
+                        &self.settings.state_topic,
+                        0,
+                    )
+                    .key(user_id.as_bytes())
+                    .partition(partition)
+                    .payload(&self.buffer[..]);
+                    self.send(record, Source { partition, offset })?;
+                }
+            }
+            Ok(())
+        })();
+        self.partitions = partitions;
+        result
+    }
+
+    /// Sends the original message to the dead-letter topic with the reason and its origin in headers. An
+    /// original too large for a record is cut to fit, and the headers say so (with its size and SHA-256),
+    /// so that a dead letter is always deliverable.
     fn dead_letter(
         &mut self,
         message: &BorrowedMessage<'_>,
         error: &DecodeError,
     ) -> Result<(), StreamError> {
-        let partition = message.partition().to_string();
-        let offset = message.offset().to_string();
+        let source = Source {
+            partition: message.partition(),
+            offset: message.offset(),
+        };
         let reason = error.to_string();
-        let headers = [
-            ("dlq.reason", error.code()),
-            ("dlq.error", reason.as_str()),
-            ("dlq.source.topic", message.topic()),
-            ("dlq.source.partition", partition.as_str()),
-            ("dlq.source.offset", offset.as_str()),
-        ]
-        .into_iter()
-        .fold(OwnedHeaders::new(), |headers, (key, value)| {
-            headers.insert(Header {
-                key,
-                value: Some(value),
-            })
-        });
+        let letter = DeadLetter::new(
+            message.key(),
+            message.payload(),
+            self.dead_letter_limit,
+        );
+        let partition = source.partition.to_string();
+        let offset = source.offset.to_string();
+        let mut headers = vec![
+            ("dlq.reason", error.code().to_owned()),
+            ("dlq.error", reason.clone()),
+            ("dlq.source.topic", message.topic().to_owned()),
+            ("dlq.source.partition", partition),
+            ("dlq.source.offset", offset),
+        ];
+        headers.extend(letter.truncation_headers());
+        let headers = headers
+            .iter()
+            .fold(OwnedHeaders::new(), |headers, (key, value)| {
+                headers.insert(Header {
+                    key,
+                    value: Some(value.as_str()),
+                })
+            });
         let mut record =
             BaseRecord::<[u8], [u8], usize>::with_opaque_to(&self.settings.dlq_topic, 0)
                 .headers(headers);
-        if let Some(key) = message.key() {
+        if let Some(key) = letter.key {
             record = record.key(key);
         }
-        if let Some(payload) = message.payload() {
+        if let Some(payload) = letter.payload {
             record = record.payload(payload);
         }
-        self.send(record)?;
+        self.send(record, source)?;
         self.metrics.dead_lettered(error.code());
         self.report.dead_lettered += 1;
-        tracing::debug!(code = error.code(), %reason, partition = message.partition(), offset = message.offset(), "dead-lettered");
+        tracing::debug!(code = error.code(), %reason, partition = source.partition, offset = source.offset, truncated = letter.truncated, "dead-lettered");
         Ok(())
     }
 
@@ -592,6 +705,9 @@ impl Core {
         mode: CommitMode,
     ) -> Result<(), StreamError> {
         self.last_checkpoint = Instant::now();
+        if self.dirty {
+            self.flush_state()?;
+        }
         self.metrics
             .users_in_state
             .set(self.partitions.values().map(|p| p.users.len() as i64).sum());
@@ -857,11 +973,104 @@ where
     }
 }
 
-/// Counts failed deliveries; a checkpoint that sees any rewinds instead of committing.
+/// The input record an output was produced for, for logs about that output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Whether a produce error is about the record itself, so that retrying it (or replaying the input that
+/// made it) can never succeed.
+fn is_permanent(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::BadMessage
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::PolicyViolation
+                | RDKafkaErrorCode::UnsupportedForMessageFormat
+        )
+    )
+}
+
+/// Room kept in a dead-letter record for the key, headers and the record overhead.
+const DEAD_LETTER_OVERHEAD: usize = 8 * 1024;
+/// Longest key kept whole in a dead letter; longer keys are cut like payloads.
+const DEAD_LETTER_MAX_KEY: usize = 1024;
+
+/// The key and payload a dead letter carries: the original's, or their first bytes when the original
+/// would not fit in a record.
+struct DeadLetter<'a> {
+    key: Option<&'a [u8]>,
+    payload: Option<&'a [u8]>,
+    truncated: bool,
+    original_key: Option<&'a [u8]>,
+    original_payload: Option<&'a [u8]>,
+}
+
+impl<'a> DeadLetter<'a> {
+    /// `limit`: the largest record the producer may send.
+    fn new(key: Option<&'a [u8]>, payload: Option<&'a [u8]>, limit: usize) -> Self {
+        let key_len = key.map_or(0, <[u8]>::len);
+        let payload_len = payload.map_or(0, <[u8]>::len);
+        let room = limit.saturating_sub(DEAD_LETTER_OVERHEAD);
+        if key_len + payload_len <= room {
+            return Self {
+                key,
+                payload,
+                truncated: false,
+                original_key: key,
+                original_payload: payload,
+            };
+        }
+        let key_room = DEAD_LETTER_MAX_KEY.min(room);
+        let cut_key = key.map(|k| &k[..k.len().min(key_room)]);
+        let payload_room = room.saturating_sub(cut_key.map_or(0, <[u8]>::len));
+        Self {
+            key: cut_key,
+            payload: payload.map(|p| &p[..p.len().min(payload_room)]),
+            truncated: true,
+            original_key: key,
+            original_payload: payload,
+        }
+    }
+
+    fn truncation_headers(&self) -> Vec<(&'static str, String)> {
+        if !self.truncated {
+            return Vec::new();
+        }
+        let sha256 = |bytes: Option<&[u8]>| {
+            let digest = ring::digest::digest(&ring::digest::SHA256, bytes.unwrap_or_default());
+            digest.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        vec![
+            ("dlq.truncated", "true".to_owned()),
+            (
+                "dlq.original.size",
+                self.original_payload.map_or(0, <[u8]>::len).to_string(),
+            ),
+            ("dlq.original.sha256", sha256(self.original_payload)),
+            (
+                "dlq.original.key.size",
+                self.original_key.map_or(0, <[u8]>::len).to_string(),
+            ),
+            ("dlq.original.key.sha256", sha256(self.original_key)),
+        ]
+    }
+}
+
+/// Tracks deliveries: which records are still in flight (so that checkpoints know when everything
+/// before them is acknowledged) and how many failed in a way a replay can fix (a checkpoint that sees
+/// any rewinds instead of committing). Failures a replay cannot fix are counted and logged, not replayed.
 pub struct DeliveryTracker {
     failures: AtomicU64,
-    /// Sequence numbers produced and not yet reported delivered (or failed).
-    in_flight: Mutex<BTreeSet<u64>>,
+    /// Sequence numbers produced and not yet reported delivered (or failed), with their input record.
+    in_flight: Mutex<BTreeMap<u64, Source>>,
     metrics: PipelineMetrics,
 }
 
@@ -869,27 +1078,27 @@ impl DeliveryTracker {
     fn new(metrics: PipelineMetrics) -> Self {
         Self {
             failures: AtomicU64::new(0),
-            in_flight: Mutex::new(BTreeSet::new()),
+            in_flight: Mutex::new(BTreeMap::new()),
             metrics,
         }
     }
 
-    fn in_flight(&self) -> MutexGuard<'_, BTreeSet<u64>> {
+    fn in_flight(&self) -> MutexGuard<'_, BTreeMap<u64, Source>> {
         self.in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn register(&self, sequence: u64) {
-        self.in_flight().insert(sequence);
+    fn register(&self, sequence: u64, source: Source) {
+        self.in_flight().insert(sequence, source);
     }
 
-    fn forget(&self, sequence: u64) {
-        self.in_flight().remove(&sequence);
+    fn forget(&self, sequence: u64) -> Option<Source> {
+        self.in_flight().remove(&sequence)
     }
 
     fn lowest_in_flight(&self) -> Option<u64> {
-        self.in_flight().first().copied()
+        self.in_flight().first_key_value().map(|(s, _)| *s)
     }
 
     fn take_failures(&self) -> u64 {
@@ -903,8 +1112,19 @@ impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, sequence: usize) {
-        self.forget(sequence as u64);
+        let source = self.forget(sequence as u64);
         if let Err((error, message)) = result {
+            if is_permanent(error) {
+                self.metrics.undeliverable(message.topic());
+                tracing::error!(
+                    %error,
+                    topic = message.topic(),
+                    source.partition = source.map(|s| s.partition),
+                    source.offset = source.map(|s| s.offset),
+                    "the brokers refused a record for good; skipped"
+                );
+                return;
+            }
             if self.failures.fetch_add(1, Ordering::Relaxed) == 0 {
                 tracing::warn!(%error, topic = message.topic(), "delivery failed");
             }

@@ -319,3 +319,68 @@ pub async fn fresh_postgres_url(prefix: &str) -> String {
         .unwrap();
     format!("postgres://postgres@127.0.0.1:5432/{name}")
 }
+
+/// Kills the child when dropped, so a failing test leaves no processes behind.
+pub struct Guard(pub std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A config directory for a `geopromo process` subprocess on `brokers`, with the test fences and
+/// `promotions`, its own SQLite file, and `extra_kafka` / `extra_consumer` lines appended to the `[kafka]`
+/// and `[kafka.consumer_properties]` tables.
+pub fn process_config(
+    dir: &std::path::Path,
+    brokers: &str,
+    promotions: &str,
+    extra_kafka: &str,
+    extra_consumer: &str,
+) -> std::path::PathBuf {
+    let config = dir.join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("fences.geojson"), FENCES).unwrap();
+    std::fs::write(config.join("promotions.json"), promotions).unwrap();
+    std::fs::write(
+        config.join("base.toml"),
+        format!(
+            "[fences]\npath = \"{fences}\"\n[promotions]\npath = \"{promotions}\"\n\
+             [kafka]\nbrokers = \"{brokers}\"\n{commit}{extra_kafka}\n\
+             [kafka.consumer_properties]\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 500\n{extra_consumer}\n\
+             [metrics]\nlisten = \"\"\n[api]\nlisten = \"\"\n\
+             [database]\nurl = \"sqlite://{database}\"\n",
+            fences = config.join("fences.geojson").display(),
+            promotions = config.join("promotions.json").display(),
+            database = dir.join("geopromo.sqlite").display(),
+            commit = if extra_kafka.contains("commit_interval_ms") {
+                ""
+            } else {
+                "commit_interval_ms = 200\n"
+            },
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// `geopromo process` as a subprocess, logging to `log` (appended).
+pub fn start_processor(config_dir: &std::path::Path, log: &std::path::Path) -> Guard {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Guard(
+        std::process::Command::new(env!("CARGO_BIN_EXE_geopromo"))
+            .args(["process", "--config-dir"])
+            .arg(config_dir)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
