@@ -434,7 +434,6 @@ impl Settings {
         }
         Ok(())
     }
-
 }
 
 #[cfg(test)]
@@ -472,7 +471,10 @@ mod tests {
             jail.set_env("GEOPROMO__KAFKA__PROPERTIES__SOCKET_TIMEOUT_MS", "1500");
             let settings = Settings::load(Path::new(".")).unwrap();
             assert_eq!(settings.kafka.producer_properties["linger.ms"], "5");
-            assert_eq!(settings.kafka.producer_properties["enable.idempotence"], "true");
+            assert_eq!(
+                settings.kafka.producer_properties["enable.idempotence"],
+                "true"
+            );
             assert_eq!(settings.kafka.properties["socket.timeout.ms"], "1500");
             Ok(())
         });

@@ -108,12 +108,16 @@ impl PipelineMetrics {
     }
 
     pub fn undeliverable(&self, topic: &str) {
-        self.undeliverable.get_or_create(&label("topic", topic)).inc();
+        self.undeliverable
+            .get_or_create(&label("topic", topic))
+            .inc();
     }
 
     #[must_use]
     pub fn undeliverable_total(&self, topic: &str) -> u64 {
-        self.undeliverable.get_or_create(&label("topic", topic)).get()
+        self.undeliverable
+            .get_or_create(&label("topic", topic))
+            .get()
     }
 
     #[must_use]

@@ -409,7 +409,9 @@ fn an_oversized_event_and_an_unkeyed_one_are_dead_lettered_and_the_processor_liv
         .map_err(|(e, _)| e)
         .unwrap();
     producer
-        .send(rdkafka::producer::BaseRecord::<str, str>::to(&settings.input_topic).payload(&unkeyed))
+        .send(
+            rdkafka::producer::BaseRecord::<str, str>::to(&settings.input_topic).payload(&unkeyed),
+        )
         .map_err(|(e, _)| e)
         .unwrap();
     producer.flush(Duration::from_secs(30)).unwrap();
@@ -419,9 +421,20 @@ fn an_oversized_event_and_an_unkeyed_one_are_dead_lettered_and_the_processor_liv
     let good = vec![gps("a", -6.05, 106.05, t0), gps("b", -6.05, 106.05, t0)];
     produce(&brokers, &settings.input_topic, &good);
     running.wait_consumed(4, SECONDS_30);
-    let output = consume(&brokers, &settings.output_topic, 2, false, QUIET, SECONDS_30);
+    let output = consume(
+        &brokers,
+        &settings.output_topic,
+        2,
+        false,
+        QUIET,
+        SECONDS_30,
+    );
     let dead = consume(&brokers, &settings.dlq_topic, 2, false, QUIET, SECONDS_30);
-    assert_eq!(output.len(), 2, "the good events after the poison were processed");
+    assert_eq!(
+        output.len(),
+        2,
+        "the good events after the poison were processed"
+    );
     assert_eq!(dead.len(), 2, "{dead:?}");
     let report = running.stop();
     assert_eq!(report.consumed, 4);
@@ -463,7 +476,8 @@ fn a_crash_after_exits_replays_exactly_like_a_clean_run() {
     let t0 = geopromo::promo::timestamp::now_ms() - 86_400_000;
     let users: Vec<String> = (0..60).map(|i| format!("stayer-{i}")).collect();
     let inside = |u: &str, minute: i64| gps(u, -6.05, 106.05, t0 + minute * MINUTE);
-    let outside = |u: &str, minute: i64| gps(u, -6.05, east_of_square(5000.0), t0 + minute * MINUTE);
+    let outside =
+        |u: &str, minute: i64| gps(u, -6.05, east_of_square(5000.0), t0 + minute * MINUTE);
     let mut phase1 = Vec::new();
     let mut phase2 = Vec::new();
     let mut phase3 = Vec::new();
@@ -479,10 +493,19 @@ fn a_crash_after_exits_replays_exactly_like_a_clean_run() {
         phase3.push(inside(u, 78)); // late against the last ping (80), not against the exit (75)
         phase3.push(inside(u, 200)); // a genuine re-enter
     }
-    let all: Vec<_> = phase1.iter().chain(&phase2).chain(&phase3).cloned().collect();
+    let all: Vec<_> = phase1
+        .iter()
+        .chain(&phase2)
+        .chain(&phase3)
+        .cloned()
+        .collect();
     let catalog = catalog(PROMOTIONS);
     let clean = expected_event_ids(&catalog.load(), &all, geopromo::promo::timestamp::now_ms());
-    assert_eq!(clean.len(), 3 * users.len(), "enter, exit, re-enter per user");
+    assert_eq!(
+        clean.len(),
+        3 * users.len(),
+        "enter, exit, re-enter per user"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let config = process_config(
@@ -496,7 +519,14 @@ fn a_crash_after_exits_replays_exactly_like_a_clean_run() {
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
     let mut seen: Vec<String> = Vec::new();
     let read_until = |count: usize, seen: &mut Vec<String>| {
-        let output = consume(&brokers, &kafka.output_topic, count, false, Duration::from_millis(100), SECONDS_30);
+        let output = consume(
+            &brokers,
+            &kafka.output_topic,
+            count,
+            false,
+            Duration::from_millis(100),
+            SECONDS_30,
+        );
         *seen = output
             .iter()
             .map(|m| m.json()["event_id"].as_str().unwrap().to_owned())
@@ -506,11 +536,19 @@ fn a_crash_after_exits_replays_exactly_like_a_clean_run() {
 
     produce(&brokers, &kafka.input_topic, &phase1);
     let mut first = start_processor(&config, &log);
-    assert!(read_until(users.len(), &mut seen), "enters; log:\n{}", log_text());
+    assert!(
+        read_until(users.len(), &mut seen),
+        "enters; log:\n{}",
+        log_text()
+    );
     // Let at least one checkpoint commit phase 1.
     std::thread::sleep(Duration::from_millis(4000));
     produce(&brokers, &kafka.input_topic, &phase2);
-    assert!(read_until(2 * users.len(), &mut seen), "exits; log:\n{}", log_text());
+    assert!(
+        read_until(2 * users.len(), &mut seen),
+        "exits; log:\n{}",
+        log_text()
+    );
     first.0.kill().unwrap(); // SIGKILL right after the exits: no checkpoint covers them
     first.0.wait().unwrap();
 

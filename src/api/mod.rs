@@ -180,7 +180,9 @@ pub fn router(state: ApiState) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY_BYTES))
-        .layer(axum::middleware::from_fn(problem::refuse_control_characters))
+        .layer(axum::middleware::from_fn(
+            problem::refuse_control_characters,
+        ))
         .with_state(state)
 }
 
@@ -290,10 +292,7 @@ async fn replace_fence(
     }
     let parsed =
         parse_fences_value(body, &ParseOptions::default()).map_err(ApiError::invalid_geojson)?;
-    let catalog_version = state
-        .store
-        .upsert_fences(&parsed.fences, now_ms())
-        .await?;
+    let catalog_version = state.store.upsert_fences(&parsed.fences, now_ms()).await?;
     Ok(Json(UploadResult {
         stored: parsed.fences.len(),
         catalog_version,
@@ -461,10 +460,12 @@ async fn post_locations(
         ) {
             // The processor would clamp it to its clock; refusing it here tells the client, instead of
             // making a far-future time the user's eligibility `since`.
-            Ok(event) if event.ts_ms > now.saturating_add(max_future_skew_ms) => problems.push(format!(
-                "location {i}: ts is more than {} s ahead of the server clock",
-                max_future_skew_ms / 1000
-            )),
+            Ok(event) if event.ts_ms > now.saturating_add(max_future_skew_ms) => {
+                problems.push(format!(
+                    "location {i}: ts is more than {} s ahead of the server clock",
+                    max_future_skew_ms / 1000
+                ))
+            }
             Ok(_) => payloads.push(payload),
             Err(error) => problems.push(format!("location {i}: {error}")),
         }
@@ -625,10 +626,7 @@ async fn upload_fences(
         tokio::task::spawn_blocking(move || parse_fences_value(body, &ParseOptions::default()))
             .await?
             .map_err(ApiError::invalid_geojson)?;
-    let catalog_version = state
-        .store
-        .upsert_fences(&parsed.fences, now_ms())
-        .await?;
+    let catalog_version = state.store.upsert_fences(&parsed.fences, now_ms()).await?;
     Ok((
         StatusCode::CREATED,
         Json(UploadResult {
@@ -654,11 +652,7 @@ async fn delete_fence(
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     identity.require(&[Role::Ops])?;
-    if state
-        .store
-        .delete_fence(&id)
-        .await?
-    {
+    if state.store.delete_fence(&id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no fence {id:?}")))
@@ -783,10 +777,7 @@ async fn deactivate_promotion(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no promotion {id:?}")))?;
     promotion.active = false;
-    state
-        .store
-        .upsert_promotion(&promotion, now_ms())
-        .await?;
+    state.store.upsert_promotion(&promotion, now_ms()).await?;
     Ok(Json(PromotionView::from(&promotion)))
 }
 
@@ -801,10 +792,7 @@ async fn list_promotions(
     identity: Identity,
 ) -> Result<Json<Vec<PromotionView>>, ApiError> {
     identity.require(&[Role::Ops, Role::Consumer])?;
-    let promotions = state
-        .store
-        .load_promotions()
-        .await?;
+    let promotions = state.store.load_promotions().await?;
     Ok(Json(promotions.iter().map(PromotionView::from).collect()))
 }
 
@@ -862,10 +850,7 @@ async fn user_promotions(
     if user != identity.user_id {
         identity.require(&[Role::Ops, Role::Consumer])?;
     }
-    let rows = state
-        .store
-        .eligibility_of(&user)
-        .await?;
+    let rows = state.store.eligibility_of(&user).await?;
     Ok(Json(
         rows.into_iter()
             .map(|e| EligibilityView {

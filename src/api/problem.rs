@@ -8,8 +8,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::geofence::GeoJsonError;
-use crate::store::StoreError;
 use crate::promo::promotion::PromotionProblem;
+use crate::store::StoreError;
 
 /// Base of the `type` URIs; the part after it is the stable error code.
 const TYPE_BASE: &str = "https://geopromo.dev/problems/";
@@ -175,9 +175,12 @@ impl From<StoreError> for ApiError {
                     .map(|f| format!("fence {f:?} does not exist"))
                     .collect(),
             ),
-            StoreError::Conflict(_) => {
-                Self::new(StatusCode::CONFLICT, "conflict", "Conflict", error.to_string())
-            }
+            StoreError::Conflict(_) => Self::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "Conflict",
+                error.to_string(),
+            ),
             StoreError::Query { source, .. } if is_unavailable(source) => {
                 tracing::warn!(error = %crate::app::error_chain(&error), "database unavailable");
                 Self::unavailable("the database is unavailable; retry shortly")
@@ -313,7 +316,12 @@ mod mime_type {
     impl std::str::FromStr for Essence {
         type Err = ();
         fn from_str(value: &str) -> Result<Self, ()> {
-            let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let essence = value
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             if essence.is_empty() {
                 Err(())
             } else {
@@ -324,7 +332,8 @@ mod mime_type {
 
     impl Essence {
         pub fn is_json(&self) -> bool {
-            self.0 == "application/json" || (self.0.starts_with("application/") && self.0.ends_with("+json"))
+            self.0 == "application/json"
+                || (self.0.starts_with("application/") && self.0.ends_with("+json"))
         }
     }
 }
@@ -377,10 +386,7 @@ where
 /// Refuses a request whose path or query has a percent-encoded control character (`%00`..`%1F`,
 /// `%7F`) before any handler sees it: ids, names and cursors never hold one, and PostgreSQL cannot
 /// store NUL (it answered 500 before this).
-pub async fn refuse_control_characters(
-    request: Request,
-    next: axum::middleware::Next,
-) -> Response {
+pub async fn refuse_control_characters(request: Request, next: axum::middleware::Next) -> Response {
     let uri = request.uri();
     let text = uri.path_and_query().map_or("", |pq| pq.as_str());
     if let Some(at) = encoded_control_character(text) {

@@ -81,7 +81,11 @@ mod tests {
         for i in 0..200_000 {
             let _ = limit.check(&format!("user-{i}"));
         }
-        assert!(limit.limiter.len() <= BUCKETS as usize, "{}", limit.limiter.len());
+        assert!(
+            limit.limiter.len() <= BUCKETS as usize,
+            "{}",
+            limit.limiter.len()
+        );
     }
 
     #[test]

@@ -431,7 +431,10 @@ impl Store {
                     "geometry": geometry,
                 })),
                 Err(error) => {
-                    quarantined.push(format!("fence {:?}: geometry is not JSON: {error}", fence.id));
+                    quarantined.push(format!(
+                        "fence {:?}: geometry is not JSON: {error}",
+                        fence.id
+                    ));
                 }
             }
         }
@@ -451,8 +454,7 @@ impl Store {
                 .map(|line| format!("fence {line}")),
         );
         let fences = parsed.fences;
-        let known: std::collections::HashSet<&str> =
-            fences.iter().map(|f| f.id.as_str()).collect();
+        let known: std::collections::HashSet<&str> = fences.iter().map(|f| f.id.as_str()).collect();
         let rows = sqlx::query(&format!("{PROMOTION_SELECT} ORDER BY id"))
             .fetch_all(&self.reader)
             .await
@@ -682,8 +684,12 @@ async fn promotions_targeting(
         .map_err(query_error("reading promotions' fences"))?;
     let mut targeting = Vec::new();
     for row in &rows {
-        let id: String = row.try_get(0).map_err(query_error("reading promotions' fences"))?;
-        let fences: String = row.try_get(1).map_err(query_error("reading promotions' fences"))?;
+        let id: String = row
+            .try_get(0)
+            .map_err(query_error("reading promotions' fences"))?;
+        let fences: String = row
+            .try_get(1)
+            .map_err(query_error("reading promotions' fences"))?;
         // A row that cannot be read back counts as targeting: refusing is the safe side.
         let targets = serde_json::from_str::<Vec<String>>(&fences)
             .map_or(true, |list| list.iter().any(|f| f == fence));

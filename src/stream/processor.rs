@@ -462,7 +462,12 @@ impl Core {
         match low {
             Ok(low) if low <= expected => {
                 // Aborted transactions or compaction, not lost data.
-                tracing::debug!(partition, expected, offset, "offset gap within the retained log");
+                tracing::debug!(
+                    partition,
+                    expected,
+                    offset,
+                    "offset gap within the retained log"
+                );
             }
             _ => {
                 let skipped = offset - expected;
@@ -659,11 +664,7 @@ impl Core {
             offset: message.offset(),
         };
         let reason = error.to_string();
-        let letter = DeadLetter::new(
-            message.key(),
-            message.payload(),
-            self.dead_letter_limit,
-        );
+        let letter = DeadLetter::new(message.key(), message.payload(), self.dead_letter_limit);
         let partition = source.partition.to_string();
         let offset = source.offset.to_string();
         let mut headers = vec![
@@ -1046,7 +1047,11 @@ impl<'a> DeadLetter<'a> {
         }
         let sha256 = |bytes: Option<&[u8]>| {
             let digest = ring::digest::digest(&ring::digest::SHA256, bytes.unwrap_or_default());
-            digest.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>()
+            digest
+                .as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
         };
         vec![
             ("dlq.truncated", "true".to_owned()),
