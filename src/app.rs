@@ -27,11 +27,37 @@ use crate::stream::simulate::{run_simulation, SimulateOptions};
 use crate::stream::{EmbeddedBroker, Processor};
 use crate::telemetry::{encode_metrics, PipelineMetrics};
 
-/// Reads and validates the fence file named in the settings.
-pub fn load_fence_file(settings: &Settings) -> anyhow::Result<Vec<Fence>> {
-    let path = &settings.fences.path;
+/// The seed data built into the binary, so that `geopromo serve` runs from any directory: used when
+/// `fences.path` / `promotions.path` are left empty (the default).
+const BUILTIN_FENCES: &[u8] = include_bytes!("../geodata/cities.geojson");
+const BUILTIN_PROMOTIONS: &[u8] = include_bytes!("../config/promotions.json");
+
+/// Where seed data came from, for messages: the configured file or the built-in copy.
+fn seed_source(path: &std::path::Path, builtin: &str) -> String {
+    if path.as_os_str().is_empty() {
+        format!("built-in {builtin}")
+    } else {
+        path.display().to_string()
+    }
+}
+
+fn read_seed(
+    path: &std::path::Path,
+    builtin: &'static [u8],
+    what: &str,
+) -> anyhow::Result<std::borrow::Cow<'static, [u8]>> {
+    if path.as_os_str().is_empty() {
+        return Ok(std::borrow::Cow::Borrowed(builtin));
+    }
     let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read fences from {}", path.display()))?;
+        .with_context(|| format!("cannot read {what} from {}", path.display()))?;
+    Ok(std::borrow::Cow::Owned(bytes))
+}
+
+/// Reads and validates the fence file named in the settings (the built-in cities when none is named).
+pub fn load_fence_file(settings: &Settings) -> anyhow::Result<Vec<Fence>> {
+    let path = &seed_source(&settings.fences.path, "geodata/cities.geojson");
+    let bytes = read_seed(&settings.fences.path, BUILTIN_FENCES, "fences")?;
     let options = ParseOptions::default()
         .default_tolerance_m(settings.fences.default_tolerance_m)
         .skip_invalid(settings.fences.skip_invalid);
@@ -40,10 +66,10 @@ pub fn load_fence_file(settings: &Settings) -> anyhow::Result<Vec<Fence>> {
             crate::geofence::GeoJsonError::Invalid { .. } => err.report_lines().join("\n  "),
             _ => String::new(),
         };
-        anyhow::anyhow!("{}: {err}\n  {details}", path.display())
+        anyhow::anyhow!("{path}: {err}\n  {details}")
     })?;
     for line in crate::geofence::geojson::problem_lines(&parsed.skipped) {
-        tracing::warn!(file = %path.display(), "skipped: {line}");
+        tracing::warn!(file = %path, "skipped: {line}");
     }
     Ok(parsed.fences)
 }
@@ -51,10 +77,7 @@ pub fn load_fence_file(settings: &Settings) -> anyhow::Result<Vec<Fence>> {
 /// Builds the catalog (fences × promotions × rules) from the files named in the settings.
 pub fn load_catalog(settings: &Settings) -> anyhow::Result<Catalog> {
     let fences = load_fence_file(settings)?;
-    let path = &settings.promotions.path;
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read promotions from {}", path.display()))?;
-    let promotions = parse_promotions(&bytes).with_context(|| format!("in {}", path.display()))?;
+    let promotions = load_promotion_file(settings)?;
     let catalog = Catalog::build(
         &fences,
         promotions,
@@ -64,19 +87,22 @@ pub fn load_catalog(settings: &Settings) -> anyhow::Result<Catalog> {
     .with_context(|| {
         format!(
             "{} does not fit {}",
-            path.display(),
-            settings.fences.path.display()
+            seed_source(&settings.promotions.path, "config/promotions.json"),
+            seed_source(&settings.fences.path, "geodata/cities.geojson"),
         )
     })?;
     Ok(catalog)
 }
 
-/// Reads the promotions file named in the settings.
+/// Reads the promotions file named in the settings (the built-in sample when none is named).
 pub fn load_promotion_file(settings: &Settings) -> anyhow::Result<Vec<crate::promo::Promotion>> {
-    let path = &settings.promotions.path;
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read promotions from {}", path.display()))?;
-    parse_promotions(&bytes).with_context(|| format!("in {}", path.display()))
+    let bytes = read_seed(&settings.promotions.path, BUILTIN_PROMOTIONS, "promotions")?;
+    parse_promotions(&bytes).with_context(|| {
+        format!(
+            "in {}",
+            seed_source(&settings.promotions.path, "config/promotions.json")
+        )
+    })
 }
 
 /// Connects to the store and, when it holds no fences yet, seeds it from the fence and promotion files.
@@ -90,8 +116,8 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
                 fences = fences.len(),
                 promotions = promotions.len(),
                 "empty store seeded from {} and {}",
-                settings.fences.path.display(),
-                settings.promotions.path.display()
+                seed_source(&settings.fences.path, "geodata/cities.geojson"),
+                seed_source(&settings.promotions.path, "config/promotions.json")
             );
         }
     }
@@ -202,8 +228,24 @@ fn eligibility_writer(
     let writer = tokio::spawn(async move {
         let mut batch = Vec::with_capacity(500);
         while receiver.recv_many(&mut batch, 500).await > 0 {
-            if let Err(error) = store.record_eligibility(&batch, now_ms()).await {
-                tracing::error!(%error, changes = batch.len(), "cannot record eligibility");
+            // While the database is unreachable the batch is retried (the bounded channel then holds
+            // the processor back): an outage delays the store's view, it does not lose changes.
+            let mut wait = std::time::Duration::from_millis(100);
+            loop {
+                match store.record_eligibility(&batch, now_ms()).await {
+                    Ok(()) => break,
+                    Err(error) if error.is_unavailable() => {
+                        tracing::warn!(error = %error_chain(&error), changes = batch.len(),
+                            "database unavailable; retrying the eligibility batch in {wait:?}");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(std::time::Duration::from_secs(2));
+                    }
+                    Err(error) => {
+                        tracing::error!(error = %error_chain(&error), changes = batch.len(),
+                            "cannot record eligibility; batch dropped");
+                        break;
+                    }
+                }
             }
             batch.clear();
         }
@@ -346,12 +388,19 @@ fn print_dev_banner(settings: &Settings, bootstrap: &str) {
          input topic       : {}   (JSON GPS events, key = user id)\n\
          output topic      : {}\n\
          dead letters      : {}\n\
-         Everything is lost on exit, and only a bounded tail of each partition is kept.\n\
+         Everything is lost on exit, and each partition keeps only its newest ~100,000 records\n\
+         ({} partitions: a burst of more than ~{} events ahead of the processor is partly\n\
+         skipped; each skip is logged as OFFSET RESET and counted in input_offsets_skipped).\n\
          Set kafka.brokers (or GEOPROMO__KAFKA__BROKERS) to use a real cluster.\n\
          Try: echo 'user-1:{{\"user_id\":\"user-1\",\"lat\":-6.2,\"lon\":106.82,\"ts\":\"2026-11-22T08:00:00Z\"}}' \\\n\
               | kcat -b {bootstrap} -t {} -K: -P\n\
          ======================================================================================\n",
-        k.input_topic, k.output_topic, k.dlq_topic, k.input_topic
+        k.input_topic,
+        k.output_topic,
+        k.dlq_topic,
+        k.embedded_partitions,
+        i64::from(k.embedded_partitions) * 100_000,
+        k.input_topic
     );
 }
 
@@ -377,7 +426,7 @@ pub async fn start_api(
     store: Store,
     catalog: Arc<SharedCatalog>,
     brokers: Option<&str>,
-    registry: Registry,
+    mut registry: Registry,
 ) -> anyhow::Result<ApiServer> {
     let listener = tokio::net::TcpListener::bind(&settings.api.listen)
         .await
@@ -414,6 +463,7 @@ pub async fn start_api(
         max_body_bytes: settings.api.max_body_bytes,
         catalog,
         locations,
+        http_metrics: crate::telemetry::HttpMetrics::registered(&mut registry),
         registry: Arc::new(registry),
     });
     let server = tokio::spawn(async move {
@@ -432,8 +482,9 @@ pub async fn start_api(
 async fn print_first_admin_hint(store: &Store) {
     if store.count_users().await.unwrap_or(1) == 0 {
         eprintln!(
-            "\nNo users yet. Create the first admin (asks for the password; --password-stdin for scripts):\n  \
-             cargo run --release -- user add admin --role admin\n\
+            "\nNo users yet. Create the first admin, who can also manage fences and promotions (asks for \
+             the password; --password-stdin for scripts):\n  \
+             cargo run --release -- user add admin --role admin --role ops\n\
              then log in: curl -s localhost:8080/v1/auth/login -H 'content-type: application/json' \\\n    \
              -d '{{\"username\":\"admin\",\"password\":\"...\",\"client\":\"ops\"}}'\n"
         );
@@ -512,9 +563,24 @@ pub async fn shutdown_signal() {
             Err(_) => std::future::pending().await,
         }
     };
+    // SIGHUP would otherwise end the process without committing offsets. There is nothing to reload:
+    // fences and promotions follow the store by themselves, and settings are read once at start.
+    let hangup = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut signal) => loop {
+                signal.recv().await;
+                tracing::info!(
+                    "SIGHUP ignored: fences and promotions follow the store within database.poll_interval_ms; \
+                     restart to apply changed settings"
+                );
+            },
+            Err(_) => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = interrupt => {}
         () = terminate => {}
+        () = hangup => {}
     }
 }
 

@@ -56,6 +56,9 @@ pub enum Command {
     /// Work with fence files.
     #[command(subcommand)]
     Fences(FencesCommand),
+    /// Work with promotion files.
+    #[command(subcommand)]
+    Promotions(PromotionsCommand),
     /// Serve the HTTP API alone (no processor); locations go to kafka.brokers when configured.
     Api,
     /// Manage users who can log in.
@@ -89,6 +92,10 @@ pub struct UserAddArgs {
     /// The user id (token subject and GPS event key), when it differs from the username.
     #[arg(long)]
     pub id: Option<String>,
+    /// Read the password from the first line of standard input without asking (for scripts). Without
+    /// it, a terminal is asked for the password with echo off.
+    #[arg(long)]
+    pub password_stdin: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +157,16 @@ pub enum FencesCommand {
     /// Validate a GeoJSON fence file and store its fences (insert or replace by id) in one transaction;
     /// running processors pick the change up within the poll interval.
     Import(ImportArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PromotionsCommand {
+    /// Check a promotions file (the format of config/promotions.json) and store its promotions (insert
+    /// or replace by id) in one transaction; refused whole when one targets a fence the store lacks.
+    Import {
+        /// Promotions file: {"promotions": [...]}.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -237,6 +254,9 @@ pub fn run() -> ExitCode {
         Command::Simulate(args) => run_simulate(&cli.config_dir, &args),
         Command::Migrate => run_migrate(&cli.config_dir),
         Command::Fences(FencesCommand::Import(args)) => run_import(&cli.config_dir, &args),
+        Command::Promotions(PromotionsCommand::Import { file }) => {
+            run_promotions_import(&cli.config_dir, &file)
+        }
         Command::Match(args) => run_match(&args),
         Command::Fences(FencesCommand::Validate(args)) => run_validate(&args),
         Command::Api => run_api(&cli.config_dir),
@@ -303,14 +323,16 @@ fn run_user_add(config_dir: &Path, args: &UserAddArgs) -> anyhow::Result<ExitCod
         args.id.is_none() || args.usernames.len() == 1,
         "--id names one user; give one username with it"
     );
-    if std::io::IsTerminal::is_terminal(&io::stdin()) {
-        eprint!("password for {}: ", args.usernames.join(", "));
-    }
-    let mut password = String::new();
-    io::stdin()
-        .read_line(&mut password)
-        .context("cannot read the password from standard input")?;
-    let password = password.trim_end_matches(['\r', '\n']).to_owned();
+    let password = if !args.password_stdin && std::io::IsTerminal::is_terminal(&io::stdin()) {
+        rpassword::prompt_password(format!("password for {}: ", args.usernames.join(", ")))
+            .context("cannot read the password from the terminal")?
+    } else {
+        let mut line = String::new();
+        io::stdin()
+            .read_line(&mut line)
+            .context("cannot read the password from standard input")?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
     block_on(async {
         let auth = open_auth(config_dir).await?;
         let bar = progress_bar(args.usernames.len() as u64, "users");
@@ -409,6 +431,29 @@ fn run_migrate(config_dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn run_promotions_import(config_dir: &Path, file: &Path) -> anyhow::Result<ExitCode> {
+    let settings = app::settings_from(config_dir)?;
+    let bytes = std::fs::read(file)
+        .with_context(|| format!("cannot read promotions from {}", file.display()))?;
+    let promotions =
+        crate::promo::parse_promotions(&bytes).with_context(|| format!("in {}", file.display()))?;
+    let version = block_on(async {
+        let store = crate::store::Store::connect(&settings.database.url).await?;
+        let version = store
+            .upsert_promotions(&promotions, crate::promo::timestamp::now_ms())
+            .await
+            .map_err(|e| anyhow::anyhow!(app::error_chain(&e)))?;
+        anyhow::Ok(version)
+    })??;
+    println!(
+        "imported {} promotions ({} active) from {}; catalog version {version}",
+        promotions.len(),
+        promotions.iter().filter(|p| p.active).count(),
+        file.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run_import(config_dir: &Path, args: &ImportArgs) -> anyhow::Result<ExitCode> {
     let settings = app::settings_from(config_dir)?;
     let options = args
@@ -425,9 +470,19 @@ fn run_import(config_dir: &Path, args: &ImportArgs) -> anyhow::Result<ExitCode> 
                 bar.set_position(n as u64);
             })
             .await?;
-        anyhow::Ok(version)
+        let promotions = store.load_promotions().await?.len();
+        anyhow::Ok((version, promotions))
     })??;
+    let (version, promotions) = version;
     bar.finish_and_clear();
+    if promotions == 0 {
+        // A store that got fences this way is not seeded by `serve`, so its promotions must come
+        // from somewhere too; say so instead of letting the processor run with none.
+        eprintln!(
+            "note: the store holds no promotions, so nobody can become eligible yet. Add them with \
+             `geopromo promotions import FILE` (e.g. config/promotions.json) or POST /v1/promotions"
+        );
+    }
     println!(
         "imported {} fences ({} vertices) from {} in {:.2} s; {} skipped; catalog version {version}",
         parsed.fences.len(),

@@ -236,7 +236,7 @@ pub struct LogSettings {
 impl Default for FenceSettings {
     fn default() -> Self {
         Self {
-            path: "geodata/cities.geojson".into(),
+            path: PathBuf::new(),
             default_tolerance_m: 1000.0,
             skip_invalid: false,
             cells_per_degree: 64,
@@ -247,7 +247,7 @@ impl Default for FenceSettings {
 impl Default for PromotionSettings {
     fn default() -> Self {
         Self {
-            path: "config/promotions.json".into(),
+            path: PathBuf::new(),
         }
     }
 }
@@ -306,7 +306,7 @@ impl Default for MetricsSettings {
 impl Default for LogSettings {
     fn default() -> Self {
         Self {
-            filter: "info".into(),
+            filter: "info,librdkafka=warn".into(),
             json: false,
         }
     }

@@ -12,6 +12,7 @@
 //! - [`app`]: wiring: build everything, run until a shutdown future resolves.
 //! - [`batch`]: the `geopromo match` job: points from CSV/NDJSON, matches as NDJSON, on all cores.
 //! - [`cli`]: command-line interface.
+//! - [`text`]: the rule for ids, names and labels (no control characters), shared by every boundary.
 
 pub mod api;
 pub mod app;
@@ -24,3 +25,4 @@ pub mod promo;
 pub mod store;
 pub mod stream;
 pub mod telemetry;
+pub mod text;

@@ -243,3 +243,51 @@ pub fn encode_metrics(registry: &Registry) -> String {
     let _ = encode(&mut text, registry);
     text
 }
+
+/// Labels of one HTTP request: the route pattern (not the raw path, so ids do not explode the series),
+/// the method and, for the counter, the status code.
+type HttpLabels = [(&'static str, String); 3];
+
+/// HTTP request metrics of the API: a counter by route, method and status, and a latency histogram.
+#[derive(Debug, Clone)]
+pub struct HttpMetrics {
+    requests: Family<HttpLabels, Counter>,
+    seconds: Family<[(&'static str, String); 2], Histogram>,
+}
+
+impl HttpMetrics {
+    /// Creates the metrics and registers them (`http_requests`, `http_request_seconds`) in `registry`.
+    #[must_use]
+    pub fn registered(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            requests: Family::default(),
+            seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+            }),
+        };
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route pattern, method and status",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "http_request_seconds",
+            "Time to answer an HTTP request (until the response head), by route pattern and method",
+            metrics.seconds.clone(),
+        );
+        metrics
+    }
+
+    pub fn observe(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&[
+                ("route", route.to_owned()),
+                ("method", method.to_owned()),
+                ("status", status.to_string()),
+            ])
+            .inc();
+        self.seconds
+            .get_or_create(&[("route", route.to_owned()), ("method", method.to_owned())])
+            .observe(seconds);
+    }
+}

@@ -268,3 +268,83 @@ fn a_fence_uploaded_through_the_api_makes_posted_locations_eligible() {
     stop.send(()).unwrap();
     service.join().unwrap().unwrap();
 }
+
+/// PostgreSQL unreachable for 10 s under API and processor load: the API answers 503 problem+json,
+/// the processor keeps matching with the catalog it has, and both recover by themselves, with every
+/// eligibility change made during the outage in the store afterwards.
+#[test]
+fn a_ten_second_database_outage_is_answered_with_503_and_loses_nothing() {
+    use common::http::{send, test_auth_settings, Call};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut settings, _broker) = service_settings(dir.path(), "outage");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let direct = runtime.block_on(fresh_postgres_url("geopromo_outage"));
+    let proxy = Outage::start("127.0.0.1:5432");
+    settings.database.url = direct.replace(":5432/", &format!(":{}/", proxy.port));
+    settings.database.poll_interval_ms = 250;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    settings.api.listen = format!("127.0.0.1:{port}");
+    settings.auth = test_auth_settings();
+    let address: std::net::SocketAddr = settings.api.listen.parse().unwrap();
+    let brokers = settings.kafka.brokers.clone();
+    let (stop, service) = start_service(&settings);
+    let reader = output_reader(&brokers);
+    ping_until_eligible(&brokers, &reader, "before", -7.05, 110.05, "far-promo");
+
+    proxy.down();
+    let outage_started = Instant::now();
+    // During the outage: new users still become eligible (the processor has its catalog) ...
+    let during: Vec<String> = (0..5).map(|i| format!("during-{i}")).collect();
+    for user in &during {
+        ping_until_eligible(&brokers, &reader, user, -7.05, 110.05, "far-promo");
+    }
+    // ... and the API says the database is unavailable, in problem+json, without hanging.
+    let (ready, login) = runtime.block_on(async {
+        let ready = send(address, Call::new("GET", "/readyz")).await;
+        let login = send(
+            address,
+            Call::new("POST", "/v1/auth/login")
+                .json(r#"{"username":"nobody","password":"whatever-it-is","client":"ops"}"#),
+        )
+        .await;
+        (ready, login)
+    });
+    for reply in [&ready, &login] {
+        assert_eq!(reply.status, 503, "{}", reply.body);
+        assert_eq!(reply.content_type, "application/problem+json");
+    }
+    let remaining = Duration::from_secs(10).saturating_sub(outage_started.elapsed());
+    std::thread::sleep(remaining);
+    proxy.up();
+
+    runtime.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while send(address, Call::new("GET", "/readyz")).await.status != 200 {
+            assert!(Instant::now() < deadline, "the API did not recover");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let store = Store::connect(&direct).await.unwrap();
+        for user in during.iter().map(String::as_str).chain(["before"]) {
+            loop {
+                let current = store.eligibility_of(user).await.unwrap();
+                if current.iter().any(|e| e.promotion_id == "far-promo") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{user}'s eligibility was lost in the outage"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    // The processor matched throughout and is still running.
+    ping_until_eligible(&brokers, &reader, "after", -7.05, 110.05, "far-promo");
+    stop.send(()).unwrap();
+    service.join().unwrap().unwrap();
+}

@@ -4,7 +4,7 @@
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -45,7 +45,6 @@ pub(super) fn routes(state: ApiState) -> Router<ApiState> {
         .route("/v1/auth/refresh", post(refresh))
         .route_layer(admit);
     Router::new()
-        .route("/.well-known/jwks.json", get(jwks))
         .merge(limited)
         .route("/v1/auth/logout", post(logout))
         .route("/v1/auth/logout-all", post(logout_all))
@@ -63,6 +62,20 @@ pub(super) fn routes(state: ApiState) -> Router<ApiState> {
         .route("/oauth/revoke", post(revoke_token))
         .route("/oauth/introspect", post(introspect))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_AUTH_BODY_BYTES))
+        .layer(axum::middleware::map_response(no_store))
+        // Added after the layers: public keys are meant to be cached.
+        .route("/.well-known/jwks.json", get(jwks))
+}
+
+/// Tokens and session details must not be kept by caches or browsers (RFC 6749 §5.1).
+async fn no_store(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    headers.insert(header::PRAGMA, header::HeaderValue::from_static("no-cache"));
+    response
 }
 
 impl From<AuthError> for ApiError {
@@ -105,7 +118,8 @@ impl From<AuthError> for ApiError {
                 ApiError::with_code(StatusCode::CONFLICT, "conflict", "Conflict", detail)
             }
             AuthError::NotFound(_) => ApiError::not_found(detail),
-            AuthError::Store(_) | AuthError::Key(_) | AuthError::Sign(_) => {
+            AuthError::Store(store) => ApiError::from(store),
+            AuthError::Key(_) | AuthError::Sign(_) => {
                 ApiError::internal(crate::app::error_chain(&error))
             }
         }
@@ -143,7 +157,9 @@ async fn jwks(State(state): State<ApiState>) -> impl IntoResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
+    #[schema(min_length = 1, max_length = 128)]
     username: String,
+    #[schema(min_length = 1, max_length = 1024)]
     password: String,
     /// The client kind: the token's audience; the session gets the user's roles this kind allows
     /// (mobile: mobile; ops: ops and admin; consumer: consumer).
@@ -330,7 +346,9 @@ async fn revoke_own_session(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChange {
+    #[schema(min_length = 1, max_length = 1024)]
     current_password: String,
+    #[schema(min_length = 10, max_length = 1024)]
     new_password: String,
 }
 
@@ -358,7 +376,9 @@ async fn change_password(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._@+-]+$")]
     username: String,
+    #[schema(min_length = 10, max_length = 1024)]
     password: String,
     roles: Vec<Role>,
     /// The user id (token subject, GPS event key); default: the username.

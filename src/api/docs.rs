@@ -138,6 +138,92 @@ fn render(doc: &serde_json::Value) -> String {
     html
 }
 
+/// JSON Schema of a GeoJSON fence Feature, for the OpenAPI document (request bodies are parsed by
+/// `geofence::geojson`, which reports every problem; this types the shape so clients can be generated).
+fn fence_feature_schema() -> serde_json::Value {
+    let position = serde_json::json!({
+        "type": "array", "minItems": 2, "maxItems": 3,
+        "prefixItems": [
+            {"type": "number", "minimum": -180, "maximum": 180, "description": "longitude"},
+            {"type": "number", "minimum": -90, "maximum": 90, "description": "latitude"}
+        ],
+        "items": {"type": "number"}
+    });
+    let ring = serde_json::json!({"type": "array", "minItems": 4, "items": position,
+        "description": "closed ring: the first and last positions are equal"});
+    let polygon = serde_json::json!({"type": "array", "minItems": 1, "items": ring,
+        "description": "outer ring, then holes"});
+    serde_json::json!({
+        "type": "object",
+        "required": ["type", "geometry"],
+        "properties": {
+            "type": {"type": "string", "enum": ["Feature"]},
+            "id": {"oneOf": [{"type": "string", "minLength": 1, "maxLength": 128}, {"type": "integer"}],
+                   "description": "fence id (or properties.id)"},
+            "properties": {
+                "type": ["object", "null"],
+                "properties": {
+                    "id": {"oneOf": [{"type": "string", "minLength": 1, "maxLength": 128}, {"type": "integer"}]},
+                    "name": {"type": "string"},
+                    "tolerance_m": {"type": "number", "minimum": 0,
+                                    "maximum": crate::geofence::metric::MAX_TOLERANCE_M}
+                }
+            },
+            "geometry": {"oneOf": [
+                {"type": "object", "required": ["type", "coordinates"], "properties": {
+                    "type": {"type": "string", "enum": ["Polygon"]}, "coordinates": polygon}},
+                {"type": "object", "required": ["type", "coordinates"], "properties": {
+                    "type": {"type": "string", "enum": ["MultiPolygon"]},
+                    "coordinates": {"type": "array", "minItems": 1, "items": polygon}}}
+            ]}
+        }
+    })
+}
+
+fn schema_from(
+    value: serde_json::Value,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    serde_json::from_value(value).unwrap_or_else(|_| {
+        utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(Default::default()))
+    })
+}
+
+/// One GeoJSON Feature with a Polygon or MultiPolygon geometry.
+pub struct FenceFeature;
+
+impl utoipa::PartialSchema for FenceFeature {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        schema_from(fence_feature_schema())
+    }
+}
+
+impl utoipa::ToSchema for FenceFeature {}
+
+/// A GeoJSON Feature or a FeatureCollection of them.
+pub struct FenceUpload;
+
+impl utoipa::PartialSchema for FenceUpload {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        schema_from(serde_json::json!({"oneOf": [
+            fence_feature_schema(),
+            {"type": "object", "required": ["type", "features"], "properties": {
+                "type": {"type": "string", "enum": ["FeatureCollection"]},
+                "features": {"type": "array", "items": fence_feature_schema()}}}
+        ]}))
+    }
+}
+
+impl utoipa::ToSchema for FenceUpload {}
+
+/// A timestamp as the API accepts it: RFC 3339 text or epoch milliseconds.
+pub(super) fn timestamp_input_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    schema_from(serde_json::json!({"oneOf": [
+        {"type": "string", "format": "date-time"},
+        {"type": "integer", "description": "epoch milliseconds"},
+        {"type": "null"}
+    ], "description": "RFC 3339 string or epoch milliseconds; default: now. Not more than rules.max_future_skew_s ahead of the server clock."}))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

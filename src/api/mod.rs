@@ -67,6 +67,8 @@ pub struct ApiState {
     pub locations: Option<LocationSink>,
     /// Served at `/metrics`.
     pub registry: Arc<Registry>,
+    /// Request counts and latencies, registered in `registry`.
+    pub http_metrics: crate::telemetry::HttpMetrics,
 }
 
 /// Produces posted locations to the input topic.
@@ -183,7 +185,34 @@ pub fn router(state: ApiState) -> Router {
         .layer(axum::middleware::from_fn(
             problem::refuse_control_characters,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            record_http_metrics,
+        ))
         .with_state(state)
+}
+
+/// Counts every answer by route pattern, method and status, with its latency. Runs outside the
+/// other layers, so refused bodies and control characters are counted too.
+async fn record_http_metrics(
+    State(state): State<ApiState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    state.http_metrics.observe(
+        &route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "operations",
@@ -260,7 +289,7 @@ pub struct UploadResult {
 /// `PUT /v1/fences/{id}`: replaces one fence with the Feature in the body (its id must match or be absent).
 #[utoipa::path(put, path = "/v1/fences/{id}", tag = "fences",
     params(("id" = String, Path, description = "Fence id")),
-    request_body(content = serde_json::Value, description = "One GeoJSON Feature (Polygon or MultiPolygon)"),
+    request_body(content = docs::FenceFeature, description = "One GeoJSON Feature (Polygon or MultiPolygon)"),
     responses(
         (status = 200, description = "Stored", body = UploadResult),
         (status = 422, description = "Invalid GeoJSON, with every problem", body = ApiError, content_type = "application/problem+json"),
@@ -305,8 +334,10 @@ async fn replace_fence(
 #[into_params(parameter_in = Query)]
 struct MatchQuery {
     /// Latitude, WGS84 degrees.
+    #[param(minimum = -90, maximum = 90)]
     lat: f64,
     /// Longitude, WGS84 degrees.
+    #[param(minimum = -180, maximum = 180)]
     lon: f64,
 }
 
@@ -340,7 +371,7 @@ pub struct PostedLocation {
     lon: f64,
     /// RFC 3339 string or epoch milliseconds; default: now.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = docs::timestamp_input_schema)]
     ts: Option<serde_json::Value>,
     /// Horizontal accuracy (metres); fixes worse than `rules.max_accuracy_m` are ignored.
     #[serde(default)]
@@ -506,6 +537,7 @@ struct Page {
     /// Only fences whose name contains this.
     name: Option<String>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -608,7 +640,7 @@ async fn get_fence(
 /// invalid features give 422 with each feature's problems. The body is read up to `api.max_body_bytes`
 /// and parsed on a blocking thread, so a large upload does not stall other requests.
 #[utoipa::path(post, path = "/v1/fences", tag = "fences",
-    request_body(content = serde_json::Value, description = "GeoJSON Feature or FeatureCollection of Polygon/MultiPolygon; `id` (or `properties.id`), `properties.name`, `properties.tolerance_m`"),
+    request_body(content = docs::FenceUpload, description = "GeoJSON Feature or FeatureCollection of Polygon/MultiPolygon; `id` (or `properties.id`), `properties.name`, `properties.tolerance_m`"),
     responses(
         (status = 201, description = "Every feature stored", body = UploadResult),
         (status = 413, description = "Over `api.max_body_bytes`", body = ApiError, content_type = "application/problem+json"),

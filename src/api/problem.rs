@@ -181,7 +181,7 @@ impl From<StoreError> for ApiError {
                 "Conflict",
                 error.to_string(),
             ),
-            StoreError::Query { source, .. } if is_unavailable(source) => {
+            _ if error.is_unavailable() => {
                 tracing::warn!(error = %crate::app::error_chain(&error), "database unavailable");
                 Self::unavailable("the database is unavailable; retry shortly")
             }
@@ -194,18 +194,6 @@ impl From<tokio::task::JoinError> for ApiError {
     fn from(error: tokio::task::JoinError) -> Self {
         Self::internal(format!("a blocking task failed: {error}"))
     }
-}
-
-/// Whether a database error means "the database cannot be reached now" rather than a bad query.
-fn is_unavailable(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
-        sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Tls(_)
-    ) || matches!(error, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
 }
 
 impl IntoResponse for ApiError {
@@ -421,27 +409,6 @@ pub async fn method_not_allowed() -> ApiError {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nul_escapes_are_found_and_escaped_backslashes_are_not_mistaken() {
-        assert_eq!(find_nul_escape(br#"{"a":"x\u0000"}"#), Some(7));
-        assert_eq!(find_nul_escape(br#"{"a":"x\\u0000"}"#), None);
-        assert_eq!(find_nul_escape(br#"{"a":"x\\\u0000"}"#), Some(9));
-        assert_eq!(find_nul_escape(br#"{"a":"u0000"}"#), None);
-    }
-
-    #[test]
-    fn encoded_control_characters_in_urls_are_found() {
-        assert_eq!(encoded_control_character("/v1/fences/a%00b"), Some(12));
-        assert_eq!(encoded_control_character("/v1/fences?name=%1f"), Some(16));
-        assert_eq!(encoded_control_character("/v1/fences/%7f"), Some(11));
-        assert_eq!(encoded_control_character("/v1/fences/caf%C3%A9%20x"), None);
-    }
-}
-
 fn json_rejection(rejection: &JsonRejection) -> ApiError {
     let detail = rejection.body_text();
     match rejection {
@@ -465,5 +432,26 @@ fn json_rejection(rejection: &JsonRejection) -> ApiError {
             )
         }
         _ => ApiError::bad_request(detail),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_escapes_are_found_and_escaped_backslashes_are_not_mistaken() {
+        assert_eq!(find_nul_escape(br#"{"a":"x\u0000"}"#), Some(7));
+        assert_eq!(find_nul_escape(br#"{"a":"x\\u0000"}"#), None);
+        assert_eq!(find_nul_escape(br#"{"a":"x\\\u0000"}"#), Some(9));
+        assert_eq!(find_nul_escape(br#"{"a":"u0000"}"#), None);
+    }
+
+    #[test]
+    fn encoded_control_characters_in_urls_are_found() {
+        assert_eq!(encoded_control_character("/v1/fences/a%00b"), Some(12));
+        assert_eq!(encoded_control_character("/v1/fences?name=%1f"), Some(16));
+        assert_eq!(encoded_control_character("/v1/fences/%7f"), Some(11));
+        assert_eq!(encoded_control_character("/v1/fences/caf%C3%A9%20x"), None);
     }
 }

@@ -348,8 +348,11 @@ impl Auth {
         now: i64,
     ) -> Result<(AccessClaims, ClientKind), AuthError> {
         let invalid = |why: String| AuthError::InvalidToken(why);
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| invalid(format!("malformed token: {e}")))?;
+        check_raw_header(token).map_err(invalid)?;
+        let header = jsonwebtoken::decode_header(token).map_err(|e| {
+            tracing::debug!(error = %e, "token header refused");
+            invalid("the token header is not a JWS header this server issues".into())
+        })?;
         if header.alg != Algorithm::EdDSA {
             return Err(invalid(format!("alg {:?} is not EdDSA", header.alg)));
         }
@@ -368,7 +371,10 @@ impl Auth {
             }
         })?;
         let claims = jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation)
-            .map_err(|e| invalid(format!("{e}")))?
+            .map_err(|e| {
+                tracing::debug!(error = %e, "token refused");
+                invalid(token_error_in_words(&e))
+            })?
             .claims;
         let leeway_ms = self.settings.leeway_s as i64 * 1000;
         if claims.iat.saturating_mul(1000) > now + leeway_ms {
@@ -402,6 +408,12 @@ impl Auth {
         let limited = |wait| AuthError::RateLimited {
             retry_after_s: retry_after_s(wait),
         };
+        crate::text::check_printable("username", username)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if let Some(label) = &device_label {
+            crate::text::check_printable("device_label", label)
+                .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        }
         self.login_account
             .check(&username.to_lowercase())
             .map_err(limited)?;
@@ -806,4 +818,88 @@ fn roles_scope(roles: &[Role]) -> String {
 /// How long after issue an access token can still be accepted.
 fn token_window_ms(settings: &AuthSettings) -> i64 {
     (settings.access_ttl_s + settings.leeway_s) as i64 * 1000
+}
+/// The header checks `jsonwebtoken` does not make, on the raw header: it must be base64url JSON
+/// with a string `alg`, and carry no `crit` (RFC 7515 §4.1.11: a recipient that does not understand
+/// every listed extension must reject the token, and this server understands none). The messages say
+/// what is wrong in words rather than quoting the parser.
+fn check_raw_header(token: &str) -> Result<(), String> {
+    use base64::Engine as _;
+    let malformed =
+        || "the token is not a compact JWS (three base64url parts, a JSON header first)".to_owned();
+    let (encoded, rest) = token.split_once('.').ok_or_else(malformed)?;
+    if rest.matches('.').count() != 1 {
+        return Err(malformed());
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|_| malformed())?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes).map_err(|_| malformed())?;
+    if header.contains_key("crit") {
+        return Err(
+            "the header lists critical extensions (crit), which this server does not understand"
+                .into(),
+        );
+    }
+    match header.get("alg") {
+        Some(serde_json::Value::String(alg)) if alg == "EdDSA" => Ok(()),
+        Some(serde_json::Value::String(alg)) => Err(format!(
+            "alg {alg:?} is not accepted; tokens are signed with EdDSA"
+        )),
+        _ => Err("the header has no alg".into()),
+    }
+}
+
+/// What a failed `jsonwebtoken::decode` means, for the caller; the library's wording stays in the log.
+fn token_error_in_words(error: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind;
+    match error.kind() {
+        ErrorKind::ExpiredSignature => "the token has expired".into(),
+        ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)".into(),
+        ErrorKind::InvalidSignature => "the signature does not verify".into(),
+        ErrorKind::InvalidAudience => "the token is for another audience".into(),
+        ErrorKind::InvalidIssuer => "the token is from another issuer".into(),
+        ErrorKind::MissingRequiredClaim(claim) => format!("the claim {claim:?} is missing"),
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            "the signing algorithm is not accepted".into()
+        }
+        ErrorKind::Json(_) => {
+            "the claims are not those of an access token this server issues".into()
+        }
+        _ => "the token is malformed".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    fn token_with_header(header: &str) -> String {
+        let encode = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+        format!("{}.{}.c2ln", encode(header), encode("{}"))
+    }
+
+    #[test]
+    fn a_critical_header_extension_is_refused() {
+        let token =
+            token_with_header(r#"{"alg":"EdDSA","typ":"at+jwt","kid":"k","crit":["exp"],"exp":1}"#);
+        let why = check_raw_header(&token).unwrap_err();
+        assert!(why.contains("crit"), "{why}");
+        assert!(check_raw_header(&token_with_header(r#"{"alg":"EdDSA","kid":"k"}"#)).is_ok());
+    }
+
+    #[test]
+    fn header_problems_are_said_in_words_not_parser_internals() {
+        let why = check_raw_header(&token_with_header(r#"{"alg":"none"}"#)).unwrap_err();
+        assert_eq!(
+            why,
+            r#"alg "none" is not accepted; tokens are signed with EdDSA"#
+        );
+        let why = check_raw_header("not-a-token").unwrap_err();
+        assert!(why.contains("compact JWS"), "{why}");
+        let why = check_raw_header(&token_with_header("[1]")).unwrap_err();
+        assert!(!why.contains("expected"), "{why}");
+    }
 }

@@ -185,7 +185,11 @@ fn feature_id(feature: &Value) -> Result<Option<String>, FenceProblem> {
     };
     match raw {
         None => Ok(None),
-        Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.clone())),
+        Some(Value::String(s)) if !s.trim().is_empty() => {
+            crate::text::check_printable("id", s)
+                .map_err(|e| FenceProblem::BadId(format!("{s:?}: {e}")))?;
+            Ok(Some(s.clone()))
+        }
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(Some(n.to_string())),
         Some(other) => Err(FenceProblem::BadId(other.to_string())),
     }
@@ -220,7 +224,12 @@ fn parse_feature(
     let properties = feature.get("properties").filter(|p| p.is_object());
     let name = match properties.and_then(|p| p.get("name")) {
         None | Some(Value::Null) => id.clone().unwrap_or_default(),
-        Some(Value::String(s)) => s.clone(),
+        Some(Value::String(s)) => {
+            if let Err(e) = crate::text::check_printable("name", s) {
+                problems.push(FenceProblem::BadName(format!("{s:?}: {e}")));
+            }
+            s.clone()
+        }
         Some(other) => {
             problems.push(FenceProblem::BadName(other.to_string()));
             String::new()

@@ -313,10 +313,11 @@ mod tests {
     use super::*;
 
     fn decode(payload: &str) -> Result<GpsEvent<'_>, DecodeError> {
-        let key = payload
-            .contains("\"user_id\":\"u1\"")
-            .then_some(&b"u1"[..])
-            .unwrap_or(b"u");
+        let key: &[u8] = if payload.contains("\"user_id\":\"u1\"") {
+            b"u1"
+        } else {
+            b"u"
+        };
         decode_gps_event(Some(key), payload.as_bytes(), 4096)
     }
 

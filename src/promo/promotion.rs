@@ -36,20 +36,25 @@ impl Promotion {
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PromotionSpec {
+    #[schema(min_length = 1, max_length = 128)]
     pub id: String,
     #[serde(default)]
     pub name: Option<String>,
+    #[schema(min_items = 1)]
     pub fences: Vec<String>,
     /// RFC 3339; absent: valid from the start.
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub valid_from: Option<String>,
     /// RFC 3339; absent: no end.
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub valid_until: Option<String>,
     #[serde(default = "default_active")]
     pub active: bool,
     /// Least time between two enters of one user (counted from the last enter).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 31536000)]
     pub cooldown_s: Option<f64>,
 }
 
@@ -93,6 +98,14 @@ impl PromotionSpec {
         };
         if self.id.trim().is_empty() || self.id.len() > 128 {
             problem("id must be 1 to 128 characters".into());
+        }
+        for (field, value) in std::iter::once(("id", &self.id))
+            .chain(self.name.iter().map(|n| ("name", n)))
+            .chain(self.fences.iter().map(|f| ("fences", f)))
+        {
+            if let Err(error) = crate::text::check_printable(field, value) {
+                problem(error.to_string());
+            }
         }
         if self.fences.is_empty() {
             problem("fences is empty; a promotion targets at least one fence".into());

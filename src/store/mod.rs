@@ -83,6 +83,26 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether the database cannot be reached now (worth retrying), rather than a bad query or data.
+    #[must_use]
+    pub fn is_unavailable(&self) -> bool {
+        let source = match self {
+            StoreError::Query { source, .. } | StoreError::Connect { source, .. } => source,
+            _ => return false,
+        };
+        matches!(
+            source,
+            sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Tls(_)
+        ) || matches!(source, sqlx::Error::Database(db)
+            if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+    }
+}
+
 const FENCE_SELECT: &str =
     "SELECT id, name, tolerance_m, geometry, vertex_count, version, updated_at_ms FROM fences";
 const PROMOTION_SELECT: &str =
@@ -526,53 +546,29 @@ impl Store {
         promotion: &Promotion,
         now_ms: i64,
     ) -> Result<i64, StoreError> {
+        self.upsert_promotions(std::slice::from_ref(promotion), now_ms)
+            .await
+    }
+
+    /// Creates or replaces promotions in one transaction (one catalog version): either all of them
+    /// are stored or, when one targets a fence the store does not hold, none is.
+    pub async fn upsert_promotions(
+        &self,
+        promotions: &[Promotion],
+        now_ms: i64,
+    ) -> Result<i64, StoreError> {
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(query_error("starting a transaction"))?;
         let version = bump_version(&mut tx).await?;
-        let fence_ids: Vec<&str> = promotion.fence_ids.iter().map(|f| &**f).collect();
-        let mut missing = Vec::new();
-        for fence in &fence_ids {
-            let found = sqlx::query("SELECT 1 FROM fences WHERE id = $1")
-                .bind(*fence)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(query_error("checking a promotion's fences"))?;
-            if found.is_none() {
-                missing.push((*fence).to_owned());
-            }
+        for promotion in promotions {
+            store_promotion_in(&mut tx, promotion, version, now_ms).await?;
         }
-        if !missing.is_empty() {
-            return Err(StoreError::UnknownFences {
-                promotion: promotion.id.to_string(),
-                missing,
-            });
-        }
-        sqlx::query(
-            "INSERT INTO promotions (id, name, fence_ids, valid_from_ms, valid_until_ms, active, cooldown_ms, version, updated_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (id) DO UPDATE SET name = excluded.name, fence_ids = excluded.fence_ids,
-               valid_from_ms = excluded.valid_from_ms, valid_until_ms = excluded.valid_until_ms,
-               active = excluded.active, cooldown_ms = excluded.cooldown_ms, version = excluded.version,
-               updated_at_ms = excluded.updated_at_ms",
-        )
-        .bind(&*promotion.id)
-        .bind(promotion.name.as_str())
-        .bind(serde_json::to_string(&fence_ids).unwrap_or_default())
-        .bind(promotion.valid_from_ms)
-        .bind(promotion.valid_until_ms)
-        .bind(i64::from(promotion.active))
-        .bind(promotion.cooldown_ms)
-        .bind(version)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(query_error("storing a promotion"))?;
         tx.commit()
             .await
-            .map_err(query_error("committing a promotion"))?;
+            .map_err(query_error("committing promotions"))?;
         Ok(version)
     }
 
@@ -660,9 +656,7 @@ impl Store {
             return Ok(false);
         }
         self.upsert_fences(fences, now_ms).await?;
-        for promotion in promotions {
-            self.upsert_promotion(promotion, now_ms).await?;
-        }
+        self.upsert_promotions(promotions, now_ms).await?;
         Ok(true)
     }
 
@@ -773,6 +767,55 @@ fn promotion_row(row: &AnyRow) -> Result<Promotion, StoreError> {
         active: active != 0,
         cooldown_ms,
     })
+}
+
+/// Stores one promotion inside `tx`, refusing it when a fence it targets is not stored (the catalog
+/// invariant is kept in the same transaction as the change).
+async fn store_promotion_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    promotion: &Promotion,
+    version: i64,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let fence_ids: Vec<&str> = promotion.fence_ids.iter().map(|f| &**f).collect();
+    let mut missing = Vec::new();
+    for fence in &fence_ids {
+        let found = sqlx::query("SELECT 1 FROM fences WHERE id = $1")
+            .bind(*fence)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(query_error("checking a promotion's fences"))?;
+        if found.is_none() {
+            missing.push((*fence).to_owned());
+        }
+    }
+    if !missing.is_empty() {
+        return Err(StoreError::UnknownFences {
+            promotion: promotion.id.to_string(),
+            missing,
+        });
+    }
+    sqlx::query(
+        "INSERT INTO promotions (id, name, fence_ids, valid_from_ms, valid_until_ms, active, cooldown_ms, version, updated_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, fence_ids = excluded.fence_ids,
+           valid_from_ms = excluded.valid_from_ms, valid_until_ms = excluded.valid_until_ms,
+           active = excluded.active, cooldown_ms = excluded.cooldown_ms, version = excluded.version,
+           updated_at_ms = excluded.updated_at_ms",
+    )
+    .bind(&*promotion.id)
+    .bind(promotion.name.as_str())
+    .bind(serde_json::to_string(&fence_ids).unwrap_or_default())
+    .bind(promotion.valid_from_ms)
+    .bind(promotion.valid_until_ms)
+    .bind(i64::from(promotion.active))
+    .bind(promotion.cooldown_ms)
+    .bind(version)
+    .bind(now_ms)
+    .execute(&mut **tx)
+    .await
+    .map_err(query_error("storing a promotion"))?;
+    Ok(())
 }
 
 /// Checks a promotion spec from an API body or file into a promotion.

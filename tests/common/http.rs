@@ -130,6 +130,7 @@ pub async fn spawn_app_on(
     let refresher = auth.spawn_refresher();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
     let app = router(ApiState {
         store: store.clone(),
         auth: auth.clone(),
@@ -139,7 +140,8 @@ pub async fn spawn_app_on(
             producer,
             topic: "gps-events".into(),
         }),
-        registry: Arc::new(prometheus_client::registry::Registry::default()),
+        http_metrics: geopromo::telemetry::HttpMetrics::registered(&mut registry),
+        registry: Arc::new(registry),
     });
     let server = tokio::spawn(async move {
         geopromo::api::serve(listener, app, std::future::pending())

@@ -384,3 +384,59 @@ pub fn start_processor(config_dir: &std::path::Path, log: &std::path::Path) -> G
             .unwrap(),
     )
 }
+
+/// A TCP proxy in front of a real server (here: the local PostgreSQL) that a test can take down and
+/// bring back, to play a database outage without touching the shared server.
+pub struct Outage {
+    pub port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    open: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Outage {
+    pub fn start(target: &str) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let open = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (accept_up, accept_open, target) = (up.clone(), open.clone(), target.to_owned());
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                if !accept_up.load(Ordering::SeqCst) {
+                    continue; // dropped: connection refused in effect
+                }
+                let Ok(server) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                let mut list = accept_open.lock().unwrap();
+                for stream in [&client, &server] {
+                    if let Ok(clone) = stream.try_clone() {
+                        list.push(clone);
+                    }
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self { port, up, open }
+    }
+
+    /// Cuts every open connection and refuses new ones.
+    pub fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn up(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
