@@ -20,13 +20,15 @@ use std::time::{Duration, Instant};
 
 use geopromo::config::{Guarantee, KafkaSettings, Settings};
 use geopromo::promo::timestamp::now_ms;
-use geopromo::promo::{decode_gps_event, Catalog, Scratch, SharedCatalog, UserState};
+use geopromo::promo::{
+    decode_gps_event, Catalog, DecisionTime, EpochMs, Scratch, SharedCatalog, UserState,
+};
 use geopromo::stream::simulate::TrafficModel;
+use geopromo::stream::output::send_with_backpressure;
 use geopromo::stream::{EmbeddedBroker, Processor};
 use geopromo::telemetry::{encode_metrics, PipelineMetrics};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
@@ -121,17 +123,8 @@ fn producer(brokers: &str) -> BaseProducer {
 }
 
 fn send(producer: &BaseProducer, topic: &str, key: &str, payload: &[u8]) {
-    let mut record = BaseRecord::to(topic).key(key).payload(payload);
-    loop {
-        match producer.send(record) {
-            Ok(()) => return,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                record = returned;
-                producer.poll(Duration::from_millis(1));
-            }
-            Err((error, _)) => panic!("produce failed: {error}"),
-        }
-    }
+    let record = BaseRecord::to(topic).key(key).payload(payload);
+    send_with_backpressure(producer, record).expect("produce failed");
 }
 
 fn throughput(events: u64, users: usize) {
@@ -306,15 +299,16 @@ fn memory(users: usize) {
     let mut payload = Vec::new();
     let before = rss_bytes();
     let mut states: HashMap<Box<str>, UserState> = HashMap::with_capacity(users);
-    let (mut scratch, mut transitions) = (Scratch::default(), Vec::new());
+    let (mut scratch, mut outputs) = (Scratch::default(), Vec::new());
     let now = now_ms();
+    let time = DecisionTime::at(EpochMs::from_millis(now));
     for _ in 0..users * 2 {
         let (key, _) = model.next_event(now, &mut payload);
         let key = key.to_owned();
         let event = decode_gps_event(Some(key.as_bytes()), &payload, 4096).unwrap();
         let state = states.entry(key.as_str().into()).or_default();
-        transitions.clear();
-        catalog.evaluate(state, &event, now, &mut scratch, &mut transitions);
+        outputs.clear();
+        catalog.decide(state, &event, time, &mut scratch, &mut outputs);
     }
     let eligible = states
         .values()

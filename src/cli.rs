@@ -286,6 +286,7 @@ fn run_serve(
         simulate,
         require_brokers,
         api: !require_brokers,
+        ..app::ServeOptions::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -314,7 +315,7 @@ async fn open_auth(config_dir: &Path) -> anyhow::Result<Arc<crate::auth::Auth>> 
     let store = crate::store::Store::connect(&settings.database.url).await?;
     crate::auth::Auth::start(store, settings.auth)
         .await
-        .map_err(|e| anyhow::anyhow!(app::error_chain(&e)))
+        .map_err(|e| anyhow::anyhow!(crate::error::error_chain(&e)))
 }
 
 fn run_user_add(config_dir: &Path, args: &UserAddArgs) -> anyhow::Result<ExitCode> {
@@ -340,7 +341,7 @@ fn run_user_add(config_dir: &Path, args: &UserAddArgs) -> anyhow::Result<ExitCod
             let user = auth
                 .create_user(username, password.clone(), roles.clone(), args.id.clone())
                 .await
-                .map_err(|e| anyhow::anyhow!("{username}: {}", app::error_chain(&e)))?;
+                .map_err(|e| anyhow::anyhow!("{username}: {}", crate::error::error_chain(&e)))?;
             bar.inc(1);
             if args.usernames.len() == 1 {
                 println!(
@@ -365,7 +366,7 @@ fn run_user_disable(config_dir: &Path, id: &str) -> anyhow::Result<ExitCode> {
         let auth = open_auth(config_dir).await?;
         auth.disable_user(id)
             .await
-            .map_err(|e| anyhow::anyhow!(app::error_chain(&e)))?;
+            .map_err(|e| anyhow::anyhow!(crate::error::error_chain(&e)))?;
         println!("disabled {id:?}; its sessions are revoked");
         anyhow::Ok(())
     })??;
@@ -385,7 +386,7 @@ fn run_session_issue(config_dir: &Path, args: &SessionIssueArgs) -> anyhow::Resu
             let tokens = auth
                 .issue_session(user, client, Some(args.label.clone()))
                 .await
-                .map_err(|e| anyhow::anyhow!("{user}: {}", app::error_chain(&e)))?;
+                .map_err(|e| anyhow::anyhow!("{user}: {}", crate::error::error_chain(&e)))?;
             println!(
                 "{}",
                 serde_json::json!({"user_id": user, "access_token": tokens.access_token,
@@ -442,7 +443,7 @@ fn run_promotions_import(config_dir: &Path, file: &Path) -> anyhow::Result<ExitC
         let version = store
             .upsert_promotions(&promotions, crate::promo::timestamp::now_ms())
             .await
-            .map_err(|e| anyhow::anyhow!(app::error_chain(&e)))?;
+            .map_err(|e| anyhow::anyhow!(crate::error::error_chain(&e)))?;
         anyhow::Ok(version)
     })??;
     println!(

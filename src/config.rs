@@ -441,6 +441,17 @@ impl Settings {
 mod tests {
     use super::*;
 
+    /// The defaults are written once, in the `Default` impls; `config/base.toml` documents them and must
+    /// say the same, so that reading it changes nothing.
+    #[test]
+    fn base_toml_states_exactly_the_built_in_defaults() {
+        let from_file: Settings = Figment::new()
+            .merge(Toml::string(include_str!("../config/base.toml")))
+            .extract()
+            .unwrap();
+        assert_eq!(from_file, Settings::default());
+    }
+
     #[test]
     fn layers_override_in_order_and_properties_get_their_dots() {
         figment::Jail::expect_with(|jail| {

@@ -12,6 +12,7 @@
 //! - [`app`]: wiring: build everything, run until a shutdown future resolves.
 //! - [`batch`]: the `geopromo match` job: points from CSV/NDJSON, matches as NDJSON, on all cores.
 //! - [`cli`]: command-line interface.
+//! - [`error`]: the cause chain of an error in one line, for logs and messages.
 //! - [`text`]: the rule for ids, names and labels (no control characters), shared by every boundary.
 
 pub mod api;
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod batch;
 pub mod cli;
 pub mod config;
+pub mod error;
 pub mod geofence;
 pub mod promo;
 pub mod store;

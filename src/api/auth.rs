@@ -2,69 +2,72 @@
 //! RFC 7662 introspection and the JWKS.
 
 use axum::extract::rejection::FormRejection;
-use axum::extract::{Form, State};
+use axum::extract::{Form, FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::{ApiError, ApiJson, ApiPath, ApiState, ClientIp, Identity, Require, Role};
+use super::extract::{Caller, ClientIp, ConsumerOrAdmin};
+use super::{ApiError, ApiJson, ApiPath, ApiState};
+use crate::auth::Identity;
 use crate::auth::{AuthError, ClientKind, Introspection, IssuedTokens};
 use crate::promo::timestamp::format_rfc3339_ms;
-use crate::store::SessionRecord;
+use crate::auth::store::SessionRecord;
 
 /// Largest body an auth endpoint reads: these are reachable without a token, so a large body must be
 /// refused before it is buffered.
 pub const MAX_AUTH_BODY_BYTES: usize = 8 * 1024;
 
-/// The per-IP limit of login and refresh, applied before the body is read, so that refused requests
-/// cost neither memory nor parsing.
-async fn admit_by_ip(
-    State(state): State<ApiState>,
-    ClientIp(ip): ClientIp,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let admitted = if request.uri().path() == "/v1/auth/login" {
-        state.auth.admit_login(ip)
-    } else {
-        state.auth.admit_refresh(ip)
-    };
-    match admitted {
-        Ok(()) => next.run(request).await,
-        Err(error) => ApiError::from(error).into_response(),
+/// The caller's IP, admitted by the per-IP limit of login. An extractor that runs before the body one, so
+/// refused requests cost neither memory nor parsing.
+pub struct LoginAdmitted(std::net::IpAddr);
+
+impl FromRequestParts<ApiState> for LoginAdmitted {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let Ok(ClientIp(ip)) = ClientIp::from_request_parts(parts, state).await;
+        state.auth.admit_login(ip)?;
+        Ok(Self(ip))
     }
 }
 
-pub(super) fn routes(state: ApiState) -> Router<ApiState> {
-    let admit = axum::middleware::from_fn_with_state(state, admit_by_ip);
-    let limited = Router::new()
-        .route("/v1/auth/login", post(login))
-        .route("/v1/auth/refresh", post(refresh))
-        .route_layer(admit);
-    Router::new()
-        .merge(limited)
-        .route("/v1/auth/logout", post(logout))
-        .route("/v1/auth/logout-all", post(logout_all))
-        .route("/v1/auth/sessions", get(own_sessions))
-        .route("/v1/auth/sessions/{id}", delete(revoke_own_session))
-        .route("/v1/auth/password", put(change_password))
-        .route("/v1/admin/users", post(create_user))
-        .route("/v1/admin/users/{id}/disable", post(disable_user))
-        .route(
-            "/v1/admin/users/{id}/sessions",
-            get(user_sessions).delete(revoke_user_sessions),
-        )
-        .route("/v1/admin/keys/rotate", post(rotate_keys))
-        .route("/v1/admin/keys/{kid}/revoke", post(revoke_key))
-        .route("/oauth/revoke", post(revoke_token))
-        .route("/oauth/introspect", post(introspect))
+/// The caller's IP, admitted by the per-IP limit of refresh (see [`LoginAdmitted`]).
+pub struct RefreshAdmitted(std::net::IpAddr);
+
+impl FromRequestParts<ApiState> for RefreshAdmitted {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let Ok(ClientIp(ip)) = ClientIp::from_request_parts(parts, state).await;
+        state.auth.admit_refresh(ip)?;
+        Ok(Self(ip))
+    }
+}
+
+/// Login and refresh are open (limited per IP before the body is read: [`LoginAdmitted`]); the rest needs a token, each
+/// handler's [`Caller`] or [`Identity`] saying whose. Every answer is `no-store` except the public keys.
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(logout_all))
+        .routes(routes!(own_sessions))
+        .routes(routes!(revoke_own_session))
+        .routes(routes!(change_password))
+        .routes(routes!(revoke_token))
+        .routes(routes!(introspect))
+        .merge(super::admin::routes())
         .layer(axum::extract::DefaultBodyLimit::max(MAX_AUTH_BODY_BYTES))
         .layer(axum::middleware::map_response(no_store))
         // Added after the layers: public keys are meant to be cached.
-        .route("/.well-known/jwks.json", get(jwks))
+        .routes(routes!(jwks))
 }
 
 /// Tokens and session details must not be kept by caches or browsers (RFC 6749 §5.1).
@@ -120,7 +123,7 @@ impl From<AuthError> for ApiError {
             AuthError::NotFound(_) => ApiError::not_found(detail),
             AuthError::Store(store) => ApiError::from(store),
             AuthError::Key(_) | AuthError::Sign(_) => {
-                ApiError::internal(crate::app::error_chain(&error))
+                ApiError::internal(crate::error::error_chain(&error))
             }
         }
     }
@@ -187,7 +190,7 @@ fn user_agent(headers: &HeaderMap) -> Option<String> {
     ))]
 async fn login(
     State(state): State<ApiState>,
-    ClientIp(ip): ClientIp,
+    LoginAdmitted(ip): LoginAdmitted,
     headers: HeaderMap,
     ApiJson(request): ApiJson<LoginRequest>,
 ) -> Result<Json<IssuedTokens>, ApiError> {
@@ -222,7 +225,7 @@ pub struct RefreshRequest {
     ))]
 async fn refresh(
     State(state): State<ApiState>,
-    ClientIp(ip): ClientIp,
+    RefreshAdmitted(ip): RefreshAdmitted,
     ApiJson(request): ApiJson<RefreshRequest>,
 ) -> Result<Json<IssuedTokens>, ApiError> {
     Ok(Json(state.auth.refresh(&request.refresh_token, ip).await?))
@@ -285,7 +288,7 @@ pub struct SessionView {
     current: bool,
 }
 
-fn session_view(session: SessionRecord, current_session: &str) -> SessionView {
+pub(super) fn session_view(session: SessionRecord, current_session: &str) -> SessionView {
     SessionView {
         current: session.id == current_session,
         id: session.id,
@@ -373,162 +376,6 @@ async fn change_password(
     Ok(Json(Revoked { revoked }))
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewUser {
-    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._@+-]+$")]
-    username: String,
-    #[schema(min_length = 10, max_length = 1024)]
-    password: String,
-    roles: Vec<Role>,
-    /// The user id (token subject, GPS event key); default: the username.
-    #[serde(default)]
-    id: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct UserView {
-    id: String,
-    username: String,
-    roles: Vec<Role>,
-    created_at: String,
-}
-
-/// Adds a user (admin).
-#[utoipa::path(post, path = "/v1/admin/users", tag = "admin", request_body = NewUser,
-    responses(
-        (status = 201, description = "Created", body = UserView),
-        (status = 409, description = "Username or id taken", body = ApiError, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid name, roles or password", body = ApiError, content_type = "application/problem+json"),
-        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = [])))]
-async fn create_user(
-    State(state): State<ApiState>,
-    identity: Identity,
-    ApiJson(new): ApiJson<NewUser>,
-) -> Result<(StatusCode, Json<UserView>), ApiError> {
-    identity.require(&[Role::Admin])?;
-    let user = state
-        .auth
-        .create_user(&new.username, new.password, new.roles, new.id)
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(UserView {
-            id: user.id,
-            username: user.username,
-            roles: user.roles,
-            created_at: format_rfc3339_ms(user.created_at_ms),
-        }),
-    ))
-}
-
-/// Disables a user (admin): no more logins, every session revoked.
-#[utoipa::path(post, path = "/v1/admin/users/{id}/disable", tag = "admin",
-    params(("id" = String, Path, description = "User id")),
-    responses(
-        (status = 204, description = "Disabled"),
-        (status = 404, description = "No such user", body = ApiError, content_type = "application/problem+json"),
-        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = [])))]
-async fn disable_user(
-    State(state): State<ApiState>,
-    identity: Identity,
-    ApiPath(id): ApiPath<String>,
-) -> Result<StatusCode, ApiError> {
-    identity.require(&[Role::Admin])?;
-    state.auth.disable_user(&id).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// A user's sessions (admin).
-#[utoipa::path(get, path = "/v1/admin/users/{id}/sessions", tag = "admin",
-    params(("id" = String, Path, description = "User id")),
-    responses(
-        (status = 200, description = "Sessions, newest first", body = Vec<SessionView>),
-        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = [])))]
-async fn user_sessions(
-    State(state): State<ApiState>,
-    identity: Identity,
-    ApiPath(id): ApiPath<String>,
-) -> Result<Json<Vec<SessionView>>, ApiError> {
-    identity.require(&[Role::Admin])?;
-    let sessions = state.auth.sessions_of(&id).await?;
-    Ok(Json(
-        sessions
-            .into_iter()
-            .map(|s| session_view(s, &identity.session_id))
-            .collect(),
-    ))
-}
-
-/// Revokes every session of a user (admin).
-#[utoipa::path(delete, path = "/v1/admin/users/{id}/sessions", tag = "admin",
-    params(("id" = String, Path, description = "User id")),
-    responses(
-        (status = 200, description = "Revoked", body = Revoked),
-        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = [])))]
-async fn revoke_user_sessions(
-    State(state): State<ApiState>,
-    identity: Identity,
-    ApiPath(id): ApiPath<String>,
-) -> Result<Json<Revoked>, ApiError> {
-    identity.require(&[Role::Admin])?;
-    let revoked = state
-        .auth
-        .revoke_user_sessions(&id, "revoked by an admin")
-        .await?;
-    Ok(Json(Revoked { revoked }))
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RotatedKey {
-    /// The new key's id; it signs from `auth.key_publish_ahead_s` on.
-    kid: String,
-}
-
-/// Adds a signing key (admin); the previous one keeps verifying until its last tokens expire.
-#[utoipa::path(post, path = "/v1/admin/keys/rotate", tag = "admin",
-    responses(
-        (status = 201, description = "New key", body = RotatedKey),
-        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = [])))]
-async fn rotate_keys(
-    State(state): State<ApiState>,
-    identity: Identity,
-) -> Result<(StatusCode, Json<RotatedKey>), ApiError> {
-    identity.require(&[Role::Admin])?;
-    let kid = state.auth.rotate_keys().await?;
-    Ok((StatusCode::CREATED, Json(RotatedKey { kid })))
-}
-
-/// Emergency revocation of a signing key (admin): its tokens are refused on every instance within a
-/// poll interval; a new key takes over if it was the only one.
-#[utoipa::path(post, path = "/v1/admin/keys/{kid}/revoke", tag = "admin",
-    params(("kid" = String, Path, description = "Key id")),
-    responses(
-        (status = 204, description = "Revoked"),
-        (status = 404, description = "No such unrevoked key", body = ApiError, content_type = "application/problem+json"),
-        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = [])))]
-async fn revoke_key(
-    State(state): State<ApiState>,
-    identity: Identity,
-    ApiPath(kid): ApiPath<String>,
-) -> Result<StatusCode, ApiError> {
-    identity.require(&[Role::Admin])?;
-    state.auth.revoke_key(&kid).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
 /// RFC 7009 / RFC 7662 form body.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct TokenForm {
@@ -571,10 +418,9 @@ async fn revoke_token(
     security(("bearer" = [])))]
 async fn introspect(
     State(state): State<ApiState>,
-    identity: Identity,
+    caller: Caller<ConsumerOrAdmin>,
     body: Result<Form<TokenForm>, FormRejection>,
 ) -> Result<Json<Introspection>, ApiError> {
-    identity.require(&[Role::Consumer, Role::Admin])?;
     let body = form(body)?;
     Ok(Json(state.auth.introspect(&body.token).await?))
 }

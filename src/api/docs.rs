@@ -1,29 +1,24 @@
 //! The OpenAPI 3.1 document (generated from the handlers' annotations) and a human docs page rendered
 //! from it on the server, so it works offline and without JavaScript.
 
+use std::sync::OnceLock;
+
 use axum::response::{Html, IntoResponse};
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::ApiState;
+
+/// What the document says besides its paths: title, tags, the bearer scheme.
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "geopromo",
         description = "Location-based promotions: fences, promotions, locations and eligibility. Errors are RFC 9457 problem+json with stable `type` URIs. Authenticate with `POST /v1/auth/login`, then send `Authorization: Bearer <access_token>`.",
         license(name = "MIT OR Apache-2.0")
-    ),
-    paths(
-        super::healthz, super::ready, super::metrics, openapi_json, docs_page,
-        super::list_fences, super::upload_fences, super::get_fence, super::replace_fence, super::delete_fence,
-        super::list_promotions, super::create_promotion, super::get_promotion, super::replace_promotion, super::delete_promotion,
-        super::deactivate_promotion,
-        super::post_locations, super::match_point, super::user_promotions,
-        super::auth::jwks, super::auth::login, super::auth::refresh, super::auth::logout,
-        super::auth::logout_all, super::auth::own_sessions, super::auth::revoke_own_session,
-        super::auth::change_password, super::auth::create_user, super::auth::disable_user,
-        super::auth::user_sessions, super::auth::revoke_user_sessions, super::auth::rotate_keys,
-        super::auth::revoke_key, super::auth::revoke_token, super::auth::introspect,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -56,10 +51,20 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The document as JSON.
+/// The document of every route as JSON (the paths come from each resource's routes; see `api::router`).
 #[must_use]
 pub fn openapi() -> serde_json::Value {
-    serde_json::to_value(ApiDoc::openapi()).unwrap_or_default()
+    static DOCUMENT: OnceLock<serde_json::Value> = OnceLock::new();
+    DOCUMENT
+        .get_or_init(|| serde_json::to_value(super::openapi()).unwrap_or_default())
+        .clone()
+}
+
+/// The document and the docs page.
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(openapi_json))
+        .routes(routes!(docs_page))
 }
 
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",

@@ -182,10 +182,10 @@ impl From<StoreError> for ApiError {
                 error.to_string(),
             ),
             _ if error.is_unavailable() => {
-                tracing::warn!(error = %crate::app::error_chain(&error), "database unavailable");
+                tracing::warn!(error = %crate::error::error_chain(&error), "database unavailable");
                 Self::unavailable("the database is unavailable; retry shortly")
             }
-            _ => Self::internal(crate::app::error_chain(&error)),
+            _ => Self::internal(crate::error::error_chain(&error)),
         }
     }
 }

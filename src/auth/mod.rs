@@ -7,6 +7,7 @@
 //! - [`secret`]: random tokens, hashes and the refresh-token derivation.
 //! - [`password`]: Argon2id hashing with a dummy hash for unknown users.
 //! - [`limits`]: per-IP and per-account rate limits.
+//! - [`store`]: users, sessions, revocations and keys in the database (auth owns its persistence).
 //! - [`service`]: [`Auth`], which ties them to the store and verifies requests.
 
 pub mod keys;
@@ -14,6 +15,7 @@ pub mod limits;
 pub mod password;
 pub mod secret;
 pub mod service;
+pub mod store;
 pub mod token;
 
 pub use service::{Auth, AuthError, Introspection, IssuedTokens};

@@ -15,11 +15,12 @@ use super::limits::{retry_after_s, KeyedLimit};
 use super::password::{PasswordError, PasswordHashing};
 use super::secret::{random_id, random_token, successor_token, token_hash};
 use super::token::{AccessClaims, ClientKind, Identity, Role};
-use crate::app::error_chain;
+use crate::error::error_chain;
 use crate::config::AuthSettings;
 use crate::promo::timestamp::now_ms;
-use crate::store::auth::REUSE_REASON;
-use crate::store::{RefreshOutcome, SessionRecord, Store, StoreError, UserRecord};
+use super::store::REUSE_REASON;
+use super::store::{RefreshOutcome, SessionRecord, UserRecord};
+use crate::store::{Store, StoreError};
 
 /// How far back each revocation poll re-reads, so that a revocation committed late or stamped by a
 /// slightly slow clock on another instance is still seen.

@@ -6,7 +6,8 @@ use std::fmt;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
-use super::timestamp::{self, TimestampError};
+use super::rules::Transition;
+use super::timestamp::{self, EpochMs, TimestampError};
 use crate::geofence::{GeoPoint, PointError};
 
 /// The only input schema version this build understands; events without one are taken as this version.
@@ -21,7 +22,7 @@ pub const MAX_USER_ID_BYTES: usize = 256;
 pub struct GpsEvent<'a> {
     pub user_id: Cow<'a, str>,
     pub point: GeoPoint,
-    pub ts_ms: i64,
+    pub ts: EpochMs,
     pub accuracy_m: Option<f64>,
     pub event_id: Option<Cow<'a, str>>,
 }
@@ -187,7 +188,7 @@ pub fn decode_gps_event<'a>(
         });
     }
     let point = GeoPoint::new(raw.lat, raw.lon)?;
-    let ts_ms = match raw.ts {
+    let ts = match raw.ts {
         RawTs::Text(text) => timestamp::parse_rfc3339_ms(&text)?,
         RawTs::Number(number) => timestamp::epoch_ms_from_f64(number)?,
     };
@@ -199,7 +200,7 @@ pub fn decode_gps_event<'a>(
     Ok(GpsEvent {
         user_id: raw.user_id,
         point,
-        ts_ms,
+        ts: EpochMs::from_millis(ts),
         accuracy_m: raw.accuracy_m,
         event_id: raw.event_id,
     })
@@ -240,12 +241,44 @@ pub struct EligibilityEvent {
     pub lat: f64,
     pub lon: f64,
     /// The GPS event's time (RFC 3339, UTC).
-    pub event_ts: String,
+    #[serde(with = "timestamp::rfc3339")]
+    pub event_ts: EpochMs,
     /// When this service decided (RFC 3339, UTC).
-    pub emitted_at: String,
+    #[serde(with = "timestamp::rfc3339")]
+    pub emitted_at: EpochMs,
     /// The input's `event_id`, when it had one.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub source_event_id: Option<String>,
+}
+
+impl EligibilityEvent {
+    /// The output for one transition of one GPS event, decided at `decided_at`.
+    #[must_use]
+    pub fn new(event: &GpsEvent<'_>, transition: &Transition, decided_at: EpochMs) -> Self {
+        Self {
+            schema_version: ELIGIBILITY_SCHEMA_VERSION,
+            event_id: eligibility_event_id(event, &transition.promotion_id, transition.kind),
+            kind: transition.kind,
+            user_id: event.user_id.to_string(),
+            promotion_id: transition.promotion_id.to_string(),
+            fence_id: transition.fence_id.to_string(),
+            fence_name: transition.fence_name.to_string(),
+            inside: transition.inside,
+            distance_m: transition.distance_m.map(reported_distance_m),
+            lat: event.point.lat(),
+            lon: event.point.lon(),
+            event_ts: event.ts,
+            emitted_at: decided_at,
+            source_event_id: event.event_id.as_deref().map(str::to_owned),
+        }
+    }
+}
+
+/// Distances are reported to the decimetre: finer than GPS can tell, and stable across platforms' float
+/// printing.
+#[must_use]
+pub fn reported_distance_m(metres: f64) -> f64 {
+    (metres * 10.0).round() / 10.0
 }
 
 /// A deterministic id: the same input event and transition always give the same id, so consumers can drop
@@ -265,7 +298,7 @@ pub fn eligibility_event_id(
         }
         None => {
             hasher.write(b"\x01pos");
-            hasher.write(&event.ts_ms.to_le_bytes());
+            hasher.write(&event.ts.as_millis().to_le_bytes());
             hasher.write(&event.point.lat().to_bits().to_le_bytes());
             hasher.write(&event.point.lon().to_bits().to_le_bytes());
         }
@@ -328,7 +361,7 @@ mod tests {
         let b =
             decode(r#"{"user_id":"u1","lat":-6.2,"lon":106.8,"ts":1795334400000,"accuracy_m":5}"#)
                 .unwrap();
-        assert_eq!(a.ts_ms, b.ts_ms);
+        assert_eq!(a.ts, b.ts);
         assert_eq!(b.accuracy_m, Some(5.0));
         assert!(matches!(a.user_id, Cow::Borrowed("u1")));
     }

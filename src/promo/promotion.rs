@@ -1,12 +1,11 @@
-//! Promotions, the promotions file, and the catalog the processor matches against.
+//! Promotions and the promotions file.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::timestamp;
-use crate::geofence::{Fence, FenceIndex, IndexOptions};
+use super::timestamp::EpochMs;
 
 /// A promotion: which fences it targets, when it is valid, and how often a user may be told again.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,10 +13,10 @@ pub struct Promotion {
     pub id: Arc<str>,
     pub name: String,
     pub fence_ids: Vec<Arc<str>>,
-    /// Inclusive start, epoch ms; `None` means always started.
-    pub valid_from_ms: Option<i64>,
-    /// Exclusive end, epoch ms; `None` means never ends.
-    pub valid_until_ms: Option<i64>,
+    /// Inclusive start; `None` means always started.
+    pub valid_from: Option<EpochMs>,
+    /// Exclusive end; `None` means never ends.
+    pub valid_until: Option<EpochMs>,
     pub active: bool,
     /// Minimum time between two `enter` events of one user for this promotion.
     pub cooldown_ms: i64,
@@ -25,10 +24,10 @@ pub struct Promotion {
 
 impl Promotion {
     #[must_use]
-    pub fn is_valid_at(&self, ts_ms: i64) -> bool {
+    pub fn is_valid_at(&self, at: EpochMs) -> bool {
         self.active
-            && self.valid_from_ms.is_none_or(|from| ts_ms >= from)
-            && self.valid_until_ms.is_none_or(|until| ts_ms < until)
+            && self.valid_from.is_none_or(|from| at >= from)
+            && self.valid_until.is_none_or(|until| at < until)
     }
 }
 
@@ -113,17 +112,17 @@ impl PromotionSpec {
         let mut time = |field: &str, value: &Option<String>| {
             value
                 .as_deref()
-                .map(timestamp::parse_rfc3339_ms)
+                .map(EpochMs::parse_rfc3339)
                 .transpose()
                 .unwrap_or_else(|err| {
                     problem(format!("{field}: {err}"));
                     None
                 })
         };
-        let valid_from_ms = time("valid_from", &self.valid_from);
-        let valid_until_ms = time("valid_until", &self.valid_until);
+        let valid_from = time("valid_from", &self.valid_from);
+        let valid_until = time("valid_until", &self.valid_until);
         let mut problems_after = Vec::new();
-        if let (Some(from), Some(until)) = (valid_from_ms, valid_until_ms) {
+        if let (Some(from), Some(until)) = (valid_from, valid_until) {
             if from >= until {
                 problems_after.push("valid_from must be before valid_until".to_string());
             }
@@ -152,8 +151,8 @@ impl PromotionSpec {
             id: Arc::from(self.id.as_str()),
             name: self.name.clone().unwrap_or_else(|| self.id.clone()),
             fence_ids: self.fences.iter().map(|f| Arc::from(f.as_str())).collect(),
-            valid_from_ms,
-            valid_until_ms,
+            valid_from,
+            valid_until,
             active: self.active,
             cooldown_ms,
         })
@@ -183,208 +182,6 @@ pub fn parse_promotions(bytes: &[u8]) -> Result<Vec<Promotion>, PromotionError> 
         Ok(promotions)
     } else {
         Err(PromotionError::Invalid(problems))
-    }
-}
-
-/// How points turn into eligibility.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RuleOptions {
-    /// Points with a worse reported accuracy do not change state.
-    pub max_accuracy_m: f64,
-    /// An eligible user exits only when farther than tolerance + this from every targeted fence, so that
-    /// GPS jitter at the boundary does not flap enter/exit.
-    pub hysteresis_m: f64,
-    /// Event times further ahead of the processing clock than this are clamped to it, so one device with
-    /// a wrong clock cannot make its later, correct points look late.
-    pub max_future_skew_ms: i64,
-}
-
-impl Default for RuleOptions {
-    fn default() -> Self {
-        Self {
-            max_accuracy_m: 100.0,
-            hysteresis_m: 200.0,
-            max_future_skew_ms: 5 * 60 * 1000,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum CatalogError {
-    #[error("promotion {promotion:?} targets fence {fence:?}, which is not in the fence set")]
-    UnknownFence { promotion: String, fence: String },
-    #[error("hysteresis_m {0} must be between 0 and 10000")]
-    BadHysteresis(f64),
-    #[error("max_accuracy_m {0} must be a positive number of metres")]
-    BadAccuracy(f64),
-}
-
-/// One fence a point matches, with the promotions it currently qualifies for.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
-pub struct PointMatch {
-    pub fence_id: String,
-    pub fence_name: String,
-    pub inside: bool,
-    pub distance_m: f64,
-    pub promotions: Vec<String>,
-}
-
-/// One immutable snapshot of fences and promotions, with the index the processor matches against. Swapped
-/// whole (see [`SharedCatalog`]) so that a reader always sees a consistent pair.
-#[derive(Debug)]
-pub struct Catalog {
-    pub(crate) index: FenceIndex,
-    /// Enter threshold per indexed fence: its own tolerance (the index holds tolerance + hysteresis).
-    pub(crate) enter_tolerance_m: Vec<f64>,
-    pub(crate) fence_ids: Vec<Arc<str>>,
-    pub(crate) fence_names: Vec<Arc<str>>,
-    pub(crate) promotions: Vec<Promotion>,
-    /// Promotions (positions in `promotions`) per indexed fence.
-    pub(crate) by_fence: Vec<Vec<u32>>,
-    pub(crate) by_id: HashMap<Arc<str>, u32>,
-    pub(crate) rules: RuleOptions,
-    /// All fences, targeted or not, for lookups by id.
-    all_fences: usize,
-    /// Stored rows left out of this catalog, and why (see `Store::load_catalog_parts`).
-    quarantined: Vec<String>,
-}
-
-pub type SharedCatalog = arc_swap::ArcSwap<Catalog>;
-
-impl Catalog {
-    /// Builds the matcher: every fence, grown by the hysteresis, with the promotions targeting it.
-    pub fn build(
-        fences: &[Fence],
-        promotions: Vec<Promotion>,
-        rules: RuleOptions,
-        index_options: IndexOptions,
-    ) -> Result<Self, CatalogError> {
-        if !(0.0..=10_000.0).contains(&rules.hysteresis_m) {
-            return Err(CatalogError::BadHysteresis(rules.hysteresis_m));
-        }
-        if !(rules.max_accuracy_m.is_finite() && rules.max_accuracy_m > 0.0) {
-            return Err(CatalogError::BadAccuracy(rules.max_accuracy_m));
-        }
-        let fence_position: HashMap<&str, usize> = fences
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.id.as_str(), i))
-            .collect();
-        // Every fence is indexed (so `/v1/match` can answer for any of them); untargeted fences simply have
-        // no promotions and cost only their share of the raster.
-        let indexed: Vec<usize> = (0..fences.len()).collect();
-        let mut by_fence: Vec<Vec<u32>> = vec![Vec::new(); fences.len()];
-        for (p, promotion) in promotions.iter().enumerate() {
-            for fence_id in &promotion.fence_ids {
-                let Some(&f) = fence_position.get(&**fence_id) else {
-                    return Err(CatalogError::UnknownFence {
-                        promotion: promotion.id.to_string(),
-                        fence: fence_id.to_string(),
-                    });
-                };
-                let list = &mut by_fence[f];
-                if !list.contains(&(p as u32)) {
-                    list.push(p as u32);
-                }
-            }
-        }
-        let grown: Vec<Fence> = indexed
-            .iter()
-            .map(|&f| {
-                let mut fence = fences[f].clone();
-                fence.tolerance_m += rules.hysteresis_m;
-                fence
-            })
-            .collect();
-        let index = FenceIndex::build(&grown, index_options);
-        let by_id = promotions
-            .iter()
-            .enumerate()
-            .map(|(p, promotion)| (promotion.id.clone(), p as u32))
-            .collect();
-        Ok(Self {
-            index,
-            enter_tolerance_m: indexed.iter().map(|&f| fences[f].tolerance_m).collect(),
-            fence_ids: indexed
-                .iter()
-                .map(|&f| Arc::from(fences[f].id.as_str()))
-                .collect(),
-            fence_names: indexed
-                .iter()
-                .map(|&f| Arc::from(fences[f].name.as_str()))
-                .collect(),
-            promotions,
-            by_fence,
-            by_id,
-            rules,
-            all_fences: fences.len(),
-            quarantined: Vec::new(),
-        })
-    }
-
-    /// Records what was left out of this catalog when it was built from stored data.
-    #[must_use]
-    pub fn with_quarantined(mut self, quarantined: Vec<String>) -> Self {
-        self.quarantined = quarantined;
-        self
-    }
-
-    /// Stored rows left out of this catalog, one line each.
-    #[must_use]
-    pub fn quarantined(&self) -> &[String] {
-        &self.quarantined
-    }
-
-    /// Promotions that are active (switched on; their window may still be ahead or behind).
-    #[must_use]
-    pub fn active_promotions(&self) -> usize {
-        self.promotions.iter().filter(|p| p.active).count()
-    }
-
-    #[must_use]
-    pub fn promotions(&self) -> &[Promotion] {
-        &self.promotions
-    }
-
-    #[must_use]
-    pub fn rules(&self) -> RuleOptions {
-        self.rules
-    }
-
-    /// Fences loaded / fences some promotion targets.
-    #[must_use]
-    pub fn fence_counts(&self) -> (usize, usize) {
-        (
-            self.all_fences,
-            self.by_fence.iter().filter(|p| !p.is_empty()).count(),
-        )
-    }
-
-    /// What matches a point at `ts_ms`: every fence the point is inside or within the fence's tolerance of,
-    /// with the promotions valid then that target it.
-    #[must_use]
-    pub fn match_now(&self, point: crate::geofence::GeoPoint, ts_ms: i64) -> Vec<PointMatch> {
-        let mut found = Vec::new();
-        self.index.match_point(point, &mut found);
-        found
-            .iter()
-            .filter(|m| m.inside || m.distance_m <= self.enter_tolerance_m[m.fence as usize])
-            .map(|m| {
-                let f = m.fence as usize;
-                PointMatch {
-                    fence_id: self.fence_ids[f].to_string(),
-                    fence_name: self.fence_names[f].to_string(),
-                    inside: m.inside,
-                    distance_m: (m.distance_m * 10.0).round() / 10.0,
-                    promotions: self.by_fence[f]
-                        .iter()
-                        .map(|&p| &self.promotions[p as usize])
-                        .filter(|p| p.is_valid_at(ts_ms))
-                        .map(|p| p.id.to_string())
-                        .collect(),
-                }
-            })
-            .collect()
     }
 }
 
@@ -439,9 +236,9 @@ mod tests {
         )
         .unwrap()
         .remove(0);
-        let from = promotion.valid_from_ms.unwrap();
-        let until = promotion.valid_until_ms.unwrap();
-        assert!(!promotion.is_valid_at(from - 1));
+        let from = promotion.valid_from.unwrap();
+        let until = promotion.valid_until.unwrap();
+        assert!(!promotion.is_valid_at(from.plus_ms(-1)));
         assert!(promotion.is_valid_at(from));
         assert!(!promotion.is_valid_at(until));
         let inactive = Promotion {

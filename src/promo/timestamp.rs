@@ -1,5 +1,6 @@
 //! Event times: RFC 3339 strings or epoch milliseconds in, epoch milliseconds inside, RFC 3339 out.
 
+use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -68,6 +69,87 @@ pub fn now_ms() -> i64 {
     since.as_millis() as i64
 }
 
+/// A point in time as epoch milliseconds (UTC). Times stay in this form through the core and become text
+/// only when an event is serialised ([`rfc3339`]). Serialises as the plain number where a compact form is
+/// wanted (the state changelog).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EpochMs(i64);
+
+impl EpochMs {
+    /// A time already known to be epoch milliseconds (a clock reading, a stored value).
+    #[must_use]
+    pub const fn from_millis(ms: i64) -> Self {
+        Self(ms)
+    }
+
+    /// A time from outside: refused when it cannot be epoch milliseconds.
+    pub fn parse_millis(ms: i64) -> Result<Self, TimestampError> {
+        check_epoch_ms(ms).map(Self)
+    }
+
+    /// A time from an RFC 3339 string.
+    pub fn parse_rfc3339(text: &str) -> Result<Self, TimestampError> {
+        parse_rfc3339_ms(text).map(Self)
+    }
+
+    /// The wall clock. Only the adapters read it; the core gets time passed in.
+    #[must_use]
+    pub fn now() -> Self {
+        Self(now_ms())
+    }
+
+    #[must_use]
+    pub const fn as_millis(self) -> i64 {
+        self.0
+    }
+
+    /// `ms` later (or earlier, when negative), saturating at the ends of `i64`.
+    #[must_use]
+    pub const fn plus_ms(self, ms: i64) -> Self {
+        Self(self.0.saturating_add(ms))
+    }
+
+    /// RFC 3339 in UTC with millisecond precision.
+    #[must_use]
+    pub fn to_rfc3339(self) -> String {
+        format_rfc3339_ms(self.0)
+    }
+}
+
+impl std::fmt::Display for EpochMs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_rfc3339())
+    }
+}
+
+/// `#[serde(with = "rfc3339")]`: an [`EpochMs`] as an RFC 3339 string on the wire (read back from either
+/// an RFC 3339 string or epoch milliseconds).
+pub mod rfc3339 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{epoch_ms_from_f64, EpochMs};
+
+    pub fn serialize<S: Serializer>(at: &EpochMs, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&at.to_rfc3339())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<EpochMs, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Number(f64),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Text(text) => EpochMs::parse_rfc3339(&text).map_err(serde::de::Error::custom),
+            Raw::Number(n) => epoch_ms_from_f64(n)
+                .map(EpochMs::from_millis)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,6 +163,22 @@ mod tests {
             utc + 250
         );
         assert_eq!(format_rfc3339_ms(utc + 250), "2026-11-22T08:00:00.250Z");
+    }
+
+    #[test]
+    fn epoch_ms_is_a_number_in_state_and_text_on_the_wire() {
+        #[derive(Serialize, Deserialize)]
+        struct Wire {
+            #[serde(with = "rfc3339")]
+            at: EpochMs,
+        }
+        let at = EpochMs::parse_rfc3339("2026-11-22T08:00:00.250Z").unwrap();
+        assert_eq!(serde_json::to_string(&at).unwrap(), at.as_millis().to_string());
+        let wire = serde_json::to_string(&Wire { at }).unwrap();
+        assert_eq!(wire, r#"{"at":"2026-11-22T08:00:00.250Z"}"#);
+        let back: Wire = serde_json::from_str(&wire).unwrap();
+        assert_eq!(back.at, at);
+        assert_eq!(at.plus_ms(750).to_string(), "2026-11-22T08:00:01.000Z");
     }
 
     #[test]

@@ -11,10 +11,8 @@ use sqlx::{AnyPool, Row};
 
 use crate::geofence::geojson::{fence_feature, fence_geometry};
 use crate::geofence::{parse_fences, Fence, ParseOptions};
-use crate::promo::{Promotion, PromotionSpec};
+use crate::promo::{EpochMs, Promotion, PromotionSpec};
 
-pub mod auth;
-pub use auth::{RefreshOutcome, SessionRecord, UserRecord};
 
 /// Which database is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +106,7 @@ const FENCE_SELECT: &str =
 const PROMOTION_SELECT: &str =
     "SELECT id, name, fence_ids, valid_from_ms, valid_until_ms, active, cooldown_ms FROM promotions";
 
-fn query_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+pub(crate) fn query_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Query { context, source }
 }
 
@@ -168,11 +166,11 @@ pub enum EligibilityChange {
 #[derive(Debug, Clone)]
 pub struct Store {
     /// Writes and transactions. On SQLite a single connection: SQLite has one writer anyway.
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
     /// Reads outside transactions. On SQLite a separate pool of connections reading the WAL in
     /// parallel with the writer; on PostgreSQL the same pool.
-    reader: AnyPool,
-    backend: Backend,
+    pub(crate) reader: AnyPool,
+    pub(crate) backend: Backend,
 }
 
 impl Store {
@@ -762,8 +760,8 @@ fn promotion_row(row: &AnyRow) -> Result<Promotion, StoreError> {
         id: id.as_str().into(),
         name,
         fence_ids: fence_ids.iter().map(|f| f.as_str().into()).collect(),
-        valid_from_ms,
-        valid_until_ms,
+        valid_from: valid_from_ms.map(EpochMs::from_millis),
+        valid_until: valid_until_ms.map(EpochMs::from_millis),
         active: active != 0,
         cooldown_ms,
     })
@@ -806,8 +804,8 @@ async fn store_promotion_in(
     .bind(&*promotion.id)
     .bind(promotion.name.as_str())
     .bind(serde_json::to_string(&fence_ids).unwrap_or_default())
-    .bind(promotion.valid_from_ms)
-    .bind(promotion.valid_until_ms)
+    .bind(promotion.valid_from.map(EpochMs::as_millis))
+    .bind(promotion.valid_until.map(EpochMs::as_millis))
     .bind(i64::from(promotion.active))
     .bind(promotion.cooldown_ms)
     .bind(version)

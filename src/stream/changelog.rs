@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::KafkaSettings;
 use crate::promo::UserState;
-use crate::stream::client::{client_config, Role};
-use crate::stream::processor::StreamError;
+use crate::stream::client::{client_config, KafkaClient};
+use crate::stream::error::StreamError;
 
 /// Users of one partition.
 pub type PartitionUsers = HashMap<Box<str>, TrackedUser>;
@@ -96,7 +96,7 @@ pub fn restore(
         .iter()
         .map(|(p, _)| (*p, PartitionUsers::new()))
         .collect();
-    let mut config = client_config(settings, brokers, Role::Consumer);
+    let mut config = client_config(settings, brokers, KafkaClient::Consumer);
     config
         .set("group.id", format!("{}-restore", settings.group_id))
         .set("enable.auto.commit", "false")
@@ -182,17 +182,17 @@ pub fn restore(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::promo::PromotionStanding;
+    use crate::promo::{EpochMs, PromotionStanding};
 
     #[test]
     fn state_round_trips() {
         let state = UserState {
-            last_ts_ms: 1_763_798_400_000,
+            last_ts: EpochMs::from_millis(1_763_798_400_000),
             standings: vec![PromotionStanding {
                 promotion_id: "p".into(),
                 fence_id: "jakarta".into(),
                 eligible: true,
-                last_enter_ms: 1_763_798_400_000,
+                last_enter: EpochMs::from_millis(1_763_798_400_000),
             }],
         };
         let mut buf = Vec::new();
@@ -200,5 +200,9 @@ mod tests {
         assert_eq!(decode_state(Some(&buf)).unwrap(), Some((42, state)));
         assert_eq!(decode_state(None).unwrap(), None);
         assert!(decode_state(Some(b"{")).is_err());
+        // The record format predates the time newtype: times stay plain integers under their old names.
+        let text = String::from_utf8(buf).unwrap();
+        assert!(text.contains(r#""last_ts_ms":1763798400000"#), "{text}");
+        assert!(text.contains(r#""last_enter_ms":1763798400000"#), "{text}");
     }
 }

@@ -5,25 +5,25 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::config::KafkaSettings;
-use crate::stream::processor::StreamError;
+use crate::config::{Guarantee, KafkaSettings};
+use crate::stream::error::StreamError;
 
-/// Which client a configuration is for; each gets the shared properties plus its own.
+/// Which kind of Kafka client a configuration is for; each gets the shared properties plus its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub enum KafkaClient {
     Consumer,
     Producer,
 }
 
-/// The base configuration: brokers, the pass-through properties, then the role's properties.
+/// The base configuration: brokers, the pass-through properties, then the client kind's properties.
 #[must_use]
-pub fn client_config(settings: &KafkaSettings, brokers: &str, role: Role) -> ClientConfig {
+pub fn client_config(settings: &KafkaSettings, brokers: &str, kind: KafkaClient) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
     config.set("client.id", "geopromo");
-    let specific = match role {
-        Role::Consumer => &settings.consumer_properties,
-        Role::Producer => &settings.producer_properties,
+    let specific = match kind {
+        KafkaClient::Consumer => &settings.consumer_properties,
+        KafkaClient::Producer => &settings.producer_properties,
     };
     for (key, value) in settings.properties.iter().chain(specific) {
         config.set(key, value);
@@ -39,7 +39,7 @@ pub fn check_topics(
     topics: &[&str],
     timeout: Duration,
 ) -> Result<Vec<(String, usize)>, StreamError> {
-    let consumer: BaseConsumer = client_config(settings, brokers, Role::Consumer)
+    let consumer: BaseConsumer = client_config(settings, brokers, KafkaClient::Consumer)
         .create()
         .map_err(StreamError::Client)?;
     let metadata =
@@ -64,4 +64,86 @@ pub fn check_topics(
         }
     }
     Ok(found)
+}
+
+/// Sets each property the operator did not set.
+fn set_defaults(config: &mut ClientConfig, defaults: &[(&str, &str)]) {
+    for (key, value) in defaults {
+        if config.get(key).is_none() {
+            config.set(*key, *value);
+        }
+    }
+}
+
+/// The processor's producer: idempotent, batched, and transactional in exactly-once mode (where
+/// `transactional_id` must be unique and stable per instance).
+pub fn processor_producer_config(
+    settings: &KafkaSettings,
+    brokers: &str,
+    transactional_id: Option<&str>,
+) -> Result<ClientConfig, StreamError> {
+    let mut config = client_config(settings, brokers, KafkaClient::Producer);
+    set_defaults(
+        &mut config,
+        &[
+            ("enable.idempotence", "true"),
+            ("linger.ms", "5"),
+            ("batch.num.messages", "10000"),
+            ("queue.buffering.max.messages", "100000"),
+            ("compression.type", "lz4"),
+        ],
+    );
+    if settings.guarantee == Guarantee::ExactlyOnce {
+        let id = transactional_id.ok_or_else(|| {
+            StreamError::Fatal(
+                "exactly_once needs a transactional id unique and stable per instance \
+                 (kafka.transactional_id)"
+                    .into(),
+            )
+        })?;
+        config.set("transactional.id", id);
+    }
+    Ok(config)
+}
+
+/// The largest record the processor's producer sends (`message.max.bytes`; librdkafka's default unless
+/// configured): dead letters are cut to fit it.
+#[must_use]
+pub fn producer_message_limit(settings: &KafkaSettings, brokers: &str) -> usize {
+    client_config(settings, brokers, KafkaClient::Producer)
+        .get("message.max.bytes")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+/// The processor's group consumer. Offsets are committed by the processor only, after the outputs they
+/// cover are acknowledged; in exactly-once mode it reads committed records only.
+#[must_use]
+pub fn processor_consumer_config(settings: &KafkaSettings, brokers: &str) -> ClientConfig {
+    let mut config = client_config(settings, brokers, KafkaClient::Consumer);
+    let isolation = if settings.guarantee == Guarantee::ExactlyOnce {
+        "read_committed"
+    } else {
+        "read_uncommitted"
+    };
+    set_defaults(
+        &mut config,
+        &[
+            ("auto.offset.reset", "earliest"),
+            ("fetch.max.bytes", "52428800"),
+            ("max.partition.fetch.bytes", "4194304"),
+            ("queued.min.messages", "200000"),
+            // librdkafka's default (1 s) idles the loop after every full local queue.
+            ("fetch.queue.backoff.ms", "5"),
+            ("statistics.interval.ms", "5000"),
+            ("isolation.level", isolation),
+        ],
+    );
+    // Not overridable: the processor's correctness depends on them.
+    config
+        .set("group.id", &settings.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("partition.assignment.strategy", "range,roundrobin");
+    config
 }

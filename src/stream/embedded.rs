@@ -5,7 +5,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
 use crate::config::KafkaSettings;
-use crate::stream::processor::StreamError;
+use crate::stream::error::StreamError;
 
 /// A running mock cluster with the service's topics created.
 pub struct EmbeddedBroker {

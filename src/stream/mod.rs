@@ -1,10 +1,21 @@
 //! The Kafka adapter: everything that talks to brokers.
+//!
+//! The processor ([`processor`]) is a shell around the pure core ([`crate::promo`]): [`client`] configures
+//! the librdkafka clients, [`output`] produces with backpressure and tracks deliveries, [`dead_letter`]
+//! shapes refused inputs, [`checkpoint`] decides what to commit and where to rewind, [`changelog`] keeps
+//! per-user state, and [`rebalance`] reacts to the group.
 
 pub mod changelog;
+pub mod checkpoint;
 pub mod client;
+pub mod dead_letter;
 pub mod embedded;
+pub mod error;
+pub mod output;
 pub mod processor;
+pub mod rebalance;
 pub mod simulate;
 
 pub use embedded::EmbeddedBroker;
-pub use processor::{Processor, ProcessorReport, StreamError};
+pub use error::StreamError;
+pub use processor::{Processor, ProcessorReport};

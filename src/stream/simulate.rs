@@ -5,7 +5,6 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use crate::config::KafkaSettings;
@@ -13,8 +12,9 @@ use crate::geofence::metric::LocalMetric;
 use crate::geofence::sample::SampleRng;
 use crate::geofence::Fence;
 use crate::promo::timestamp::now_ms;
-use crate::stream::client::{client_config, Role};
-use crate::stream::processor::StreamError;
+use crate::stream::client::{client_config, KafkaClient};
+use crate::stream::error::StreamError;
+use crate::stream::output::send_with_backpressure;
 
 /// Seconds of simulated movement between two fixes of one user.
 const FIX_INTERVAL_S: f64 = 10.0;
@@ -220,7 +220,7 @@ pub fn run_simulation(
     stop: &AtomicBool,
     mut progress: impl FnMut(&SimulateReport),
 ) -> Result<SimulateReport, StreamError> {
-    let mut config = client_config(settings, brokers, Role::Producer);
+    let mut config = client_config(settings, brokers, KafkaClient::Producer);
     for (key, value) in [
         ("linger.ms", "5"),
         ("batch.num.messages", "10000"),
@@ -260,21 +260,11 @@ pub fn run_simulation(
             }
         }
         let (key, bad) = model.next_event(now, &mut payload);
-        let mut record = BaseRecord::to(&settings.input_topic)
+        let record = BaseRecord::to(&settings.input_topic)
             .key(key)
             .payload(&payload[..]);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    record = returned;
-                    producer.poll(Duration::from_millis(5));
-                }
-                Err((source, _)) => {
-                    return Err(StreamError::kafka("producing simulated events", source))
-                }
-            }
-        }
+        send_with_backpressure(&producer, record)
+            .map_err(|source| StreamError::kafka("producing simulated events", source))?;
         report.produced += 1;
         report.bad += u64::from(bad);
     }

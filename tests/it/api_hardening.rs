@@ -2,7 +2,7 @@
 //! (a 204 that bricked the catalog, 500s on NUL, empty 405s, text/plain 400s, a spoofed user id and a
 //! year-9999 timestamp accepted, cacheable tokens, a `crit` header accepted).
 
-mod common;
+use crate::common;
 
 use common::http::{call, send, spawn_apps, Call, PASSWORD};
 

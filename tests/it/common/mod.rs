@@ -11,9 +11,9 @@ pub mod http;
 
 use geopromo::config::{Guarantee, KafkaSettings};
 use geopromo::geofence::{parse_fences, IndexOptions, ParseOptions};
-use geopromo::promo::event::eligibility_event_id;
 use geopromo::promo::{
-    decode_gps_event, parse_promotions, Catalog, RuleOptions, Scratch, SharedCatalog, UserState,
+    decode_gps_event, parse_promotions, Catalog, DecisionTime, EpochMs, RuleOptions, Scratch,
+    SharedCatalog, UserState,
 };
 use geopromo::stream::{Processor, ProcessorReport, StreamError};
 use geopromo::telemetry::PipelineMetrics;
@@ -254,11 +254,10 @@ pub fn expected_event_ids(
             continue;
         };
         let state = users.entry(event.user_id.to_string()).or_default();
-        let mut transitions = Vec::new();
-        catalog.evaluate(state, &event, now_ms, &mut scratch, &mut transitions);
-        for t in transitions {
-            ids.push(eligibility_event_id(&event, &t.promotion_id, t.kind));
-        }
+        let mut outputs = Vec::new();
+        let time = DecisionTime::at(EpochMs::from_millis(now_ms));
+        catalog.decide(state, &event, time, &mut scratch, &mut outputs);
+        ids.extend(outputs.into_iter().map(|o| o.event_id));
     }
     ids
 }

@@ -1,7 +1,7 @@
 //! The processor end to end against librdkafka's mock cluster: real Kafka protocol, consumer groups,
 //! transactions and fault injection, in process.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -362,8 +362,8 @@ fn output_events_match_their_schema() {
         distance_m: None,
         lat: 1.0,
         lon: 2.0,
-        event_ts: "2026-11-22T08:00:00.000Z".into(),
-        emitted_at: "2026-11-22T08:00:00.010Z".into(),
+        event_ts: geopromo::promo::EpochMs::parse_rfc3339("2026-11-22T08:00:00.000Z").unwrap(),
+        emitted_at: geopromo::promo::EpochMs::parse_rfc3339("2026-11-22T08:00:00.010Z").unwrap(),
         source_event_id: Some("e".into()),
     };
     let json = serde_json::to_value(&event).unwrap();

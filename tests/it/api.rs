@@ -1,6 +1,6 @@
 //! The HTTP API on a random port, against both store backends (SQLite file, fresh PostgreSQL database).
 
-mod common;
+use crate::common;
 
 use common::http::{call, send, spawn_apps, Call};
 

@@ -1,7 +1,7 @@
 //! The store against both real backends: a SQLite file in a temp dir and the local PostgreSQL
 //! (127.0.0.1:5432, user postgres, trust auth), with a fresh database per test.
 
-mod common;
+use crate::common;
 
 use common::fresh_postgres_url;
 use geopromo::geofence::{parse_fences, ParseOptions};
@@ -109,6 +109,13 @@ async fn promotions_and_eligibility_round_trip() {
                 {"id":"q","fences":["square"],"active":false}]}"#,
         )
         .unwrap();
+        // A promotion names stored fences only (the store keeps that invariant).
+        let unknown = store.upsert_promotion(&promotions[0], 5).await.unwrap_err();
+        assert!(unknown.to_string().contains("square"), "{unknown}");
+        let fences = parse_fences(FENCES.as_bytes(), &ParseOptions::default())
+            .unwrap()
+            .fences;
+        store.upsert_fences(&fences, 4).await.unwrap();
         for promotion in &promotions {
             store.upsert_promotion(promotion, 5).await.unwrap();
         }

@@ -3,9 +3,9 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{query_error, Store, StoreError};
-use crate::auth::keys::StoredKey;
-use crate::auth::{ClientKind, Role};
+use super::keys::StoredKey;
+use super::{ClientKind, Role};
+use crate::store::{query_error, Store, StoreError};
 
 /// A user who can log in.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 
-use geopromo::api::{router, ApiState, LocationSink};
+use geopromo::api::LocationSink;
+use geopromo::app::{ApiParts, ApiServer};
 use geopromo::auth::{Auth, ClientKind, Role};
 use geopromo::config::AuthSettings;
 use geopromo::geofence::{parse_fences, IndexOptions, ParseOptions};
@@ -33,17 +34,10 @@ pub struct TestApp {
     /// An access token per role name ("mobile", "ops", "consumer", "admin"); the mobile user is `tester`,
     /// the others `tester-{role}`.
     pub tokens: HashMap<&'static str, String>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Stops serving when the app is dropped.
+    _server: ApiServer,
     _broker: Rc<EmbeddedBroker>,
     _dir: Option<Rc<tempfile::TempDir>>,
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
 }
 
 /// Test auth settings: cheap Argon2 (the cost is not under test), fast revocation polling, loose limits.
@@ -126,28 +120,26 @@ pub async fn spawn_app_on(
         .set("bootstrap.servers", &brokers)
         .create()
         .unwrap();
-    let auth = Auth::start(store.clone(), settings).await.unwrap();
-    let refresher = auth.spawn_refresher();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let mut registry = prometheus_client::registry::Registry::default();
-    let app = router(ApiState {
-        store: store.clone(),
-        auth: auth.clone(),
-        max_body_bytes: 64 * 1024,
-        catalog: match_catalog(),
-        locations: Some(LocationSink {
-            producer,
-            topic: "gps-events".into(),
-        }),
-        http_metrics: geopromo::telemetry::HttpMetrics::registered(&mut registry),
-        registry: Arc::new(registry),
-    });
-    let server = tokio::spawn(async move {
-        geopromo::api::serve(listener, app, std::future::pending())
-            .await
-            .unwrap();
-    });
+    // The same wiring as production: `app::start_api` (only the catalog and the body limit differ).
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = geopromo::app::start_api(
+        ApiParts {
+            listen: "127.0.0.1:0".into(),
+            store: store.clone(),
+            catalog: match_catalog(),
+            locations: Some(LocationSink {
+                producer,
+                topic: "gps-events".into(),
+            }),
+            auth: settings,
+            max_body_bytes: 64 * 1024,
+            registry: prometheus_client::registry::Registry::default(),
+        },
+        &shutdown,
+    )
+    .await
+    .unwrap();
+    let (address, auth) = (server.address, server.auth.clone());
     let mut tokens = HashMap::new();
     for (name, role, client) in [
         ("mobile", Role::Mobile, ClientKind::Mobile),
@@ -178,7 +170,7 @@ pub async fn spawn_app_on(
         brokers,
         backend,
         tokens,
-        tasks: vec![refresher, server],
+        _server: server,
         _broker: broker,
         _dir: dir,
     }

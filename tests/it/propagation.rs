@@ -1,7 +1,7 @@
 //! The service as wired by `app::serve`: fences and promotions come from the store, a change there reaches
 //! the running processor within 2 s, and eligibility is materialised back into the store.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

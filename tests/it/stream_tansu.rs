@@ -2,7 +2,7 @@
 //! subprocess, is killed with SIGKILL mid-stream and restarted; every expected eligibility event must
 //! arrive, and the only repeats allowed are at-least-once replays of the same event ids.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::net::TcpListener;

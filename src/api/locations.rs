@@ -1,0 +1,187 @@
+//! Locations: mobile apps post GPS points, checked with the processor's own decoder and produced to the
+//! input topic keyed by the caller.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use rdkafka::producer::FutureRecord;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::docs;
+use super::extract::{Caller, Mobile};
+use super::{ApiError, ApiJson, ApiState};
+use crate::promo::{decode_gps_event, EpochMs};
+
+/// Mobile callers only: a location is always the caller's own.
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new().routes(routes!(post_locations))
+}
+
+/// A location as a mobile client posts it: the user comes from the identity, never from the body.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostedLocation {
+    #[schema(minimum = -90, maximum = 90)]
+    lat: f64,
+    #[schema(minimum = -180, maximum = 180)]
+    lon: f64,
+    /// RFC 3339 string or epoch milliseconds; default: now.
+    #[serde(default)]
+    #[schema(schema_with = docs::timestamp_input_schema)]
+    ts: Option<serde_json::Value>,
+    /// Horizontal accuracy (metres); fixes worse than `rules.max_accuracy_m` are ignored.
+    #[serde(default)]
+    accuracy_m: Option<f64>,
+    /// Client-chosen id, for de-duplication downstream.
+    #[serde(default)]
+    event_id: Option<String>,
+}
+
+/// A posted location as it goes to the input topic (the contract in `docs/schemas/gps-event.schema.json`), written
+/// straight from the request's fields.
+#[derive(Serialize)]
+struct OutgoingGpsEvent<'a> {
+    user_id: &'a str,
+    lat: f64,
+    lon: f64,
+    ts: serde_json::Value,
+    accuracy_m: Option<f64>,
+    event_id: Option<&'a str>,
+}
+
+/// One location, or up to 1000 as `{"locations": [...]}`. Either form refuses unknown fields, `user_id`
+/// included: a location is credited to the caller of the token, never to a user named in the body.
+#[derive(Debug, ToSchema)]
+#[serde(untagged)]
+pub enum LocationBody {
+    Batch(LocationBatch),
+    One(PostedLocation),
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LocationBatch {
+    #[schema(min_items = 1, max_items = 1000)]
+    locations: Vec<PostedLocation>,
+}
+
+impl<'de> Deserialize<'de> for LocationBody {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = serde_json::Value::deserialize(deserializer)?;
+        if value.get("user_id").is_some() {
+            return Err(D::Error::custom(
+                "user_id is not accepted: a location is credited to the caller of the token",
+            ));
+        }
+        if value.get("locations").is_some() {
+            LocationBatch::deserialize(value)
+                .map(Self::Batch)
+                .map_err(D::Error::custom)
+        } else {
+            PostedLocation::deserialize(value)
+                .map(Self::One)
+                .map_err(D::Error::custom)
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    /// Events the broker acknowledged.
+    accepted: usize,
+}
+
+/// Largest batch accepted in one `POST /v1/locations`.
+const MAX_LOCATION_BATCH: usize = 1000;
+
+/// `POST /v1/locations`: one point or `{"locations":[...]}` for the caller; 202 once the broker has
+/// acknowledged every event. Each event is checked with the processor's own decoder first, so a bad point
+/// is a 422 here instead of a dead letter later.
+#[utoipa::path(post, path = "/v1/locations", tag = "locations", request_body = LocationBody,
+    responses(
+        (status = 202, description = "Produced to the input topic, keyed by the caller", body = Accepted),
+        (status = 422, description = "A location is invalid; none was sent", body = ApiError, content_type = "application/problem+json"),
+        (status = 503, description = "No broker, or it did not acknowledge", body = ApiError, content_type = "application/problem+json"),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn post_locations(
+    State(state): State<ApiState>,
+    caller: Caller<Mobile>,
+    ApiJson(body): ApiJson<LocationBody>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let sink = state
+        .locations
+        .as_ref()
+        .ok_or_else(|| ApiError::unavailable("this instance has no broker for locations"))?;
+    let locations = match body {
+        LocationBody::One(one) => vec![one],
+        LocationBody::Batch(batch) => batch.locations,
+    };
+    if locations.is_empty() || locations.len() > MAX_LOCATION_BATCH {
+        return Err(ApiError::unprocessable(
+            format!("send 1 to {MAX_LOCATION_BATCH} locations"),
+            Vec::new(),
+        ));
+    }
+    let now = EpochMs::now().as_millis();
+    let max_future_skew_ms = state.catalog.load().rules().max_future_skew_ms;
+    let mut payloads = Vec::with_capacity(locations.len());
+    let mut problems = Vec::new();
+    for (i, location) in locations.into_iter().enumerate() {
+        let payload = serde_json::to_string(&OutgoingGpsEvent {
+            user_id: &caller.user_id,
+            lat: location.lat,
+            lon: location.lon,
+            ts: location.ts.unwrap_or_else(|| serde_json::Value::from(now)),
+            accuracy_m: location.accuracy_m,
+            event_id: location.event_id.as_deref(),
+        })
+        .map_err(ApiError::internal)?;
+        match decode_gps_event(
+            Some(caller.user_id.as_bytes()),
+            payload.as_bytes(),
+            16 * 1024,
+        ) {
+            // The processor would clamp it to its clock; refusing it here tells the client, instead of
+            // making a far-future time the user's eligibility `since`.
+            Ok(event) if event.ts.as_millis() > now.saturating_add(max_future_skew_ms) => {
+                problems.push(format!(
+                    "location {i}: ts is in the future, more than {} s ahead of the server clock",
+                    max_future_skew_ms / 1000
+                ))
+            }
+            Ok(_) => payloads.push(payload),
+            Err(error) => problems.push(format!("location {i}: {error}")),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::unprocessable(
+            "some locations are invalid; none was sent",
+            problems,
+        ));
+    }
+    let sends = payloads.iter().map(|payload| {
+        sink.producer.send(
+            FutureRecord::to(&sink.topic)
+                .key(caller.user_id.as_str())
+                .payload(payload.as_str()),
+            std::time::Duration::from_secs(5),
+        )
+    });
+    for result in futures_util::future::join_all(sends).await {
+        result.map_err(|(error, _)| {
+            ApiError::unavailable(format!("broker did not acknowledge: {error}"))
+        })?;
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            accepted: payloads.len(),
+        }),
+    ))
+}

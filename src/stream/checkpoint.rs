@@ -1,0 +1,305 @@
+//! Where each assigned input partition stands, and which positions may be committed when. Pure
+//! bookkeeping, no Kafka: the processor asks it what to commit and where to rewind, and tells it what
+//! happened; committing goes through the small [`CommitOffsets`] trait.
+//!
+//! Positions are "next offset to read" (one past the last processed record), as Kafka commits them.
+//! - `processed` moves a partition's position forward.
+//! - At-least-once without stalling the loop: `stage` records the current positions together with the
+//!   sequence number of the next record to be produced; `advance` commits the newest staged positions
+//!   whose every earlier output is acknowledged.
+//! - `all_durable`: a synchronous checkpoint (or a committed transaction) made everything durable.
+//! - A rewind goes back to the last durable positions and discards everything staged: staged positions
+//!   cover outputs that may have failed, so committing them after the rewind would skip inputs.
+
+use std::collections::{BTreeMap, VecDeque};
+
+/// Commits input positions (partition, next offset). The processor's implementation commits through the
+/// consumer; tests record the calls.
+pub trait CommitOffsets {
+    type Error;
+    fn commit(&mut self, positions: &[(i32, i64)]) -> Result<(), Self::Error>;
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct PartitionPosition {
+    /// One past the last processed record, once a record was processed since the last rewind.
+    next: Option<i64>,
+    /// Where a rewind goes: the last committed position, or the first offset seen before any commit.
+    durable: Option<i64>,
+}
+
+/// Positions waiting for their outputs to be acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Staged {
+    /// Sequence number of the first record produced after these positions were taken.
+    bound: u64,
+    positions: Vec<(i32, i64)>,
+}
+
+/// The checkpoint state machine of one consumer-group member.
+#[derive(Debug, Default)]
+pub struct Progress {
+    partitions: BTreeMap<i32, PartitionPosition>,
+    /// A record was processed since the last checkpoint.
+    dirty: bool,
+    staged: VecDeque<Staged>,
+}
+
+impl Progress {
+    /// A partition was assigned; `committed` is the group's committed position for it, if any.
+    pub fn assign(&mut self, partition: i32, committed: Option<i64>) {
+        self.partitions.insert(
+            partition,
+            PartitionPosition {
+                next: None,
+                durable: committed,
+            },
+        );
+    }
+
+    /// A partition was revoked (after its final checkpoint) or lost.
+    pub fn revoke(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
+        for staged in &mut self.staged {
+            staged.positions.retain(|(p, _)| *p != partition);
+        }
+    }
+
+    /// The assignment was lost: what was processed since the last checkpoint will be replayed by the next
+    /// owner, so there is nothing left to commit.
+    pub fn lose_uncommitted(&mut self) {
+        self.dirty = false;
+        self.staged.clear();
+    }
+
+    #[must_use]
+    pub fn owns(&self, partition: i32) -> bool {
+        self.partitions.contains_key(&partition)
+    }
+
+    /// The offset the next record of `partition` should have (to notice the position jumping).
+    #[must_use]
+    pub fn expected(&self, partition: i32) -> Option<i64> {
+        self.partitions
+            .get(&partition)
+            .and_then(|p| p.next.or(p.durable))
+    }
+
+    /// Record `offset` of `partition` was processed.
+    pub fn processed(&mut self, partition: i32, offset: i64) {
+        if let Some(position) = self.partitions.get_mut(&partition) {
+            position.next = Some(offset + 1);
+            position.durable.get_or_insert(offset);
+            self.dirty = true;
+        }
+    }
+
+    #[must_use]
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    #[must_use]
+    pub fn has_staged(&self) -> bool {
+        !self.staged.is_empty()
+    }
+
+    /// The positions to commit now: every partition that processed something since the last rewind.
+    #[must_use]
+    pub fn positions(&self) -> Vec<(i32, i64)> {
+        self.partitions
+            .iter()
+            .filter_map(|(p, position)| Some((*p, position.next?)))
+            .collect()
+    }
+
+    /// Takes the current positions for a commit once every record with a sequence number below `bound`
+    /// is acknowledged.
+    pub fn stage(&mut self, bound: u64) {
+        let positions = self.positions();
+        self.staged.push_back(Staged { bound, positions });
+        self.dirty = false;
+    }
+
+    /// Commits the newest staged positions whose outputs are all acknowledged (`acknowledged_below`: the
+    /// lowest sequence number still in flight). Returns whether a commit happened. A failed commit is
+    /// not retried: the next checkpoint stages newer positions.
+    pub fn advance<C: CommitOffsets>(
+        &mut self,
+        acknowledged_below: u64,
+        committer: &mut C,
+    ) -> Result<bool, C::Error> {
+        let mut newest = None;
+        while self
+            .staged
+            .front()
+            .is_some_and(|s| s.bound <= acknowledged_below)
+        {
+            newest = self.staged.pop_front();
+        }
+        let Some(ready) = newest else {
+            return Ok(false);
+        };
+        if !ready.positions.is_empty() {
+            committer.commit(&ready.positions)?;
+        }
+        for (partition, offset) in ready.positions {
+            if let Some(position) = self.partitions.get_mut(&partition) {
+                position.durable = Some(offset);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Everything processed so far is durable (a synchronous checkpoint, a committed transaction).
+    pub fn all_durable(&mut self) {
+        for position in self.partitions.values_mut() {
+            if position.next.is_some() {
+                position.durable = position.next;
+            }
+        }
+        self.staged.clear();
+        self.dirty = false;
+    }
+
+    /// Where each partition goes back to on a rewind (`None`: nothing committed or seen yet).
+    #[must_use]
+    pub fn rewind_targets(&self) -> Vec<(i32, Option<i64>)> {
+        self.partitions
+            .iter()
+            .map(|(p, position)| (*p, position.durable))
+            .collect()
+    }
+
+    /// The rewind happened: every partition reads again from its durable position.
+    pub fn rewound(&mut self) {
+        for position in self.partitions.values_mut() {
+            position.next = None;
+        }
+        self.staged.clear();
+        self.dirty = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder {
+        commits: Vec<Vec<(i32, i64)>>,
+        fail: bool,
+    }
+
+    impl CommitOffsets for Recorder {
+        type Error = &'static str;
+        fn commit(&mut self, positions: &[(i32, i64)]) -> Result<(), Self::Error> {
+            if self.fail {
+                return Err("broker said no");
+            }
+            self.commits.push(positions.to_vec());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn staged_positions_commit_only_once_their_outputs_are_acknowledged() {
+        let mut progress = Progress::default();
+        progress.assign(0, Some(10));
+        progress.assign(1, None);
+        progress.processed(0, 10);
+        progress.processed(1, 0);
+        progress.stage(5);
+        progress.processed(0, 11);
+        progress.stage(9);
+        let mut recorder = Recorder::default();
+        assert_eq!(progress.advance(4, &mut recorder), Ok(false));
+        assert!(recorder.commits.is_empty());
+        // Records 0..5 acknowledged: the first staged positions, not the second.
+        assert_eq!(progress.advance(5, &mut recorder), Ok(true));
+        assert_eq!(recorder.commits, [vec![(0, 11), (1, 1)]]);
+        assert_eq!(progress.rewind_targets(), [(0, Some(11)), (1, Some(1))]);
+        // Everything acknowledged at once: only the newest is committed.
+        progress.processed(0, 12);
+        progress.stage(12);
+        progress.processed(0, 13);
+        progress.stage(14);
+        assert_eq!(progress.advance(u64::MAX, &mut recorder), Ok(true));
+        assert_eq!(recorder.commits.last().unwrap(), &vec![(0, 14), (1, 1)]);
+        assert!(!progress.has_staged());
+    }
+
+    #[test]
+    fn a_rewind_goes_back_to_the_durable_positions_and_discards_what_was_staged() {
+        let mut progress = Progress::default();
+        progress.assign(0, Some(100));
+        progress.processed(0, 100);
+        progress.processed(0, 101);
+        progress.stage(3);
+        assert_eq!(progress.rewind_targets(), [(0, Some(100))]);
+        progress.rewound();
+        // The staged positions covered outputs that may have failed: never committed after a rewind.
+        let mut recorder = Recorder::default();
+        assert_eq!(progress.advance(u64::MAX, &mut recorder), Ok(false));
+        assert!(recorder.commits.is_empty());
+        assert_eq!(progress.expected(0), Some(100));
+        assert!(progress.positions().is_empty());
+    }
+
+    #[test]
+    fn before_any_commit_a_rewind_goes_to_the_first_offset_seen() {
+        let mut progress = Progress::default();
+        progress.assign(2, None);
+        assert_eq!(progress.expected(2), None);
+        progress.processed(2, 40);
+        progress.processed(2, 41);
+        assert_eq!(progress.rewind_targets(), [(2, Some(40))]);
+        assert_eq!(progress.expected(2), Some(42));
+    }
+
+    #[test]
+    fn a_synchronous_checkpoint_makes_everything_durable() {
+        let mut progress = Progress::default();
+        progress.assign(0, Some(5));
+        progress.assign(1, Some(7));
+        progress.processed(0, 5);
+        progress.stage(1);
+        progress.processed(0, 6);
+        assert!(progress.is_dirty());
+        progress.all_durable();
+        assert!(!progress.is_dirty());
+        assert!(!progress.has_staged());
+        assert_eq!(progress.rewind_targets(), [(0, Some(7)), (1, Some(7))]);
+    }
+
+    #[test]
+    fn a_revoked_partition_leaves_the_staged_commits_and_a_failed_commit_keeps_the_old_position() {
+        let mut progress = Progress::default();
+        progress.assign(0, Some(0));
+        progress.assign(1, Some(0));
+        progress.processed(0, 0);
+        progress.processed(1, 0);
+        progress.stage(2);
+        progress.revoke(1);
+        assert!(!progress.owns(1));
+        let mut failing = Recorder {
+            fail: true,
+            ..Recorder::default()
+        };
+        assert_eq!(progress.advance(2, &mut failing), Err("broker said no"));
+        assert_eq!(progress.rewind_targets(), [(0, Some(0))]);
+        progress.processed(0, 1);
+        progress.stage(3);
+        let mut recorder = Recorder::default();
+        assert_eq!(progress.advance(3, &mut recorder), Ok(true));
+        assert_eq!(recorder.commits, [vec![(0, 2)]]);
+    }
+
+    #[test]
+    fn records_of_partitions_not_owned_are_not_progress() {
+        let mut progress = Progress::default();
+        progress.processed(9, 1);
+        assert!(!progress.is_dirty());
+        assert!(progress.positions().is_empty());
+    }
+}
