@@ -646,8 +646,17 @@ async fn logins_are_rate_limited_and_failures_look_the_same() {
     );
     assert_eq!(login(&app, "third", PASSWORD, "mobile").await.status, 429);
 
+    // The limit is checked before the body is read: a limited IP's body is never parsed (or buffered).
     let bad_body = send(
         app.address,
+        Call::new("POST", "/v1/auth/login")
+            .json(r#"{"username":"x","password":"y","client":"tv"}"#),
+    )
+    .await;
+    assert_eq!(bad_body.status, 429);
+    let fresh = spawn_with(Backend::Sqlite, test_auth_settings()).await;
+    let bad_body = send(
+        fresh.address,
         Call::new("POST", "/v1/auth/login")
             .json(r#"{"username":"x","password":"y","client":"tv"}"#),
     )
@@ -883,6 +892,13 @@ async fn rbac_matrix_covers_every_route_and_role() {
             Some(r#"{"id":"p","fences":["x"]}"#),
             false,
             [401, 403, 422, 403, 403],
+        ),
+        (
+            "DELETE",
+            "/v1/promotions/nope",
+            None,
+            false,
+            [401, 403, 404, 403, 403],
         ),
         (
             "POST",

@@ -109,6 +109,13 @@ async fn promotions_and_eligibility_round_trip() {
                 {"id":"q","fences":["square"],"active":false}]}"#,
         )
         .unwrap();
+        // A promotion names stored fences only (the store keeps that invariant).
+        let unknown = store.upsert_promotion(&promotions[0], 5).await.unwrap_err();
+        assert!(unknown.to_string().contains("square"), "{unknown}");
+        let fences = parse_fences(FENCES.as_bytes(), &ParseOptions::default())
+            .unwrap()
+            .fences;
+        store.upsert_fences(&fences, 4).await.unwrap();
         for promotion in &promotions {
             store.upsert_promotion(promotion, 5).await.unwrap();
         }

@@ -493,7 +493,7 @@ async fn post_locations(
             // making a far-future time the user's eligibility `since`.
             Ok(event) if event.ts_ms > now.saturating_add(max_future_skew_ms) => {
                 problems.push(format!(
-                    "location {i}: ts is more than {} s ahead of the server clock",
+                    "location {i}: ts is in the future, more than {} s ahead of the server clock",
                     max_future_skew_ms / 1000
                 ))
             }
