@@ -208,3 +208,119 @@ fn sigkill_mid_stream_then_restart_loses_nothing_on_a_real_broker() {
         received.len()
     );
 }
+
+/// Every dead-letter reason, an oversized event and an unkeyed one, produced by a real client to a real
+/// broker process: each lands on the dead-letter topic with its reason and source coordinates, and the
+/// good events after them still produce output from the same, still running, processor.
+#[test]
+fn every_dead_letter_reason_on_a_real_broker_and_the_processor_lives_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_tansu, brokers) = start_tansu(dir.path());
+    let t0 = geopromo::promo::timestamp::now_ms() - 86_400_000;
+    let raw = |key: &str, payload: String| (key.to_owned(), payload.into_bytes());
+    // Over `kafka.max_event_bytes` (16 KiB), within what the broker accepts.
+    let oversized = format!(
+        r#"{{"user_id":"u","lat":1,"lon":1,"ts":{t0},"pad":"{}"}}"#,
+        "x".repeat(100_000)
+    );
+    let bad = vec![
+        raw("u", "{not json".into()),
+        raw("u", r#"{"user_id":"u","lat":"north","lon":1}"#.into()),
+        raw(
+            "u",
+            format!(r#"{{"user_id":"u","lat":95,"lon":1,"ts":{t0}}}"#),
+        ),
+        raw(
+            "u",
+            r#"{"user_id":"u","lat":1,"lon":1,"ts":1763798400}"#.into(),
+        ),
+        raw("u", String::new()),
+        raw(
+            "u",
+            format!(r#"{{"user_id":"","lat":1,"lon":1,"ts":{t0}}}"#),
+        ),
+        raw(
+            "u",
+            format!(r#"{{"user_id":"u","lat":1,"lon":1,"ts":{t0},"accuracy_m":-1}}"#),
+        ),
+        raw("u", oversized),
+        raw(
+            "u",
+            format!(r#"{{"user_id":"u","lat":1,"lon":1,"ts":{t0},"schema_version":9}}"#),
+        ),
+        raw(
+            "v",
+            format!(r#"{{"user_id":"u","lat":1,"lon":1,"ts":{t0}}}"#),
+        ),
+    ];
+    produce(&brokers, "gps-events", &bad);
+    let unkeyed = format!(r#"{{"user_id":"nokey","lat":-6.05,"lon":106.05,"ts":{t0}}}"#);
+    let client = producer(&brokers);
+    {
+        use rdkafka::producer::Producer;
+        client
+            .send(rdkafka::producer::BaseRecord::<str, str>::to("gps-events").payload(&unkeyed))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        client.flush(Duration::from_secs(30)).unwrap();
+    }
+
+    let config = process_config(dir.path(), &brokers, PROMOTIONS, "", "");
+    let log = dir.path().join("processor.log");
+    let mut processor = start_processor(&config, &log);
+    let good = vec![gps("a", -6.05, 106.05, t0), gps("b", -6.05, 106.05, t0)];
+    produce(&brokers, "gps-events", &good);
+
+    let dead = consume(
+        &brokers,
+        "gps-events.dlq",
+        11,
+        false,
+        Duration::from_millis(1500),
+        Duration::from_secs(60),
+    );
+    let output = consume(
+        &brokers,
+        "promo-eligible",
+        2,
+        false,
+        Duration::from_millis(1500),
+        Duration::from_secs(60),
+    );
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    let mut reasons: Vec<&str> = dead
+        .iter()
+        .map(|m| m.headers["dlq.reason"].as_str())
+        .collect();
+    reasons.sort_unstable();
+    assert_eq!(
+        reasons,
+        [
+            "empty_payload",
+            "invalid_accuracy",
+            "invalid_position",
+            "invalid_timestamp",
+            "invalid_user_id",
+            "key_mismatch",
+            "malformed_json",
+            "missing_key",
+            "oversized",
+            "schema_violation",
+            "unsupported_schema_version"
+        ],
+        "{log_text}"
+    );
+    for message in &dead {
+        assert_eq!(message.headers["dlq.source.topic"], "gps-events");
+        let _: i64 = message.headers["dlq.source.offset"].parse().unwrap();
+    }
+    assert_eq!(
+        output.len(),
+        2,
+        "good events after the bad ones: {log_text}"
+    );
+    assert!(
+        processor.0.try_wait().unwrap().is_none(),
+        "the processor is still running: {log_text}"
+    );
+}
