@@ -23,8 +23,8 @@ use geopromo::promo::timestamp::now_ms;
 use geopromo::promo::{
     decode_gps_event, Catalog, DecisionTime, EpochMs, Scratch, SharedCatalog, UserState,
 };
-use geopromo::stream::simulate::TrafficModel;
 use geopromo::stream::output::send_with_backpressure;
+use geopromo::stream::simulate::TrafficModel;
 use geopromo::stream::{EmbeddedBroker, Processor};
 use geopromo::telemetry::{encode_metrics, PipelineMetrics};
 use rdkafka::config::ClientConfig;

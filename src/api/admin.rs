@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth::{session_view, SessionView};
+use super::auth::{session_view, Revoked, SessionView};
 use super::extract::{Admin, Caller};
 use super::{ApiError, ApiJson, ApiPath, ApiState};
 use crate::auth::Role;
@@ -56,7 +56,7 @@ pub struct UserView {
     security(("bearer" = [])))]
 async fn create_user(
     State(state): State<ApiState>,
-    caller: Caller<Admin>,
+    _: Caller<Admin>,
     ApiJson(new): ApiJson<NewUser>,
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
     let user = state
@@ -85,7 +85,7 @@ async fn create_user(
     security(("bearer" = [])))]
 async fn disable_user(
     State(state): State<ApiState>,
-    caller: Caller<Admin>,
+    _: Caller<Admin>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     state.auth.disable_user(&id).await?;
@@ -124,7 +124,7 @@ async fn user_sessions(
     security(("bearer" = [])))]
 async fn revoke_user_sessions(
     State(state): State<ApiState>,
-    caller: Caller<Admin>,
+    _: Caller<Admin>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Revoked>, ApiError> {
     let revoked = state
@@ -149,7 +149,7 @@ pub struct RotatedKey {
     security(("bearer" = [])))]
 async fn rotate_keys(
     State(state): State<ApiState>,
-    caller: Caller<Admin>,
+    _: Caller<Admin>,
 ) -> Result<(StatusCode, Json<RotatedKey>), ApiError> {
     let kid = state.auth.rotate_keys().await?;
     Ok((StatusCode::CREATED, Json(RotatedKey { kid })))
@@ -167,7 +167,7 @@ async fn rotate_keys(
     security(("bearer" = [])))]
 async fn revoke_key(
     State(state): State<ApiState>,
-    caller: Caller<Admin>,
+    _: Caller<Admin>,
     ApiPath(kid): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     state.auth.revoke_key(&kid).await?;

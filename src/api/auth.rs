@@ -14,10 +14,10 @@ use utoipa_axum::routes;
 
 use super::extract::{Caller, ClientIp, ConsumerOrAdmin};
 use super::{ApiError, ApiJson, ApiPath, ApiState};
-use crate::auth::Identity;
-use crate::auth::{AuthError, ClientKind, Introspection, IssuedTokens};
-use crate::promo::timestamp::format_rfc3339_ms;
 use crate::auth::store::SessionRecord;
+use crate::auth::Identity;
+use crate::auth::{AuthError, ClientKind, Introspection, IssuedTokens, Role};
+use crate::promo::timestamp::format_rfc3339_ms;
 
 /// Largest body an auth endpoint reads: these are reachable without a token, so a large body must be
 /// refused before it is buffered.
@@ -249,7 +249,7 @@ async fn logout(State(state): State<ApiState>, identity: Identity) -> Result<Sta
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Revoked {
     /// Sessions that were live and are now revoked.
-    revoked: u64,
+    pub(super) revoked: u64,
 }
 
 /// Ends every session of the caller, this one included.
@@ -418,7 +418,7 @@ async fn revoke_token(
     security(("bearer" = [])))]
 async fn introspect(
     State(state): State<ApiState>,
-    caller: Caller<ConsumerOrAdmin>,
+    _: Caller<ConsumerOrAdmin>,
     body: Result<Form<TokenForm>, FormRejection>,
 ) -> Result<Json<Introspection>, ApiError> {
     let body = form(body)?;

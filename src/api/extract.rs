@@ -151,4 +151,3 @@ pub struct Page {
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
-

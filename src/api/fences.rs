@@ -47,7 +47,7 @@ pub struct UploadResult {
     security(("bearer" = [])))]
 async fn replace_fence(
     State(state): State<ApiState>,
-    caller: Caller<Ops>,
+    _: Caller<Ops>,
     ApiPath(id): ApiPath<String>,
     ApiJson(mut body): ApiJson<serde_json::Value>,
 ) -> Result<Json<UploadResult>, ApiError> {
@@ -69,7 +69,10 @@ async fn replace_fence(
     }
     let parsed =
         parse_fences_value(body, &ParseOptions::default()).map_err(ApiError::invalid_geojson)?;
-    let catalog_version = state.store.upsert_fences(&parsed.fences, EpochMs::now().as_millis()).await?;
+    let catalog_version = state
+        .store
+        .upsert_fences(&parsed.fences, EpochMs::now().as_millis())
+        .await?;
     Ok(Json(UploadResult {
         stored: parsed.fences.len(),
         catalog_version,
@@ -116,7 +119,7 @@ pub struct FencePage {
     security(("bearer" = [])))]
 async fn list_fences(
     State(state): State<ApiState>,
-    caller: Caller<Ops>,
+    _: Caller<Ops>,
     query: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<FencePage>, ApiError> {
     let Query(page) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
@@ -147,7 +150,7 @@ async fn list_fences(
     security(("bearer" = [])))]
 async fn get_fence(
     State(state): State<ApiState>,
-    caller: Caller<Ops>,
+    _: Caller<Ops>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let fence = state
@@ -184,14 +187,17 @@ async fn get_fence(
     security(("bearer" = [])))]
 async fn upload_fences(
     State(state): State<ApiState>,
-    caller: Caller<Ops>,
+    _: Caller<Ops>,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<(StatusCode, Json<UploadResult>), ApiError> {
     let parsed =
         tokio::task::spawn_blocking(move || parse_fences_value(body, &ParseOptions::default()))
             .await?
             .map_err(ApiError::invalid_geojson)?;
-    let catalog_version = state.store.upsert_fences(&parsed.fences, EpochMs::now().as_millis()).await?;
+    let catalog_version = state
+        .store
+        .upsert_fences(&parsed.fences, EpochMs::now().as_millis())
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(UploadResult {
@@ -213,7 +219,7 @@ async fn upload_fences(
     security(("bearer" = [])))]
 async fn delete_fence(
     State(state): State<ApiState>,
-    caller: Caller<Ops>,
+    _: Caller<Ops>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     if state.store.delete_fence(&id).await? {

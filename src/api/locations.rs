@@ -149,12 +149,11 @@ async fn post_locations(
         ) {
             // The processor would clamp it to its clock; refusing it here tells the client, instead of
             // making a far-future time the user's eligibility `since`.
-            Ok(event) if event.ts.as_millis() > now.saturating_add(max_future_skew_ms) => {
-                problems.push(format!(
+            Ok(event) if event.ts.as_millis() > now.saturating_add(max_future_skew_ms) => problems
+                .push(format!(
                     "location {i}: ts is in the future, more than {} s ahead of the server clock",
                     max_future_skew_ms / 1000
-                ))
-            }
+                )),
             Ok(_) => payloads.push(payload),
             Err(error) => problems.push(format!("location {i}: {error}")),
         }

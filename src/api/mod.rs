@@ -80,9 +80,6 @@ pub async fn serve(
 /// Largest body of any JSON request but a GeoJSON upload (a batch of 1,000 locations is ~200 KiB).
 pub const MAX_JSON_BODY_BYTES: usize = 1024 * 1024;
 
-/// Largest body of any JSON request but a GeoJSON upload (a batch of 1,000 locations is ~200 KiB).
-pub const MAX_JSON_BODY_BYTES: usize = 1024 * 1024;
-
 /// Every documented route with its OpenAPI entry. Body limits are per route: only GeoJSON uploads may use
 /// `upload_limit_bytes` (`api.max_body_bytes`); the auth endpoints, reachable without a token, take a few
 /// KiB (see `auth::routes`).

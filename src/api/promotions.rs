@@ -55,7 +55,7 @@ impl From<&Promotion> for PromotionView {
     security(("bearer" = [])))]
 async fn create_promotion(
     State(state): State<ApiState>,
-    caller: Caller<Ops>,
+    _: Caller<Ops>,
     ApiJson(spec): ApiJson<PromotionSpec>,
 ) -> Result<(StatusCode, Json<PromotionView>), ApiError> {
     let view = store_promotion(&state, spec).await?;
@@ -65,7 +65,10 @@ async fn create_promotion(
 /// Checks a promotion and stores it; the store refuses one whose fences do not exist (422).
 async fn store_promotion(state: &ApiState, spec: PromotionSpec) -> Result<PromotionView, ApiError> {
     let promotion = spec.parse(0).map_err(ApiError::invalid_promotion)?;
-    state.store.upsert_promotion(&promotion, EpochMs::now().as_millis()).await?;
+    state
+        .store
+        .upsert_promotion(&promotion, EpochMs::now().as_millis())
+        .await?;
     Ok(PromotionView::from(&promotion))
 }
 
@@ -81,7 +84,7 @@ async fn store_promotion(state: &ApiState, spec: PromotionSpec) -> Result<Promot
     security(("bearer" = [])))]
 async fn replace_promotion(
     State(state): State<ApiState>,
-    caller: Caller<Ops>,
+    _: Caller<Ops>,
     ApiPath(id): ApiPath<String>,
     ApiJson(spec): ApiJson<PromotionSpec>,
 ) -> Result<Json<PromotionView>, ApiError> {
@@ -105,7 +108,7 @@ async fn replace_promotion(
     security(("bearer" = [])))]
 async fn delete_promotion(
     State(state): State<ApiState>,
-    caller: Caller<Ops>,
+    _: Caller<Ops>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     if state.store.delete_promotion(&id).await? {
@@ -126,7 +129,7 @@ async fn delete_promotion(
     security(("bearer" = [])))]
 async fn deactivate_promotion(
     State(state): State<ApiState>,
-    caller: Caller<Ops>,
+    _: Caller<Ops>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<PromotionView>, ApiError> {
     let mut promotion = state
@@ -135,7 +138,10 @@ async fn deactivate_promotion(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no promotion {id:?}")))?;
     promotion.active = false;
-    state.store.upsert_promotion(&promotion, EpochMs::now().as_millis()).await?;
+    state
+        .store
+        .upsert_promotion(&promotion, EpochMs::now().as_millis())
+        .await?;
     Ok(Json(PromotionView::from(&promotion)))
 }
 
@@ -147,7 +153,7 @@ async fn deactivate_promotion(
     security(("bearer" = [])))]
 async fn list_promotions(
     State(state): State<ApiState>,
-    caller: Caller<OpsOrConsumer>,
+    _: Caller<OpsOrConsumer>,
 ) -> Result<Json<Vec<PromotionView>>, ApiError> {
     let promotions = state.store.load_promotions().await?;
     Ok(Json(promotions.iter().map(PromotionView::from).collect()))
@@ -163,7 +169,7 @@ async fn list_promotions(
     security(("bearer" = [])))]
 async fn get_promotion(
     State(state): State<ApiState>,
-    caller: Caller<OpsOrConsumer>,
+    _: Caller<OpsOrConsumer>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<PromotionView>, ApiError> {
     let promotion = state

@@ -36,7 +36,10 @@ pub fn eligibility_writer(store: Store) -> (EmitHook, tokio::task::JoinHandle<()
             // the processor back): an outage delays the store's view, it does not lose changes.
             let mut wait = Duration::from_millis(100);
             loop {
-                match store.record_eligibility(&batch, EpochMs::now().as_millis()).await {
+                match store
+                    .record_eligibility(&batch, EpochMs::now().as_millis())
+                    .await
+                {
                     Ok(()) => break,
                     Err(error) if error.is_unavailable() => {
                         tracing::warn!(error = %error_chain(&error), changes = batch.len(),

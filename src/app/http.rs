@@ -192,7 +192,10 @@ impl MetricsServer {
     /// Waits for the server to finish after shutdown was cancelled.
     pub async fn stopped(self) {
         let mut server = self.server;
-        if tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await.is_err() {
+        if tokio::time::timeout(DRAIN_TIMEOUT, &mut server)
+            .await
+            .is_err()
+        {
             tracing::warn!("metrics server still running after {DRAIN_TIMEOUT:?}; cut");
             server.abort();
         }

@@ -108,7 +108,8 @@ impl Application {
         let metrics = PipelineMetrics::default();
         let metrics_server = if !options.api_only && !settings.metrics.listen.is_empty() {
             let server =
-                MetricsServer::start(&settings.metrics.listen, metrics.registry(), &shutdown).await?;
+                MetricsServer::start(&settings.metrics.listen, metrics.registry(), &shutdown)
+                    .await?;
             tracing::info!(address = %server.address, "metrics at http://{}/metrics", server.address);
             Some(server)
         } else {

@@ -13,8 +13,8 @@ use crate::store::Store;
 
 /// The seed data built into the binary, so that `geopromo serve` runs from any directory: used when
 /// `fences.path` / `promotions.path` are left empty (the default).
-const BUILTIN_FENCES: &[u8] = include_bytes!("../geodata/cities.geojson");
-const BUILTIN_PROMOTIONS: &[u8] = include_bytes!("../config/promotions.json");
+const BUILTIN_FENCES: &[u8] = include_bytes!("../../geodata/cities.geojson");
+const BUILTIN_PROMOTIONS: &[u8] = include_bytes!("../../config/promotions.json");
 
 /// Where seed data came from, for messages: the configured file or the built-in copy.
 fn seed_source(path: &Path, builtin: &str) -> String {
@@ -25,7 +25,11 @@ fn seed_source(path: &Path, builtin: &str) -> String {
     }
 }
 
-fn read_seed(path: &Path, builtin: &'static [u8], what: &str) -> anyhow::Result<Cow<'static, [u8]>> {
+fn read_seed(
+    path: &Path,
+    builtin: &'static [u8],
+    what: &str,
+) -> anyhow::Result<Cow<'static, [u8]>> {
     if path.as_os_str().is_empty() {
         return Ok(Cow::Borrowed(builtin));
     }
@@ -91,7 +95,10 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     if store.catalog_version().await? == 0 {
         let fences = load_fence_file(settings)?;
         let promotions = load_promotion_file(settings)?;
-        if store.seed_if_empty(&fences, &promotions, EpochMs::now().as_millis()).await? {
+        if store
+            .seed_if_empty(&fences, &promotions, EpochMs::now().as_millis())
+            .await?
+        {
             tracing::info!(
                 fences = fences.len(),
                 promotions = promotions.len(),

@@ -14,12 +14,12 @@ use super::keys::{KeyError, KeyRing, StoredKey};
 use super::limits::{retry_after_s, KeyedLimit};
 use super::password::{PasswordError, PasswordHashing};
 use super::secret::{random_id, random_token, successor_token, token_hash};
-use super::token::{AccessClaims, ClientKind, Identity, Role};
-use crate::error::error_chain;
-use crate::config::AuthSettings;
-use crate::promo::timestamp::now_ms;
 use super::store::REUSE_REASON;
 use super::store::{RefreshOutcome, SessionRecord, UserRecord};
+use super::token::{AccessClaims, ClientKind, Identity, Role};
+use crate::config::AuthSettings;
+use crate::error::error_chain;
+use crate::promo::timestamp::now_ms;
 use crate::store::{Store, StoreError};
 
 /// How far back each revocation poll re-reads, so that a revocation committed late or stamped by a

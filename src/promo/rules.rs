@@ -189,9 +189,7 @@ impl Catalog {
                 .position(|s| s.promotion_id == promotion.id);
             if let Some(i) = existing {
                 let standing = &state.standings[i];
-                if standing.eligible
-                    || ts < standing.last_enter.plus_ms(promotion.cooldown_ms)
-                {
+                if standing.eligible || ts < standing.last_enter.plus_ms(promotion.cooldown_ms) {
                     continue;
                 }
             }
@@ -219,7 +217,9 @@ impl Catalog {
         state.standings.retain(|s| {
             s.eligible
                 || self.by_id.get(&s.promotion_id).is_some_and(|&p| {
-                    ts < s.last_enter.plus_ms(self.promotions[p as usize].cooldown_ms)
+                    ts < s
+                        .last_enter
+                        .plus_ms(self.promotions[p as usize].cooldown_ms)
                 })
         });
         transitions[first_new..].sort_by(|a, b| {
@@ -374,11 +374,18 @@ mod tests {
             panic!("{outputs:?}")
         };
         assert_eq!(enter.kind, TransitionKind::Enter);
-        assert_eq!((enter.fence_id.as_str(), enter.fence_name.as_str()), ("a", "a city"));
+        assert_eq!(
+            (enter.fence_id.as_str(), enter.fence_name.as_str()),
+            ("a", "a city")
+        );
         assert!(!enter.inside);
         let distance = enter.distance_m.unwrap();
         assert!((distance - 800.0).abs() < 5.0, "{distance}");
-        assert_eq!(distance, (distance * 10.0).round() / 10.0, "reported to the decimetre");
+        assert_eq!(
+            distance,
+            (distance * 10.0).round() / 10.0,
+            "reported to the decimetre"
+        );
         assert_eq!((enter.event_ts, enter.emitted_at), (ts, decided_at));
         assert_eq!(enter.source_event_id.as_deref(), Some("gps-1"));
         assert_eq!(
@@ -392,7 +399,10 @@ mod tests {
     fn hysteresis_keeps_an_eligible_user_in_but_does_not_let_a_new_one_enter() {
         let catalog = catalog(vec![promotion("p", &["a"])]);
         let mut newcomer = User::new();
-        assert_eq!(newcomer.events(&catalog, north_of_a(1100.0), 0), Vec::<String>::new());
+        assert_eq!(
+            newcomer.events(&catalog, north_of_a(1100.0), 0),
+            Vec::<String>::new()
+        );
 
         let mut user = User::new();
         assert_eq!(user.events(&catalog, north_of_a(-100.0), 0), ["enter p"]);
@@ -400,7 +410,10 @@ mod tests {
         assert!(user.events(&catalog, north_of_a(1100.0), 10).is_empty());
         assert!(user.events(&catalog, north_of_a(1180.0), 20).is_empty());
         assert_eq!(user.events(&catalog, north_of_a(1300.0), 30), ["exit p"]);
-        assert!(user.state.standings.is_empty(), "no cooldown: nothing left to remember");
+        assert!(
+            user.state.standings.is_empty(),
+            "no cooldown: nothing left to remember"
+        );
     }
 
     #[test]
@@ -477,7 +490,10 @@ mod tests {
             .iter()
             .find(|s| &*s.promotion_id == "both")
             .unwrap();
-        assert_eq!(&*both.fence_id, "a", "the fence of the enter, not of the latest point");
+        assert_eq!(
+            &*both.fence_id, "a",
+            "the fence of the enter, not of the latest point"
+        );
     }
 
     #[test]
@@ -495,8 +511,17 @@ mod tests {
         };
         let mut outputs = Vec::new();
         let skewed = point(reference.plus_ms(86_400_000), -100.0);
-        catalog.decide(&mut state, &skewed, DecisionTime::at(reference), &mut scratch, &mut outputs);
-        assert_eq!(state.last_ts, reference.plus_ms(RuleOptions::default().max_future_skew_ms));
+        catalog.decide(
+            &mut state,
+            &skewed,
+            DecisionTime::at(reference),
+            &mut scratch,
+            &mut outputs,
+        );
+        assert_eq!(
+            state.last_ts,
+            reference.plus_ms(RuleOptions::default().max_future_skew_ms)
+        );
         let next = point(reference.plus_ms(400_000), 5000.0);
         let decision = catalog.decide(
             &mut state,

@@ -72,7 +72,9 @@ pub fn now_ms() -> i64 {
 /// A point in time as epoch milliseconds (UTC). Times stay in this form through the core and become text
 /// only when an event is serialised ([`rfc3339`]). Serialises as the plain number where a compact form is
 /// wanted (the state changelog).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct EpochMs(i64);
 
@@ -173,7 +175,10 @@ mod tests {
             at: EpochMs,
         }
         let at = EpochMs::parse_rfc3339("2026-11-22T08:00:00.250Z").unwrap();
-        assert_eq!(serde_json::to_string(&at).unwrap(), at.as_millis().to_string());
+        assert_eq!(
+            serde_json::to_string(&at).unwrap(),
+            at.as_millis().to_string()
+        );
         let wire = serde_json::to_string(&Wire { at }).unwrap();
         assert_eq!(wire, r#"{"at":"2026-11-22T08:00:00.250Z"}"#);
         let back: Wire = serde_json::from_str(&wire).unwrap();

@@ -13,7 +13,6 @@ use crate::geofence::geojson::{fence_feature, fence_geometry};
 use crate::geofence::{parse_fences, Fence, ParseOptions};
 use crate::promo::{EpochMs, Promotion, PromotionSpec};
 
-
 /// Which database is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -234,7 +233,7 @@ impl Store {
     }
 
     /// The row `sql` selects with `key` as `$1`, read on the reader pool and decoded by `decode`.
-    async fn find_by_key<T>(
+    pub(crate) async fn find_by_key<T>(
         &self,
         sql: &str,
         key: &str,
@@ -250,7 +249,7 @@ impl Store {
     }
 
     /// Every row `sql` selects with `key` as `$1`, read on the reader pool and decoded by `decode`.
-    async fn list_by_key<T>(
+    pub(crate) async fn list_by_key<T>(
         &self,
         sql: &str,
         key: &str,

@@ -87,7 +87,11 @@ pub struct Origin<'a> {
 
 /// The headers of a dead letter: the reason (code and words), the origin, and the truncation details.
 #[must_use]
-pub fn dead_letter_headers(error: &DecodeError, origin: Origin<'_>, letter: &DeadLetter<'_>) -> OwnedHeaders {
+pub fn dead_letter_headers(
+    error: &DecodeError,
+    origin: Origin<'_>,
+    letter: &DeadLetter<'_>,
+) -> OwnedHeaders {
     let mut headers = vec![
         ("dlq.reason", error.code().to_owned()),
         ("dlq.error", error.to_string()),
@@ -124,7 +128,10 @@ mod tests {
     fn an_original_that_fits_is_kept_whole() {
         let letter = DeadLetter::new(Some(b"u1"), Some(b"{}"), 1_000_000);
         assert!(!letter.truncated);
-        assert_eq!((letter.key, letter.payload), (Some(&b"u1"[..]), Some(&b"{}"[..])));
+        assert_eq!(
+            (letter.key, letter.payload),
+            (Some(&b"u1"[..]), Some(&b"{}"[..]))
+        );
         assert!(letter.truncation_headers().is_empty());
     }
 
@@ -149,10 +156,16 @@ mod tests {
         };
         let headers = dead_letter_headers(&error, origin, &letter);
         assert_eq!(header(&headers, "dlq.reason").as_deref(), Some("oversized"));
-        assert_eq!(header(&headers, "dlq.source.partition").as_deref(), Some("3"));
+        assert_eq!(
+            header(&headers, "dlq.source.partition").as_deref(),
+            Some("3")
+        );
         assert_eq!(header(&headers, "dlq.source.offset").as_deref(), Some("77"));
         assert_eq!(header(&headers, "dlq.truncated").as_deref(), Some("true"));
-        assert_eq!(header(&headers, "dlq.original.size").as_deref(), Some("1500000"));
+        assert_eq!(
+            header(&headers, "dlq.original.size").as_deref(),
+            Some("1500000")
+        );
         let digest = header(&headers, "dlq.original.sha256").unwrap();
         assert_eq!(digest.len(), 64);
         assert_ne!(digest, header(&headers, "dlq.original.key.sha256").unwrap());

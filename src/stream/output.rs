@@ -22,6 +22,9 @@ use crate::stream::error::StreamError;
 use crate::stream::processor::BROKER_TIMEOUT;
 use crate::telemetry::PipelineMetrics;
 
+/// A record librdkafka's queue did not take, with why (it is handed back for a retry).
+pub type Refused<'a, K, P, O> = (KafkaError, BaseRecord<'a, K, P, O>);
+
 /// A producer a record can be offered to: librdkafka's base producer (whose owner polls it) or the
 /// threaded one (which polls itself).
 pub trait Enqueue<C: ProducerContext> {
@@ -30,7 +33,7 @@ pub trait Enqueue<C: ProducerContext> {
     fn enqueue<'a, K, P>(
         &self,
         record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
-    ) -> Result<(), (KafkaError, BaseRecord<'a, K, P, C::DeliveryOpaque>)>
+    ) -> Result<(), Refused<'a, K, P, C::DeliveryOpaque>>
     where
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized;
@@ -43,7 +46,7 @@ impl<C: ProducerContext> Enqueue<C> for BaseProducer<C> {
     fn enqueue<'a, K, P>(
         &self,
         record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
-    ) -> Result<(), (KafkaError, BaseRecord<'a, K, P, C::DeliveryOpaque>)>
+    ) -> Result<(), Refused<'a, K, P, C::DeliveryOpaque>>
     where
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
@@ -61,7 +64,7 @@ impl<C: ProducerContext + 'static> Enqueue<C> for ThreadedProducer<C> {
     fn enqueue<'a, K, P>(
         &self,
         record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
-    ) -> Result<(), (KafkaError, BaseRecord<'a, K, P, C::DeliveryOpaque>)>
+    ) -> Result<(), Refused<'a, K, P, C::DeliveryOpaque>>
     where
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
@@ -211,9 +214,9 @@ impl TrackedProducer {
     /// Waits until every record is acknowledged; returns how many deliveries failed (in a way a replay
     /// can fix) since the last call.
     pub fn flush(&self, timeout: Duration) -> Result<u64, StreamError> {
-        self.producer
-            .flush(timeout)
-            .map_err(|source| StreamError::kafka("waiting for outputs to be acknowledged", source))?;
+        self.producer.flush(timeout).map_err(|source| {
+            StreamError::kafka("waiting for outputs to be acknowledged", source)
+        })?;
         Ok(self.tracker().take_failures())
     }
 
@@ -323,6 +326,12 @@ impl DeliveryTracker {
 
     pub fn take_failures(&self) -> u64 {
         self.failures.swap(0, Ordering::Relaxed)
+    }
+
+    /// Whether a delivery failed (in a way a replay can fix) since the last [`Self::take_failures`].
+    #[must_use]
+    pub fn has_failures(&self) -> bool {
+        self.failures.load(Ordering::Relaxed) > 0
     }
 }
 

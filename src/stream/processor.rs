@@ -377,9 +377,15 @@ impl Core {
                 };
                 let evaluated_at = sampled.then(Instant::now);
                 match decision.outcome {
-                    Outcome::IgnoredInaccurate => self.metrics.ignored_inaccurate.inc(),
-                    Outcome::IgnoredLate => self.metrics.ignored_late.inc(),
-                    Outcome::Applied if decision.matched_any => self.metrics.matched.inc(),
+                    Outcome::IgnoredInaccurate => {
+                        self.metrics.ignored_inaccurate.inc();
+                    }
+                    Outcome::IgnoredLate => {
+                        self.metrics.ignored_late.inc();
+                    }
+                    Outcome::Applied if decision.matched_any => {
+                        self.metrics.matched.inc();
+                    }
                     Outcome::Applied => {}
                 }
                 if !self.outputs.is_empty() {
@@ -663,7 +669,11 @@ impl Core {
     }
 
     /// Partitions were assigned: load their users from the changelog as of the committed positions.
-    pub(crate) fn assign<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, assigned: &[i32]) {
+    pub(crate) fn assign<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        assigned: &[i32],
+    ) {
         if let Err(error) = self.try_assign(consumer, assigned) {
             tracing::error!(%error, "restoring state for assigned partitions failed");
             self.fatal.get_or_insert(error);

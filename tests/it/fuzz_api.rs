@@ -3,7 +3,7 @@
 //! and every answer conforms to the document (status, content type, body schema). On PostgreSQL this
 //! found 500s on NUL characters and a catalog bricked by a fence delete before the hardening round.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;

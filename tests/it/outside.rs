@@ -34,7 +34,11 @@ impl Running {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (key, value) in env {
-            command.env(key, value);
+            if value.is_empty() {
+                command.env_remove(key);
+            } else {
+                command.env(key, value);
+            }
         }
         let mut child = command.spawn().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
@@ -373,5 +377,26 @@ fn a_login_flood_with_huge_bodies_does_not_grow_the_server() {
     eprintln!(
         "login flood: {} requests, peak RSS {peak:.1} MiB",
         statuses.len()
+    );
+}
+
+/// librdkafka's own log reaches the service log with the default filter: a broker that refuses
+/// connections is named (before, its lines were dropped, so SASL/SSL failures were invisible).
+#[test]
+fn librdkafka_lines_reach_the_default_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = Running::start(
+        dir.path(),
+        &["process"],
+        &[
+            ("RUST_LOG", String::new()),
+            ("GEOPROMO__KAFKA__BROKERS", "127.0.0.1:1".into()),
+        ],
+    );
+    let log = running.wait_for("librdkafka: FAIL");
+    assert!(log.contains("127.0.0.1:1"), "{log}");
+    assert!(
+        !log.contains("librdkafka: BRKMAIN") && !log.contains(" DEBUG "),
+        "librdkafka's debug chatter stays out by default: {log}"
     );
 }

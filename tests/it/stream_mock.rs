@@ -341,8 +341,10 @@ fn exactly_once_replays_an_aborted_transaction_without_losing_or_inventing_event
 /// The output events carry exactly the fields their JSON Schema names, with the required ones present.
 #[test]
 fn output_events_match_their_schema() {
-    let schema: serde_json::Value =
-        serde_json::from_str(include_str!("../docs/schemas/promo-eligible.schema.json")).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(include_str!(
+        "../../docs/schemas/promo-eligible.schema.json"
+    ))
+    .unwrap();
     let properties = schema["properties"].as_object().unwrap();
     let required: Vec<&str> = schema["required"]
         .as_array()
@@ -586,4 +588,52 @@ fn exactly_once_refuses_to_start_without_a_transactional_id() {
     let stop = std::sync::atomic::AtomicBool::new(false);
     let error = processor.run(&stop).unwrap_err().to_string();
     assert!(error.contains("transactional"), "{error}");
+}
+
+/// A consumer whose position fell out of the retained log (the mock broker keeps about 100 k records per
+/// partition) is reset by librdkafka. Before the fix that skipped records silently; now every skipped
+/// record is counted (and logged as OFFSET RESET): processed + skipped accounts for every record.
+#[test]
+fn an_offset_reset_past_the_retained_log_is_counted_record_for_record() {
+    let mut settings = settings("reset", Guarantee::AtLeastOnce);
+    settings.embedded_partitions = 1;
+    let broker = EmbeddedBroker::start(&settings, 1).unwrap();
+    let brokers = broker.bootstrap_servers().to_owned();
+    let t0 = geopromo::promo::timestamp::now_ms() - 86_400_000;
+    let first: Vec<_> = (0..5)
+        .map(|i| gps(&format!("u{i}"), 1.0, 1.0, t0))
+        .collect();
+    produce(&brokers, &settings.input_topic, &first);
+    let running = Running::start(&settings, &brokers, catalog(PROMOTIONS));
+    running.wait_consumed(5, SECONDS_30);
+    running.stop();
+
+    // While no processor runs, a burst far beyond what the partition retains.
+    let burst: usize = 300_000;
+    let events: Vec<_> = (0..burst)
+        .map(|i| gps(&format!("u{}", i % 1000), 1.0, 1.0, t0 + i as i64))
+        .collect();
+    produce(&brokers, &settings.input_topic, &events);
+
+    let running = Running::start(&settings, &brokers, catalog(PROMOTIONS));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let accounted =
+        |running: &Running| running.metrics.consumed.get() + running.metrics.offsets_skipped.get();
+    while accounted(&running) < burst as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "consumed {} + skipped {} of {burst}",
+            running.metrics.consumed.get(),
+            running.metrics.offsets_skipped.get()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (resets, skipped) = (
+        running.metrics.offset_resets.get(),
+        running.metrics.offsets_skipped.get(),
+    );
+    let report = running.stop();
+    assert_eq!(resets, 1, "one reset, at the start");
+    assert!(skipped > 0, "the burst exceeded retention");
+    assert_eq!(report.consumed + skipped, burst as u64);
 }

@@ -127,18 +127,10 @@ pub fn producer(brokers: &str) -> BaseProducer {
 pub fn produce(brokers: &str, topic: &str, events: &[(String, Vec<u8>)]) {
     let producer = producer(brokers);
     for (key, payload) in events {
-        let mut record = BaseRecord::to(topic)
+        let record = BaseRecord::to(topic)
             .key(key.as_str())
             .payload(payload.as_slice());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, returned)) => {
-                    record = returned;
-                    producer.poll(Duration::from_millis(10));
-                }
-            }
-        }
+        geopromo::stream::output::send_with_backpressure(&producer, record).unwrap();
     }
     producer.flush(Duration::from_secs(60)).unwrap();
 }
