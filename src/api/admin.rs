@@ -8,13 +8,13 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth::{session_view, Revoked, SessionView};
 use super::extract::{Admin, Caller};
+use super::session_view::{session_view, Revoked, SessionView};
 use super::{ApiError, ApiJson, ApiPath, ApiState};
 use crate::auth::Role;
 use crate::promo::timestamp::format_rfc3339_ms;
 
-/// Admins only (the body limit and `no-store` of the auth routes apply: see `auth::routes`).
+/// Admins only (with the body limit and `no-store` of the token routes: `auth::with_token_layers`).
 pub(super) fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(create_user))

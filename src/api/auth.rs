@@ -13,11 +13,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{Caller, ClientIp, ConsumerOrAdmin};
+use super::session_view::{session_view, Revoked, SessionView};
 use super::{ApiError, ApiJson, ApiPath, ApiState};
-use crate::auth::store::SessionRecord;
 use crate::auth::Identity;
-use crate::auth::{AuthError, ClientKind, Introspection, IssuedTokens, Role};
-use crate::promo::timestamp::format_rfc3339_ms;
+use crate::auth::{AuthError, ClientKind, Introspection, IssuedTokens};
 
 /// Largest body an auth endpoint reads: these are reachable without a token, so a large body must be
 /// refused before it is buffered.
@@ -53,7 +52,7 @@ impl FromRequestParts<ApiState> for RefreshAdmitted {
 /// Login and refresh are open (limited per IP before the body is read: [`LoginAdmitted`]); the rest needs a token, each
 /// handler's [`Caller`] or [`Identity`] saying whose. Every answer is `no-store` except the public keys.
 pub(super) fn routes() -> OpenApiRouter<ApiState> {
-    OpenApiRouter::new()
+    let tokens = OpenApiRouter::new()
         .routes(routes!(login))
         .routes(routes!(refresh))
         .routes(routes!(logout))
@@ -62,12 +61,17 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(revoke_own_session))
         .routes(routes!(change_password))
         .routes(routes!(revoke_token))
-        .routes(routes!(introspect))
-        .merge(super::admin::routes())
+        .routes(routes!(introspect));
+    // Added after the layers: public keys are meant to be cached.
+    with_token_layers(tokens).routes(routes!(jwks))
+}
+
+/// The layers of every token, session and account route: a small body limit (several are reachable
+/// without a token, so a large body must be refused before it is buffered) and no caching.
+pub(super) fn with_token_layers(router: OpenApiRouter<ApiState>) -> OpenApiRouter<ApiState> {
+    router
         .layer(axum::extract::DefaultBodyLimit::max(MAX_AUTH_BODY_BYTES))
         .layer(axum::middleware::map_response(no_store))
-        // Added after the layers: public keys are meant to be cached.
-        .routes(routes!(jwks))
 }
 
 /// Tokens and session details must not be kept by caches or browsers (RFC 6749 §5.1).
@@ -246,12 +250,6 @@ async fn logout(State(state): State<ApiState>, identity: Identity) -> Result<Sta
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Revoked {
-    /// Sessions that were live and are now revoked.
-    pub(super) revoked: u64,
-}
-
 /// Ends every session of the caller, this one included.
 #[utoipa::path(post, path = "/v1/auth/logout-all", tag = "auth",
     responses(
@@ -268,41 +266,6 @@ async fn logout_all(
         .revoke_user_sessions(&identity.user_id, "logout everywhere")
         .await?;
     Ok(Json(Revoked { revoked }))
-}
-
-/// A session as its owner or an admin sees it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SessionView {
-    id: String,
-    client: ClientKind,
-    roles: Vec<Role>,
-    created_at: String,
-    last_used_at: String,
-    idle_expires_at: String,
-    absolute_expires_at: String,
-    revoked_at: Option<String>,
-    revoked_reason: Option<String>,
-    device_label: Option<String>,
-    user_agent: Option<String>,
-    /// The session of the calling token.
-    current: bool,
-}
-
-pub(super) fn session_view(session: SessionRecord, current_session: &str) -> SessionView {
-    SessionView {
-        current: session.id == current_session,
-        id: session.id,
-        client: session.client,
-        roles: session.roles,
-        created_at: format_rfc3339_ms(session.created_at_ms),
-        last_used_at: format_rfc3339_ms(session.last_used_at_ms),
-        idle_expires_at: format_rfc3339_ms(session.idle_expires_at_ms),
-        absolute_expires_at: format_rfc3339_ms(session.absolute_expires_at_ms),
-        revoked_at: session.revoked_at_ms.map(format_rfc3339_ms),
-        revoked_reason: session.revoked_reason,
-        device_label: session.device_label,
-        user_agent: session.user_agent,
-    }
 }
 
 /// The caller's sessions, newest first (revoked ones included, with the reason).

@@ -21,6 +21,7 @@ pub mod ops;
 pub mod problem;
 pub mod promotions;
 pub mod results;
+pub mod session_view;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -91,6 +92,7 @@ fn api_routes(upload_limit_bytes: usize) -> OpenApiRouter<ApiState> {
         .merge(locations::routes())
         .merge(results::routes())
         .merge(auth::routes())
+        .merge(auth::with_token_layers(admin::routes()))
         .merge(docs::routes())
 }
 

@@ -6,7 +6,6 @@ use std::fmt;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
-use super::rules::Transition;
 use super::timestamp::{self, EpochMs, TimestampError};
 use crate::geofence::{GeoPoint, PointError};
 
@@ -249,29 +248,6 @@ pub struct EligibilityEvent {
     /// The input's `event_id`, when it had one.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub source_event_id: Option<String>,
-}
-
-impl EligibilityEvent {
-    /// The output for one transition of one GPS event, decided at `decided_at`.
-    #[must_use]
-    pub fn new(event: &GpsEvent<'_>, transition: &Transition, decided_at: EpochMs) -> Self {
-        Self {
-            schema_version: ELIGIBILITY_SCHEMA_VERSION,
-            event_id: eligibility_event_id(event, &transition.promotion_id, transition.kind),
-            kind: transition.kind,
-            user_id: event.user_id.to_string(),
-            promotion_id: transition.promotion_id.to_string(),
-            fence_id: transition.fence_id.to_string(),
-            fence_name: transition.fence_name.to_string(),
-            inside: transition.inside,
-            distance_m: transition.distance_m.map(reported_distance_m),
-            lat: event.point.lat(),
-            lon: event.point.lon(),
-            event_ts: event.ts,
-            emitted_at: decided_at,
-            source_event_id: event.event_id.as_deref().map(str::to_owned),
-        }
-    }
 }
 
 /// Distances are reported to the decimetre: finer than GPS can tell, and stable across platforms' float

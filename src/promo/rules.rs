@@ -9,7 +9,10 @@
 use std::sync::Arc;
 
 use super::catalog::Catalog;
-use super::event::{EligibilityEvent, GpsEvent, TransitionKind};
+use super::event::{
+    eligibility_event_id, reported_distance_m, EligibilityEvent, GpsEvent, TransitionKind,
+    ELIGIBILITY_SCHEMA_VERSION,
+};
 use super::state::{PromotionStanding, UserState};
 use super::timestamp::EpochMs;
 use crate::geofence::FenceMatch;
@@ -34,6 +37,29 @@ pub struct Transition {
     pub fence_name: Arc<str>,
     pub inside: bool,
     pub distance_m: Option<f64>,
+}
+
+impl EligibilityEvent {
+    /// The output for one transition of one GPS event, decided at `decided_at`.
+    #[must_use]
+    pub fn new(event: &GpsEvent<'_>, transition: &Transition, decided_at: EpochMs) -> Self {
+        Self {
+            schema_version: ELIGIBILITY_SCHEMA_VERSION,
+            event_id: eligibility_event_id(event, &transition.promotion_id, transition.kind),
+            kind: transition.kind,
+            user_id: event.user_id.to_string(),
+            promotion_id: transition.promotion_id.to_string(),
+            fence_id: transition.fence_id.to_string(),
+            fence_name: transition.fence_name.to_string(),
+            inside: transition.inside,
+            distance_m: transition.distance_m.map(reported_distance_m),
+            lat: event.point.lat(),
+            lon: event.point.lon(),
+            event_ts: event.ts,
+            emitted_at: decided_at,
+            source_event_id: event.event_id.as_deref().map(str::to_owned),
+        }
+    }
 }
 
 /// Reusable buffers, so deciding a point allocates nothing in the common case (no transition).

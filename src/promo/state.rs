@@ -1,4 +1,4 @@
-//! Per-user eligibility state: what the rules ([`super::rules`]) remember about one user.
+//! Per-user eligibility state: what the rules remember about one user.
 
 use std::sync::Arc;
 

@@ -8,6 +8,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use crate::config::{Guarantee, KafkaSettings};
 use crate::stream::error::StreamError;
 
+/// Timeout for broker round trips that block the processor's loop (commits, transactions, restores,
+/// metadata).
+pub const BROKER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Which kind of Kafka client a configuration is for; each gets the shared properties plus its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KafkaClient {

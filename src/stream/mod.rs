@@ -19,3 +19,10 @@ pub mod simulate;
 pub use embedded::EmbeddedBroker;
 pub use error::StreamError;
 pub use processor::{Processor, ProcessorReport};
+
+/// Locks a mutex whose holder may have panicked: the data is plain bookkeeping, still usable.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

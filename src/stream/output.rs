@@ -18,8 +18,8 @@ use rdkafka::producer::{
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Guarantee;
+use crate::stream::client::BROKER_TIMEOUT;
 use crate::stream::error::StreamError;
-use crate::stream::processor::BROKER_TIMEOUT;
 use crate::telemetry::PipelineMetrics;
 
 /// A record librdkafka's queue did not take, with why (it is handed back for a retry).

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
@@ -34,15 +34,15 @@ use crate::stream::changelog::{self, PartitionUsers};
 use crate::stream::checkpoint::{CommitOffsets, Progress};
 use crate::stream::client::{
     check_topics, processor_consumer_config, processor_producer_config, producer_message_limit,
+    BROKER_TIMEOUT,
 };
 use crate::stream::dead_letter::{dead_letter_headers, DeadLetter, Origin};
 use crate::stream::error::StreamError;
+use crate::stream::lock;
 use crate::stream::output::{Source, TrackedProducer};
-use crate::stream::rebalance::GroupContext;
+use crate::stream::rebalance::{GroupContext, PartitionHandler};
 use crate::telemetry::PipelineMetrics;
 
-/// Timeout for broker round trips that block the loop (commits, transactions, restores, metadata).
-pub(crate) const BROKER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Stage timings are taken for 1 event in this many, so that timing does not cost more than the work.
 const SAMPLE_EVERY: u64 = 64;
 
@@ -134,13 +134,13 @@ impl Processor {
             on_emit: self.on_emit.take(),
             dead_letter_limit: producer_message_limit(settings, &self.brokers),
         }));
-        let consumer: BaseConsumer<GroupContext> =
+        let consumer: BaseConsumer<GroupContext<Core>> =
             processor_consumer_config(settings, &self.brokers)
-                .create_with_context(GroupContext {
-                    core: core.clone(),
-                    input_topic: settings.input_topic.clone(),
-                    metrics: self.metrics.clone(),
-                })
+                .create_with_context(GroupContext::new(
+                    core.clone(),
+                    settings.input_topic.clone(),
+                    self.metrics.clone(),
+                ))
                 .map_err(StreamError::Client)?;
         consumer
             .subscribe(&[&settings.input_topic])
@@ -225,10 +225,6 @@ impl Processor {
         }
         Ok(())
     }
-}
-
-pub(crate) fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
-    core.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Everything the loop and the rebalance callbacks share. Only the processor thread touches it (the
@@ -646,40 +642,6 @@ impl Core {
         )
     }
 
-    /// Partitions are being revoked: checkpoint what they processed (unless the assignment is already
-    /// lost, when the next owner replays it), then forget them.
-    pub(crate) fn revoke<C: ConsumerContext>(
-        &mut self,
-        consumer: &BaseConsumer<C>,
-        revoked: &[i32],
-        lost: bool,
-    ) {
-        if lost {
-            tracing::warn!(partitions = ?revoked, "assignment lost; dropping uncommitted work");
-            self.progress.lose_uncommitted();
-        } else if let Err(error) = self.checkpoint(consumer, CommitMode::Sync) {
-            tracing::error!(%error, "checkpoint on revoke failed");
-            self.fatal.get_or_insert(error);
-        }
-        for &partition in revoked {
-            self.progress.revoke(partition);
-            self.users.remove(&partition);
-        }
-        tracing::info!(partitions = ?revoked, "partitions revoked");
-    }
-
-    /// Partitions were assigned: load their users from the changelog as of the committed positions.
-    pub(crate) fn assign<C: ConsumerContext>(
-        &mut self,
-        consumer: &BaseConsumer<C>,
-        assigned: &[i32],
-    ) {
-        if let Err(error) = self.try_assign(consumer, assigned) {
-            tracing::error!(%error, "restoring state for assigned partitions failed");
-            self.fatal.get_or_insert(error);
-        }
-    }
-
     fn try_assign<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
@@ -717,5 +679,37 @@ impl Core {
             .inc_by(users_restored as u64);
         tracing::info!(partitions = ?assigned, users_restored, elapsed = ?started.elapsed(), "partitions assigned");
         Ok(())
+    }
+}
+
+impl PartitionHandler for Core {
+    /// Partitions are being revoked: checkpoint what they processed (unless the assignment is already
+    /// lost, when the next owner replays it), then forget them.
+    fn revoke<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        revoked: &[i32],
+        lost: bool,
+    ) {
+        if lost {
+            tracing::warn!(partitions = ?revoked, "assignment lost; dropping uncommitted work");
+            self.progress.lose_uncommitted();
+        } else if let Err(error) = self.checkpoint(consumer, CommitMode::Sync) {
+            tracing::error!(%error, "checkpoint on revoke failed");
+            self.fatal.get_or_insert(error);
+        }
+        for &partition in revoked {
+            self.progress.revoke(partition);
+            self.users.remove(&partition);
+        }
+        tracing::info!(partitions = ?revoked, "partitions revoked");
+    }
+
+    /// Partitions were assigned: load their users from the changelog as of the committed positions.
+    fn assign<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, assigned: &[i32]) {
+        if let Err(error) = self.try_assign(consumer, assigned) {
+            tracing::error!(%error, "restoring state for assigned partitions failed");
+            self.fatal.get_or_insert(error);
+        }
     }
 }

@@ -9,17 +9,41 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
 use rdkafka::TopicPartitionList;
 
-use crate::stream::processor::{lock, Core};
+use crate::stream::lock;
 use crate::telemetry::PipelineMetrics;
 
-/// The consumer's callbacks: drain and commit before partitions go, restore state when they come.
-pub struct GroupContext {
-    pub(crate) core: Arc<Mutex<Core>>,
-    pub(crate) input_topic: String,
-    pub(crate) metrics: PipelineMetrics,
+/// What happens to the processor's state when partitions come and go (the processor's shared state
+/// implements it; the callbacks run inside `poll`, on the processor's thread).
+pub trait PartitionHandler {
+    /// Before `revoked` go: checkpoint what they processed (unless the assignment is already `lost`,
+    /// when the next owner replays it), then forget them.
+    fn revoke<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        revoked: &[i32],
+        lost: bool,
+    );
+    /// After `assigned` come: restore their users as of the committed positions.
+    fn assign<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, assigned: &[i32]);
 }
 
-impl GroupContext {
+/// The consumer's callbacks: drain and commit before partitions go, restore state when they come.
+pub struct GroupContext<H> {
+    handler: Arc<Mutex<H>>,
+    input_topic: String,
+    metrics: PipelineMetrics,
+}
+
+impl<H> GroupContext<H> {
+    #[must_use]
+    pub fn new(handler: Arc<Mutex<H>>, input_topic: String, metrics: PipelineMetrics) -> Self {
+        Self {
+            handler,
+            input_topic,
+            metrics,
+        }
+    }
+
     fn partitions(&self, list: &TopicPartitionList) -> Vec<i32> {
         list.elements_for_topic(&self.input_topic)
             .iter()
@@ -28,7 +52,7 @@ impl GroupContext {
     }
 }
 
-impl ClientContext for GroupContext {
+impl<H: Send + 'static> ClientContext for GroupContext<H> {
     fn stats(&self, statistics: Statistics) {
         let lag: i64 = statistics
             .topics
@@ -46,12 +70,12 @@ impl ClientContext for GroupContext {
     }
 }
 
-impl ConsumerContext for GroupContext {
+impl<H: PartitionHandler + Send + 'static> ConsumerContext for GroupContext<H> {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
             self.metrics.rebalances.inc();
             let revoked = self.partitions(list);
-            lock(&self.core).revoke(consumer, &revoked, consumer.assignment_lost());
+            lock(&self.handler).revoke(consumer, &revoked, consumer.assignment_lost());
         }
     }
 
@@ -60,7 +84,7 @@ impl ConsumerContext for GroupContext {
             Rebalance::Assign(list) => {
                 let assigned = self.partitions(list);
                 if !assigned.is_empty() {
-                    lock(&self.core).assign(consumer, &assigned);
+                    lock(&self.handler).assign(consumer, &assigned);
                 }
             }
             Rebalance::Error(error) => tracing::error!(%error, "rebalance error"),
