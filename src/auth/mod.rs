@@ -8,7 +8,9 @@
 //! - [`password`]: Argon2id hashing with a dummy hash for unknown users.
 //! - [`limits`]: per-IP and per-account rate limits.
 //! - [`store`]: users, sessions, revocations and keys in the database (auth owns its persistence).
-//! - [`service`]: [`Auth`], which ties them to the store and verifies requests.
+//! - [`verifier`]: the per-request hot path: keys, revoked sessions and verified-token cache, in memory.
+//! - [`service`]: [`Auth`], the account and session service over the store, which keeps the verifier
+//!   current.
 
 pub mod keys;
 pub mod limits;
@@ -17,6 +19,7 @@ pub mod secret;
 pub mod service;
 pub mod store;
 pub mod token;
+pub mod verifier;
 
 pub use service::{Auth, AuthError, Introspection, IssuedTokens};
 pub use token::{AccessClaims, ClientKind, Identity, Role};

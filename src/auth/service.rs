@@ -1,13 +1,12 @@
-//! [`Auth`]: logins, sessions, refresh rotation, revocation and request verification, over the store.
+//! [`Auth`]: logins, sessions, refresh rotation, revocation and key management over the store; it keeps
+//! the per-request [`Verifier`] current.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use jsonwebtoken::{Algorithm, Header, Validation};
+use jsonwebtoken::{Algorithm, Header};
 use serde::Serialize;
 
 use super::keys::{KeyError, KeyRing, StoredKey};
@@ -17,6 +16,7 @@ use super::secret::{random_id, random_token, successor_token, token_hash};
 use super::store::REUSE_REASON;
 use super::store::{RefreshOutcome, SessionRecord, UserRecord};
 use super::token::{AccessClaims, ClientKind, Identity, Role};
+use super::verifier::Verifier;
 use crate::config::AuthSettings;
 use crate::error::error_chain;
 use crate::promo::timestamp::now_ms;
@@ -25,8 +25,6 @@ use crate::store::{Store, StoreError};
 /// How far back each revocation poll re-reads, so that a revocation committed late or stamped by a
 /// slightly slow clock on another instance is still seen.
 const REVOCATION_LOOKBACK_MS: i64 = 60_000;
-/// Verified tokens remembered (so a token reused across requests costs one signature check).
-const VERIFIED_CACHE_ENTRIES: usize = 50_000;
 
 /// Why an authentication operation failed. The API maps each to a status and a problem type.
 #[derive(Debug, thiserror::Error)]
@@ -118,26 +116,18 @@ pub struct Introspection {
     pub sid: Option<String>,
 }
 
-struct Verified {
-    identity: Identity,
-    exp_ms: i64,
-}
-
-/// Per-process authentication state: the key ring and revoked sessions (both kept current from the
-/// store by [`Auth::spawn_refresher`]), the verified-token cache and the rate limits.
+/// Per-process authentication: the account and session service over the store, with the per-request
+/// [`Verifier`] (kept current from the store by [`Auth::spawn_refresher`]) and the rate limits.
 pub struct Auth {
     store: Store,
     settings: AuthSettings,
     hashing: PasswordHashing,
     /// Verified instead of a real hash for unknown users, so they cost the same time.
     dummy_hash: String,
+    /// The keys as last read from the store, to notice changes.
     stored_keys: Mutex<Vec<StoredKey>>,
-    keys: ArcSwap<KeyRing>,
-    /// Sessions revoked recently enough that their access tokens could still be unexpired.
-    revoked: RwLock<HashMap<String, i64>>,
+    verifier: Verifier,
     revocation_cursor_ms: AtomicI64,
-    verified: RwLock<HashMap<Box<str>, Verified>>,
-    validation: Validation,
     login_ip: KeyedLimit,
     login_account: KeyedLimit,
     refresh_ip: KeyedLimit,
@@ -156,17 +146,8 @@ impl Auth {
     pub async fn start(store: Store, settings: AuthSettings) -> Result<Arc<Self>, AuthError> {
         let hashing = PasswordHashing::new(settings.argon2_memory_kib, settings.argon2_iterations)?;
         let dummy_hash = hashing.hash(&random_token())?;
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.leeway = settings.leeway_s;
-        validation.validate_nbf = true;
-        validation.set_issuer(&[settings.issuer.as_str()]);
-        let audiences: Vec<String> = ClientKind::ALL
-            .iter()
-            .map(|c| c.audience(&settings.issuer))
-            .collect();
-        validation.set_audience(&audiences);
-        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         let now = now_ms();
+        let verifier = Verifier::new(&settings);
         let auth = Arc::new(Self {
             login_ip: KeyedLimit::new(settings.login_ip_burst, settings.login_ip_per_minute),
             login_account: KeyedLimit::new(
@@ -180,10 +161,7 @@ impl Auth {
             hashing,
             dummy_hash,
             stored_keys: Mutex::new(Vec::new()),
-            keys: ArcSwap::from_pointee(KeyRing::default()),
-            revoked: RwLock::new(HashMap::new()),
-            verified: RwLock::new(HashMap::new()),
-            validation,
+            verifier,
         });
         if auth.load_keys().await?.signing_key_at(now).is_none() {
             auth.store
@@ -239,11 +217,7 @@ impl Auth {
         let rows = self.store.revocations_since(since).await?;
         let newest = rows.iter().map(|(_, at)| *at).max();
         let horizon = now - token_window_ms(&self.settings) - REVOCATION_LOOKBACK_MS;
-        {
-            let mut revoked = self.revoked.write().unwrap_or_else(|e| e.into_inner());
-            revoked.extend(rows);
-            revoked.retain(|_, at| *at >= horizon);
-        }
+        self.verifier.apply_revocations(rows, horizon);
         if let Some(newest) = newest {
             self.revocation_cursor_ms
                 .fetch_max(newest.min(now), Ordering::Relaxed);
@@ -258,141 +232,26 @@ impl Auth {
         let mut current = self.stored_keys.lock().unwrap_or_else(|e| e.into_inner());
         if *current != stored {
             let ring = KeyRing::new(&stored, token_window_ms(&self.settings))?;
-            self.keys.store(Arc::new(ring));
+            self.verifier.replace_keys(ring);
             *current = stored;
-            self.verified
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear();
         }
-        Ok(self.keys.load())
+        Ok(self.verifier.keys())
     }
 
     /// The JWKS of the keys that verify now.
     #[must_use]
     pub fn jwks(&self) -> serde_json::Value {
-        self.keys.load().jwks(now_ms())
+        self.verifier.jwks(now_ms())
     }
 
-    /// Checks a bearer token: signature, algorithm, `typ`, `kid`, claims, then the session's revocation.
+    /// Checks a bearer token (see [`Verifier::verify`]): the per-request hot path.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let now = now_ms();
-        let leeway_ms = self.settings.leeway_s as i64 * 1000;
-        let cached = self
-            .verified
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(token)
-            .filter(|v| now < v.exp_ms + leeway_ms)
-            .map(|v| v.identity.clone());
-        let identity = match cached {
-            Some(identity) => identity,
-            None => {
-                let (identity, exp_ms) = self.verify_signed(token, now)?;
-                let mut verified = self.verified.write().unwrap_or_else(|e| e.into_inner());
-                if verified.len() >= VERIFIED_CACHE_ENTRIES {
-                    verified.retain(|_, v| now < v.exp_ms + leeway_ms);
-                    if verified.len() >= VERIFIED_CACHE_ENTRIES {
-                        verified.clear();
-                    }
-                }
-                verified.insert(
-                    token.into(),
-                    Verified {
-                        identity: identity.clone(),
-                        exp_ms,
-                    },
-                );
-                identity
-            }
-        };
-        if let Some(reason) = self.revoked_reason(&identity.session_id) {
-            return Err(AuthError::SessionEnded(reason));
-        }
-        Ok(identity)
+        self.verifier.verify(token, now_ms())
     }
 
     /// [`Auth::verify`] without the verified-token cache: what a token costs the first time it is seen.
     pub fn verify_uncached(&self, token: &str) -> Result<Identity, AuthError> {
-        let (identity, _) = self.verify_signed(token, now_ms())?;
-        if let Some(reason) = self.revoked_reason(&identity.session_id) {
-            return Err(AuthError::SessionEnded(reason));
-        }
-        Ok(identity)
-    }
-
-    fn revoked_reason(&self, session_id: &str) -> Option<String> {
-        self.revoked
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(session_id)
-            .then(|| "the session was revoked".to_owned())
-    }
-
-    fn verify_signed(&self, token: &str, now: i64) -> Result<(Identity, i64), AuthError> {
-        let (claims, client) = self.verify_claims(token, now)?;
-        let exp_ms = claims.exp.saturating_mul(1000);
-        Ok((
-            Identity {
-                user_id: claims.sub,
-                roles: claims.roles,
-                session_id: claims.sid,
-                client,
-            },
-            exp_ms,
-        ))
-    }
-
-    fn verify_claims(
-        &self,
-        token: &str,
-        now: i64,
-    ) -> Result<(AccessClaims, ClientKind), AuthError> {
-        let invalid = |why: String| AuthError::InvalidToken(why);
-        check_raw_header(token).map_err(invalid)?;
-        let header = jsonwebtoken::decode_header(token).map_err(|e| {
-            tracing::debug!(error = %e, "token header refused");
-            invalid("the token header is not a JWS header this server issues".into())
-        })?;
-        if header.alg != Algorithm::EdDSA {
-            return Err(invalid(format!("alg {:?} is not EdDSA", header.alg)));
-        }
-        if header.typ.as_deref() != Some("at+jwt") {
-            return Err(invalid("typ is not at+jwt".into()));
-        }
-        let kid = header
-            .kid
-            .ok_or_else(|| invalid("the header has no kid".into()))?;
-        let keys = self.keys.load();
-        let key = keys.decoding_key(&kid, now).ok_or_else(|| {
-            if keys.is_revoked(&kid) {
-                invalid(format!("key {kid:?} has been revoked"))
-            } else {
-                invalid(format!("unknown or retired key {kid:?}"))
-            }
-        })?;
-        let claims = jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation)
-            .map_err(|e| {
-                tracing::debug!(error = %e, "token refused");
-                invalid(token_error_in_words(&e))
-            })?
-            .claims;
-        let leeway_ms = self.settings.leeway_s as i64 * 1000;
-        if claims.iat.saturating_mul(1000) > now + leeway_ms {
-            return Err(invalid("issued in the future".into()));
-        }
-        let client = ClientKind::ALL
-            .into_iter()
-            .find(|c| c.audience(&self.settings.issuer) == claims.aud)
-            .ok_or_else(|| invalid("unknown audience".into()))?;
-        if claims
-            .roles
-            .iter()
-            .any(|r| !client.allowed_roles().contains(r))
-        {
-            return Err(invalid("roles beyond the audience's".into()));
-        }
-        Ok((claims, client))
+        self.verifier.verify_uncached(token, now_ms())
     }
 
     /// Username and password to a new session. Rate limited per IP and per username; an unknown user,
@@ -499,7 +358,7 @@ impl Auth {
         issued_at_ms: i64,
         refresh: String,
     ) -> Result<IssuedTokens, AuthError> {
-        let keys = self.keys.load();
+        let keys = self.verifier.keys();
         let key = keys
             .signing_key_at(issued_at_ms)
             .ok_or_else(|| AuthError::Sign("no signing key is active".into()))?;
@@ -743,7 +602,7 @@ impl Auth {
 
     /// The session a token belongs to: an access token (checked, revocation ignored) or a refresh token.
     async fn session_of_token(&self, token: &str) -> Result<Option<SessionRecord>, AuthError> {
-        if let Ok((identity, _)) = self.verify_signed(token, now_ms()) {
+        if let Ok((identity, _)) = self.verifier.verify_signed(token, now_ms()) {
             return Ok(self.store.session(&identity.session_id).await?);
         }
         Ok(self
@@ -767,7 +626,7 @@ impl Auth {
     /// RFC 7662: whether a token is active now, and what it says.
     pub async fn introspect(&self, token: &str) -> Result<Introspection, AuthError> {
         let now = now_ms();
-        if let Ok((claims, client)) = self.verify_claims(token, now) {
+        if let Ok((claims, client)) = self.verifier.verify_claims(token, now) {
             let live = self
                 .store
                 .session(&claims.sid)
@@ -819,88 +678,4 @@ fn roles_scope(roles: &[Role]) -> String {
 /// How long after issue an access token can still be accepted.
 fn token_window_ms(settings: &AuthSettings) -> i64 {
     (settings.access_ttl_s + settings.leeway_s) as i64 * 1000
-}
-/// The header checks `jsonwebtoken` does not make, on the raw header: it must be base64url JSON
-/// with a string `alg`, and carry no `crit` (RFC 7515 §4.1.11: a recipient that does not understand
-/// every listed extension must reject the token, and this server understands none). The messages say
-/// what is wrong in words rather than quoting the parser.
-fn check_raw_header(token: &str) -> Result<(), String> {
-    use base64::Engine as _;
-    let malformed =
-        || "the token is not a compact JWS (three base64url parts, a JSON header first)".to_owned();
-    let (encoded, rest) = token.split_once('.').ok_or_else(malformed)?;
-    if rest.matches('.').count() != 1 {
-        return Err(malformed());
-    }
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(encoded)
-        .map_err(|_| malformed())?;
-    let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&bytes).map_err(|_| malformed())?;
-    if header.contains_key("crit") {
-        return Err(
-            "the header lists critical extensions (crit), which this server does not understand"
-                .into(),
-        );
-    }
-    match header.get("alg") {
-        Some(serde_json::Value::String(alg)) if alg == "EdDSA" => Ok(()),
-        Some(serde_json::Value::String(alg)) => Err(format!(
-            "alg {alg:?} is not accepted; tokens are signed with EdDSA"
-        )),
-        _ => Err("the header has no alg".into()),
-    }
-}
-
-/// What a failed `jsonwebtoken::decode` means, for the caller; the library's wording stays in the log.
-fn token_error_in_words(error: &jsonwebtoken::errors::Error) -> String {
-    use jsonwebtoken::errors::ErrorKind;
-    match error.kind() {
-        ErrorKind::ExpiredSignature => "the token has expired".into(),
-        ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)".into(),
-        ErrorKind::InvalidSignature => "the signature does not verify".into(),
-        ErrorKind::InvalidAudience => "the token is for another audience".into(),
-        ErrorKind::InvalidIssuer => "the token is from another issuer".into(),
-        ErrorKind::MissingRequiredClaim(claim) => format!("the claim {claim:?} is missing"),
-        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-            "the signing algorithm is not accepted".into()
-        }
-        ErrorKind::Json(_) => {
-            "the claims are not those of an access token this server issues".into()
-        }
-        _ => "the token is malformed".into(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use base64::Engine as _;
-
-    fn token_with_header(header: &str) -> String {
-        let encode = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
-        format!("{}.{}.c2ln", encode(header), encode("{}"))
-    }
-
-    #[test]
-    fn a_critical_header_extension_is_refused() {
-        let token =
-            token_with_header(r#"{"alg":"EdDSA","typ":"at+jwt","kid":"k","crit":["exp"],"exp":1}"#);
-        let why = check_raw_header(&token).unwrap_err();
-        assert!(why.contains("crit"), "{why}");
-        assert!(check_raw_header(&token_with_header(r#"{"alg":"EdDSA","kid":"k"}"#)).is_ok());
-    }
-
-    #[test]
-    fn header_problems_are_said_in_words_not_parser_internals() {
-        let why = check_raw_header(&token_with_header(r#"{"alg":"none"}"#)).unwrap_err();
-        assert_eq!(
-            why,
-            r#"alg "none" is not accepted; tokens are signed with EdDSA"#
-        );
-        let why = check_raw_header("not-a-token").unwrap_err();
-        assert!(why.contains("compact JWS"), "{why}");
-        let why = check_raw_header(&token_with_header("[1]")).unwrap_err();
-        assert!(!why.contains("expected"), "{why}");
-    }
 }

@@ -1,6 +1,6 @@
 //! librdkafka client configuration shared by every client this service creates.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -46,13 +46,27 @@ pub fn check_topics(
     let consumer: BaseConsumer = client_config(settings, brokers, KafkaClient::Consumer)
         .create()
         .map_err(StreamError::Client)?;
-    let metadata =
-        consumer
-            .fetch_metadata(None, timeout)
-            .map_err(|source| StreamError::Unreachable {
-                brokers: brokers.to_owned(),
-                source,
-            })?;
+    // Metadata is asked for in short attempts, polling in between: librdkafka's own log lines (which
+    // say why a broker cannot be reached: refused, TLS, SASL) arrive through the client's queue and
+    // reach the log only when it is polled.
+    let deadline = Instant::now() + timeout;
+    let metadata = loop {
+        let attempt = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_secs(5));
+        match consumer.fetch_metadata(None, attempt) {
+            Ok(metadata) => break metadata,
+            Err(source) => {
+                consumer.poll(Duration::from_millis(50));
+                if Instant::now() >= deadline {
+                    return Err(StreamError::Unreachable {
+                        brokers: brokers.to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+    };
     let mut found = Vec::new();
     for &topic in topics {
         match metadata.topics().iter().find(|t| t.name() == topic) {

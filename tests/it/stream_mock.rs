@@ -637,3 +637,30 @@ fn an_offset_reset_past_the_retained_log_is_counted_record_for_record() {
     assert!(skipped > 0, "the burst exceeded retention");
     assert_eq!(report.consumed + skipped, burst as u64);
 }
+
+/// The checkpoint stage is measured (it always read 0 before: the timer started after the work).
+#[test]
+fn checkpoints_are_timed_in_the_stage_histogram() {
+    let settings = settings("timed", Guarantee::AtLeastOnce);
+    let broker = EmbeddedBroker::start(&settings, 1).unwrap();
+    let brokers = broker.bootstrap_servers().to_owned();
+    let t0 = geopromo::promo::timestamp::now_ms() - 86_400_000;
+    let events: Vec<_> = (0..50)
+        .map(|i| gps(&format!("u{i}"), -6.05, 106.05, t0))
+        .collect();
+    produce(&brokers, &settings.input_topic, &events);
+    let running = Running::start(&settings, &brokers, catalog(PROMOTIONS));
+    running.wait_consumed(50, SECONDS_30);
+    std::thread::sleep(Duration::from_millis(3 * settings.commit_interval_ms));
+    let text = geopromo::telemetry::encode_metrics(&running.metrics.registry());
+    running.stop();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains(r#"stage="checkpoint""#))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} for the checkpoint stage in:\n{text}"))
+    };
+    assert!(value("geopromo_stage_seconds_count") >= 1.0, "{text}");
+    assert!(value("geopromo_stage_seconds_sum") > 0.0, "{text}");
+}
