@@ -14,7 +14,7 @@ use super::event::{
     ELIGIBILITY_SCHEMA_VERSION,
 };
 use super::state::{PromotionStanding, UserState};
-use super::timestamp::EpochMs;
+use super::timestamp::{Clock, EpochMs, FixedClock};
 use crate::geofence::FenceMatch;
 
 /// What happened to one point.
@@ -71,23 +71,24 @@ pub struct Scratch {
     transitions: Vec<Transition>,
 }
 
-/// The times one decision uses. Both are passed in: the core never reads a clock.
+/// The times one decision uses, passed in: the core never reads the system clock itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DecisionTime {
+pub struct DecisionTime<C = FixedClock> {
     /// Event times further ahead of this than `max_future_skew_ms` are clamped to it. The processor
     /// passes the input record's own timestamp, so a replay after a crash clamps exactly as the first run.
     pub reference: EpochMs,
-    /// When the decision is made: the outputs' `emitted_at`.
-    pub decided_at: EpochMs,
+    /// Read only when the point produces output, for the outputs' `emitted_at`: most points produce
+    /// none, and a clock read per point is a measurable share of the processor's time.
+    pub clock: C,
 }
 
-impl DecisionTime {
-    /// Both times the same instant (the API, tests).
+impl DecisionTime<FixedClock> {
+    /// Both times the same instant (tests, benchmarks).
     #[must_use]
     pub fn at(at: EpochMs) -> Self {
         Self {
             reference: at,
-            decided_at: at,
+            clock: FixedClock(at),
         }
     }
 }
@@ -104,22 +105,25 @@ impl Catalog {
     /// The whole decision for one point: applies it to the user's state and appends the output events it
     /// causes to `outputs` (exits first, then enters, each sorted by promotion id, so that a replay
     /// produces identical output).
-    pub fn decide(
+    pub fn decide<C: Clock>(
         &self,
         state: &mut UserState,
         event: &GpsEvent<'_>,
-        time: DecisionTime,
+        time: DecisionTime<C>,
         scratch: &mut Scratch,
         outputs: &mut Vec<EligibilityEvent>,
     ) -> Decision {
         let mut transitions = std::mem::take(&mut scratch.transitions);
         transitions.clear();
         let outcome = self.apply(state, event, time.reference, scratch, &mut transitions);
-        outputs.extend(
-            transitions
-                .iter()
-                .map(|t| EligibilityEvent::new(event, t, time.decided_at)),
-        );
+        if !transitions.is_empty() {
+            let decided_at = time.clock.now();
+            outputs.extend(
+                transitions
+                    .iter()
+                    .map(|t| EligibilityEvent::new(event, t, decided_at)),
+            );
+        }
         scratch.transitions = transitions;
         Decision {
             outcome,
@@ -389,7 +393,7 @@ mod tests {
             &event,
             DecisionTime {
                 reference: ts,
-                decided_at,
+                clock: FixedClock(decided_at),
             },
             &mut Scratch::default(),
             &mut outputs,

@@ -119,6 +119,32 @@ impl EpochMs {
     }
 }
 
+/// Where the core gets "now" when it needs it (the time an output is decided). The adapters pass the
+/// [`SystemClock`]; tests pass a [`FixedClock`].
+pub trait Clock {
+    fn now(&self) -> EpochMs;
+}
+
+/// The wall clock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> EpochMs {
+        EpochMs::now()
+    }
+}
+
+/// Always the same instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FixedClock(pub EpochMs);
+
+impl Clock for FixedClock {
+    fn now(&self) -> EpochMs {
+        self.0
+    }
+}
+
 impl std::fmt::Display for EpochMs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.to_rfc3339())

@@ -26,6 +26,7 @@ use rdkafka::producer::BaseRecord;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{Guarantee, KafkaSettings};
+use crate::promo::timestamp::SystemClock;
 use crate::promo::{
     decode_gps_event, DecisionTime, DecodeError, EligibilityEvent, EpochMs, GpsEvent, Outcome,
     Scratch, SharedCatalog, TransitionKind,
@@ -346,7 +347,7 @@ impl Core {
                     .map_or_else(EpochMs::now, EpochMs::from_millis);
                 let time = DecisionTime {
                     reference,
-                    decided_at: EpochMs::now(),
+                    clock: SystemClock,
                 };
                 self.outputs.clear();
                 // A guard, not an Arc clone: no reference-count traffic per event.
