@@ -1,0 +1,256 @@
+//! Making progress durable: checkpoints (at-least-once staged behind acknowledgements, or one
+//! transaction), rewinds to the last durable position after a failed delivery or an aborted transaction,
+//! and the state restore when partitions are assigned. The bookkeeping itself is `stream::checkpoint`.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::Core;
+use crate::config::Guarantee;
+use crate::stream::changelog::{self, PartitionUsers};
+use crate::stream::checkpoint::CommitOffsets;
+use crate::stream::client::BROKER_TIMEOUT;
+use crate::stream::error::StreamError;
+use crate::stream::rebalance::PartitionHandler;
+
+/// Commits through the group consumer.
+struct GroupCommit<'a, C: ConsumerContext> {
+    consumer: &'a BaseConsumer<C>,
+    topic: &'a str,
+    mode: CommitMode,
+}
+
+impl<C: ConsumerContext> CommitOffsets for GroupCommit<'_, C> {
+    type Error = KafkaError;
+
+    fn commit(&mut self, positions: &[(i32, i64)]) -> Result<(), KafkaError> {
+        let mut offsets = TopicPartitionList::new();
+        for &(partition, next) in positions {
+            offsets.add_partition_offset(self.topic, partition, Offset::Offset(next))?;
+        }
+        self.consumer.commit(&offsets, self.mode)
+    }
+}
+
+impl Core {
+    /// Makes everything processed so far durable, or rewinds to the last durable point.
+    pub(super) fn checkpoint<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        mode: CommitMode,
+    ) -> Result<(), StreamError> {
+        // Timed from here: flushing the state changelog is part of what a checkpoint costs the loop.
+        let started = Instant::now();
+        self.last_checkpoint = started;
+        if self.progress.is_dirty() {
+            self.flush_state()?;
+        }
+        self.metrics
+            .users_in_state
+            .set(self.users.values().map(|users| users.len() as i64).sum());
+        self.producer.clear_doomed();
+        let waiting = self.progress.has_staged() && matches!(mode, CommitMode::Sync);
+        if !self.progress.is_dirty() && !waiting {
+            return Ok(());
+        }
+        let mut commit = GroupCommit {
+            consumer,
+            topic: &self.settings.input_topic,
+            mode,
+        };
+        match self.settings.guarantee {
+            Guarantee::AtLeastOnce if matches!(mode, CommitMode::Async) => {
+                // Commit these positions once everything produced so far is acknowledged, without
+                // stalling the loop to wait for that (see `advance`).
+                self.progress.stage(self.producer.next_sequence());
+                self.metrics
+                    .checkpoint_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                return Ok(());
+            }
+            Guarantee::AtLeastOnce => {
+                if self.producer.flush(BROKER_TIMEOUT)? > 0 {
+                    tracing::warn!("deliveries failed; rewinding to the last checkpoint");
+                    return self.rewind(consumer);
+                }
+                let positions = self.progress.positions();
+                if !positions.is_empty() {
+                    if let Err(error) = commit.commit(&positions) {
+                        // The outputs are safe; the commit is retried at the next checkpoint.
+                        tracing::warn!(%error, "offset commit failed");
+                        return Ok(());
+                    }
+                }
+            }
+            Guarantee::ExactlyOnce => {
+                let group = consumer.group_metadata().ok_or_else(|| {
+                    StreamError::Fatal("the consumer has no group metadata".into())
+                })?;
+                let committed = self.producer.commit_transaction(
+                    &self.settings.input_topic,
+                    &self.progress.positions(),
+                    &group,
+                )?;
+                if !committed {
+                    tracing::warn!("transaction aborted; rewinding to the last checkpoint");
+                    return self.rewind(consumer);
+                }
+            }
+        }
+        self.progress.all_durable();
+        self.metrics.checkpoints.inc();
+        self.report.checkpoints += 1;
+        self.metrics
+            .checkpoint_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Commits the staged at-least-once checkpoints whose outputs are all acknowledged; rewinds if a
+    /// delivery failed. Cheap enough to call on every loop turn.
+    pub(super) fn advance<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), StreamError> {
+        let tracker = self.producer.tracker();
+        if tracker.has_failures() {
+            tracker.take_failures();
+            tracing::warn!("deliveries failed; rewinding to the last checkpoint");
+            return self.rewind(consumer);
+        }
+        let acknowledged_below = tracker.lowest_in_flight().unwrap_or(u64::MAX);
+        let mut commit = GroupCommit {
+            consumer,
+            topic: &self.settings.input_topic,
+            mode: CommitMode::Async,
+        };
+        match self.progress.advance(acknowledged_below, &mut commit) {
+            Ok(false) => {}
+            Ok(true) => {
+                self.metrics.checkpoints.inc();
+                self.report.checkpoints += 1;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "offset commit failed; retried at the next checkpoint");
+            }
+        }
+        Ok(())
+    }
+
+    /// Seeks every partition back to its last durable position and reloads its users from the changelog.
+    fn rewind<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), StreamError> {
+        self.metrics.rewinds.inc();
+        let targets = self.progress.rewind_targets();
+        let mut restored = self.restore(&targets)?;
+        for &(partition, rewind_to) in &targets {
+            if let Some(offset) = rewind_to {
+                consumer
+                    .seek(
+                        &self.settings.input_topic,
+                        partition,
+                        Offset::Offset(offset),
+                        BROKER_TIMEOUT,
+                    )
+                    .map_err(|source| {
+                        StreamError::kafka("seeking back to the last checkpoint", source)
+                    })?;
+            }
+            self.users
+                .insert(partition, restored.remove(&partition).unwrap_or_default());
+        }
+        self.progress.rewound();
+        Ok(())
+    }
+
+    /// Users of `partitions` (partition, committed input offset) as of that offset, from the changelog.
+    fn restore(
+        &self,
+        partitions: &[(i32, Option<i64>)],
+    ) -> Result<HashMap<i32, PartitionUsers>, StreamError> {
+        changelog::restore(
+            &self.settings,
+            &self.brokers,
+            self.settings.guarantee == Guarantee::ExactlyOnce,
+            partitions,
+            BROKER_TIMEOUT,
+        )
+    }
+
+    fn try_assign<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        assigned: &[i32],
+    ) -> Result<(), StreamError> {
+        let mut query = TopicPartitionList::new();
+        for &partition in assigned {
+            query.add_partition(&self.settings.input_topic, partition);
+        }
+        let committed = consumer
+            .committed_offsets(query, BROKER_TIMEOUT)
+            .map_err(|source| StreamError::kafka("reading committed offsets", source))?;
+        let targets: Vec<(i32, Option<i64>)> = committed
+            .elements()
+            .iter()
+            .map(|e| {
+                let offset = match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                };
+                (e.partition(), offset)
+            })
+            .collect();
+        let started = Instant::now();
+        let mut restored = self.restore(&targets)?;
+        let mut users_restored = 0;
+        for (partition, committed) in targets {
+            let users = restored.remove(&partition).unwrap_or_default();
+            users_restored += users.len();
+            self.users.insert(partition, users);
+            self.progress.assign(partition, committed);
+        }
+        self.metrics
+            .state_restored_users
+            .inc_by(users_restored as u64);
+        tracing::info!(partitions = ?assigned, users_restored, elapsed = ?started.elapsed(), "partitions assigned");
+        Ok(())
+    }
+}
+
+impl PartitionHandler for Core {
+    /// Partitions are being revoked: checkpoint what they processed (unless the assignment is already
+    /// lost, when the next owner replays it), then forget them.
+    fn revoke<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        revoked: &[i32],
+        lost: bool,
+    ) {
+        if lost {
+            tracing::warn!(partitions = ?revoked, "assignment lost; dropping uncommitted work");
+            self.progress.lose_uncommitted();
+        } else if let Err(error) = self.checkpoint(consumer, CommitMode::Sync) {
+            tracing::error!(%error, "checkpoint on revoke failed");
+            self.fatal.get_or_insert(error);
+        }
+        for &partition in revoked {
+            self.progress.revoke(partition);
+            self.users.remove(&partition);
+        }
+        tracing::info!(partitions = ?revoked, "partitions revoked");
+    }
+
+    /// Partitions were assigned: load their users from the changelog as of the committed positions.
+    fn assign<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, assigned: &[i32]) {
+        if let Err(error) = self.try_assign(consumer, assigned) {
+            tracing::error!(%error, "restoring state for assigned partitions failed");
+            self.fatal.get_or_insert(error);
+        }
+    }
+}

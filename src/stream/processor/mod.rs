@@ -1,0 +1,249 @@
+//! The stream processor: consume GPS events → decode → match → promotion rules → produce eligibility events.
+//!
+//! One thread drives a consumer-group member: it processes messages in the order librdkafka hands them
+//! over, so each partition (and so each user) is processed in order. Work in flight is bounded by
+//! librdkafka's fetch queue on one side and the producer queue on the other (a full producer queue blocks
+//! the loop: backpressure, not an unbounded buffer).
+//!
+//! Progress is checkpointed every `commit_interval_ms`, on rebalance and on shutdown:
+//! - at-least-once: wait until every output, dead letter and state record produced so far is
+//!   acknowledged, then commit the input offsets. A failed delivery rewinds to the last checkpoint.
+//! - exactly-once: the same records and the input offsets commit in one transaction; an aborted
+//!   transaction rewinds to the last checkpoint.
+//!
+//! Rewinding means seeking each partition back to its last committed offset and reloading its users from
+//! the changelog, so the replay decides exactly as the first run did (and produces the same event ids).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+
+use crate::config::KafkaSettings;
+use crate::promo::{EligibilityEvent, Scratch, SharedCatalog};
+use crate::stream::changelog::PartitionUsers;
+use crate::stream::checkpoint::Progress;
+use crate::stream::client::{
+    check_topics, processor_consumer_config, processor_producer_config, producer_message_limit,
+    BROKER_TIMEOUT,
+};
+use crate::stream::error::StreamError;
+use crate::stream::lock;
+use crate::stream::output::TrackedProducer;
+use crate::stream::rebalance::GroupContext;
+use crate::telemetry::PipelineMetrics;
+
+mod durability;
+mod records;
+
+/// Stage timings are taken for 1 event in this many, so that timing does not cost more than the work.
+const SAMPLE_EVERY: u64 = 64;
+
+/// Totals of one run, for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessorReport {
+    pub consumed: u64,
+    pub emitted: u64,
+    pub dead_lettered: u64,
+    pub checkpoints: u64,
+}
+
+/// Called with every eligibility event produced (for example to materialise it in the store). Must not
+/// block for long: it runs on the processing thread.
+pub type EmitHook = Box<dyn Fn(&EligibilityEvent) + Send + Sync>;
+
+/// A configured processor; [`Processor::run`] drives it until `stop` is set.
+pub struct Processor {
+    on_emit: Option<EmitHook>,
+    settings: KafkaSettings,
+    brokers: String,
+    transactional_id: Option<String>,
+    catalog: Arc<SharedCatalog>,
+    metrics: PipelineMetrics,
+}
+
+impl Processor {
+    #[must_use]
+    pub fn new(
+        settings: KafkaSettings,
+        brokers: impl Into<String>,
+        catalog: Arc<SharedCatalog>,
+        metrics: PipelineMetrics,
+    ) -> Self {
+        let transactional_id = settings.transactional_id.clone();
+        Self {
+            on_emit: None,
+            settings,
+            brokers: brokers.into(),
+            transactional_id,
+            catalog,
+            metrics,
+        }
+    }
+
+    /// Calls `hook` with every eligibility event produced.
+    #[must_use]
+    pub fn on_emit(mut self, hook: EmitHook) -> Self {
+        self.on_emit = Some(hook);
+        self
+    }
+
+    /// The transactional id used in exactly-once mode: unique and stable per instance.
+    #[must_use]
+    pub fn with_transactional_id(mut self, id: impl Into<String>) -> Self {
+        self.transactional_id = Some(id.into());
+        self
+    }
+
+    /// Runs until `stop` becomes true, then checkpoints and leaves the group. Returns an error for
+    /// problems a restart cannot fix by itself being quiet about them (unreachable brokers, missing topics,
+    /// a fenced transactional producer).
+    ///
+    /// The loop: poll a record → decode → decide → produce outputs (dead letter when it cannot be
+    /// decoded) → commit the staged checkpoints whose outputs are acknowledged → every
+    /// `commit_interval_ms`, checkpoint (state changelog, then offsets).
+    pub fn run(mut self, stop: &AtomicBool) -> Result<ProcessorReport, StreamError> {
+        self.check_topics()?;
+        let settings = &self.settings;
+        let producer = TrackedProducer::create(
+            &processor_producer_config(settings, &self.brokers, self.transactional_id.as_deref())?,
+            settings.guarantee,
+            self.metrics.clone(),
+        )?;
+        let core = Arc::new(Mutex::new(Core {
+            producer,
+            settings: settings.clone(),
+            brokers: self.brokers.clone(),
+            catalog: self.catalog.clone(),
+            metrics: self.metrics.clone(),
+            users: HashMap::new(),
+            progress: Progress::default(),
+            fatal: None,
+            scratch: Scratch::default(),
+            outputs: Vec::new(),
+            buffer: Vec::new(),
+            report: ProcessorReport::default(),
+            last_checkpoint: Instant::now(),
+            on_emit: self.on_emit.take(),
+            dead_letter_limit: producer_message_limit(settings, &self.brokers),
+        }));
+        let consumer: BaseConsumer<GroupContext<Core>> =
+            processor_consumer_config(settings, &self.brokers)
+                .create_with_context(GroupContext::new(
+                    core.clone(),
+                    settings.input_topic.clone(),
+                    self.metrics.clone(),
+                ))
+                .map_err(StreamError::Client)?;
+        consumer
+            .subscribe(&[&settings.input_topic])
+            .map_err(|source| StreamError::kafka("subscribing to the input topic", source))?;
+        tracing::info!(
+            brokers = %self.brokers,
+            input = %settings.input_topic,
+            output = %settings.output_topic,
+            group = %settings.group_id,
+            guarantee = ?settings.guarantee,
+            "processor started"
+        );
+
+        let interval = Duration::from_millis(settings.commit_interval_ms);
+        let result = loop {
+            if stop.load(Ordering::Relaxed) {
+                break Ok(());
+            }
+            if let Some(error) = lock(&core).fatal.take() {
+                break Err(error);
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(error)) => tracing::warn!(%error, "consumer error"),
+                Some(Ok(message)) => {
+                    let mut core = lock(&core);
+                    core.check_position(&consumer, message.partition(), message.offset());
+                    if let Err(error) = core.process(&message) {
+                        break Err(error);
+                    }
+                }
+            }
+            let mut core = lock(&core);
+            if core.progress.has_staged() {
+                if let Err(error) = core.advance(&consumer) {
+                    break Err(error);
+                }
+            }
+            if core.producer.is_doomed() || core.last_checkpoint.elapsed() >= interval {
+                if let Err(error) = core.checkpoint(&consumer, CommitMode::Async) {
+                    break Err(error);
+                }
+            }
+        };
+        let final_checkpoint = lock(&core).checkpoint(&consumer, CommitMode::Sync);
+        // Leaving the group runs the revoke callback, which checkpoints again (a no-op by now).
+        consumer.unsubscribe();
+        for _ in 0..10 {
+            if consumer.poll(Duration::from_millis(50)).is_none() {
+                break;
+            }
+        }
+        drop(consumer);
+        let report = lock(&core).report;
+        tracing::info!(?report, "processor stopped");
+        result.and(final_checkpoint).map(|()| report)
+    }
+
+    /// Every topic exists, and the state topic has a partition for each input partition.
+    fn check_topics(&self) -> Result<(), StreamError> {
+        let settings = &self.settings;
+        let found = check_topics(
+            settings,
+            &self.brokers,
+            &[
+                &settings.input_topic,
+                &settings.output_topic,
+                &settings.dlq_topic,
+                &settings.state_topic,
+            ],
+            BROKER_TIMEOUT,
+        )?;
+        let (input_partitions, state_partitions) = (found[0].1, found[3].1);
+        if state_partitions < input_partitions {
+            return Err(StreamError::StatePartitions {
+                state: settings.state_topic.clone(),
+                state_partitions,
+                input: settings.input_topic.clone(),
+                input_partitions,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Everything the loop and the rebalance callbacks share. Only the processor thread touches it (the
+/// callbacks run inside `poll`), so the mutex is never contended; it exists to satisfy `Sync`.
+pub(crate) struct Core {
+    producer: TrackedProducer,
+    settings: KafkaSettings,
+    brokers: String,
+    catalog: Arc<SharedCatalog>,
+    metrics: PipelineMetrics,
+    /// Users of each assigned input partition.
+    users: HashMap<i32, PartitionUsers>,
+    progress: Progress,
+    /// An error raised inside a callback, surfaced by the loop.
+    fatal: Option<StreamError>,
+    scratch: Scratch,
+    /// The current input event's outputs (reused).
+    outputs: Vec<EligibilityEvent>,
+    buffer: Vec<u8>,
+    report: ProcessorReport,
+    last_checkpoint: Instant,
+    on_emit: Option<EmitHook>,
+    /// The largest record the producer sends (`message.max.bytes`): dead letters are cut to fit.
+    dead_letter_limit: usize,
+}
