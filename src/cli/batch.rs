@@ -1,0 +1,82 @@
+//! `match`: points from a file against fences, as NDJSON.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use h3o::Resolution;
+
+use super::*;
+use crate::batch::run_batch;
+use crate::geofence::{FenceIndex, IndexOptions, Strategy};
+
+pub(super) fn run_match(args: &MatchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(threads) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .context("cannot start the worker threads")?;
+    }
+    let options = args
+        .fence_file
+        .parse_options()
+        .skip_invalid(args.skip_invalid);
+    let parsed = load_fences(&args.fences, &options)?;
+    let mut options = IndexOptions::default().cells_per_degree(args.cells_per_degree);
+    let strategy = match args.index {
+        IndexKind::Raster => Strategy::Raster,
+        IndexKind::Rtree => Strategy::RTree,
+        IndexKind::H3 => {
+            let res =
+                Resolution::try_from(args.h3_resolution).context("invalid --h3-resolution")?;
+            options = options.h3_resolution(Some(res));
+            Strategy::H3
+        }
+    };
+    let index = FenceIndex::build(&parsed.fences, options);
+    let stats = index.stats();
+    eprintln!(
+        "index: {} fences, {} parts, {} vertices, {} raster cells, {} H3 cells, ~{:.0} MB, built in {:.0} ms",
+        stats.fences,
+        stats.parts,
+        stats.vertices,
+        stats.raster_cells,
+        stats
+            .h3_cells_per_resolution
+            .iter()
+            .map(|c| c.1)
+            .sum::<usize>(),
+        stats.approx_heap_bytes as f64 / 1e6,
+        stats.build_time.as_secs_f64() * 1e3
+    );
+    let input: Box<dyn Read> = match &args.points {
+        None => Box::new(io::stdin().lock()),
+        Some(p) if p.as_os_str() == "-" => Box::new(io::stdin().lock()),
+        Some(p) => Box::new(File::open(p).with_context(|| format!("cannot open {}", p.display()))?),
+    };
+    let stdout = io::stdout().lock();
+    let summary = run_batch(
+        &index,
+        strategy,
+        input,
+        io::BufWriter::with_capacity(1 << 20, stdout),
+    )?;
+    for bad in &summary.bad_rows {
+        eprintln!("line {}: {}", bad.line, bad.reason);
+    }
+    let secs = summary.elapsed.as_secs_f64();
+    eprintln!(
+        "matched {} points ({} with matches, {} bad rows) in {:.3} s: {:.0} points/s",
+        summary.points,
+        summary.points_matched,
+        summary.bad_rows.len(),
+        secs,
+        summary.points as f64 / secs.max(1e-9)
+    );
+    Ok(if summary.bad_rows.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
