@@ -9,8 +9,10 @@
 //! - [`problem`]: problem+json errors, the JSON/path extractors that answer with them.
 //! - [`fences`], [`promotions`], [`locations`], [`results`]: the `/v1` resources.
 //! - [`auth`], [`admin`]: sessions and tokens; users and keys.
+//! - [`access`]: the request id, the access log line and the request metrics of every answer.
 //! - [`ops`]: health, readiness, metrics. [`docs`]: the OpenAPI document and the docs page.
 
+pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod docs;
@@ -26,8 +28,7 @@ pub mod session_view;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, State};
-use axum::response::Response;
+use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use prometheus_client::registry::Registry;
 use rdkafka::producer::FutureProducer;
@@ -115,30 +116,7 @@ pub fn router(state: ApiState) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            record_http_metrics,
+            access::observe,
         ))
         .with_state(state)
-}
-
-/// Counts every answer by route pattern, method and status, with its latency. Runs outside the
-/// other layers, so refused bodies and control characters are counted too.
-async fn record_http_metrics(
-    State(state): State<ApiState>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let started = std::time::Instant::now();
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
-    let response = next.run(request).await;
-    state.http_metrics.observe(
-        &route,
-        &method,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
-    response
 }

@@ -254,3 +254,42 @@ async fn api_metrics_count_requests_by_route_and_status() {
     assert!(line.ends_with(" 3"), "{line}");
     assert!(metrics.body.contains("http_request_seconds_bucket{"));
 }
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id_taken_from_the_caller_when_usable() {
+    let apps = spawn_apps().await;
+    let app = &apps[0];
+    let given = send(
+        app.address,
+        Call::new("GET", "/v1/fences")
+            .bearer(&app.tokens["ops"])
+            .header("x-request-id", "trace-42.a"),
+    )
+    .await;
+    assert_eq!(given.status, 200, "{}", given.body);
+    assert_eq!(given.header("x-request-id"), Some("trace-42.a"));
+    let generated = send(app.address, Call::new("GET", "/healthz")).await;
+    let id = generated
+        .header("x-request-id")
+        .expect("a generated id")
+        .to_owned();
+    assert!(id.len() >= 16, "{id}");
+    let again = send(app.address, Call::new("GET", "/healthz")).await;
+    assert_ne!(
+        again.header("x-request-id"),
+        Some(id.as_str()),
+        "ids are not reused"
+    );
+    // Not echoed when it is not a plain token: a log line must not carry what the caller chose.
+    let refused = send(
+        app.address,
+        Call::new("GET", "/no/such/route").header("x-request-id", "a b<script>"),
+    )
+    .await;
+    assert_eq!(refused.status, 404);
+    let replaced = refused.header("x-request-id").unwrap();
+    assert!(
+        !replaced.contains(' ') && !replaced.contains('<'),
+        "{replaced}"
+    );
+}
