@@ -49,6 +49,12 @@ pub struct PipelineMetrics {
     /// Processing time minus the input message's Kafka timestamp.
     pub event_age_seconds: Histogram,
     pub consumer_lag: Gauge,
+    /// Messages behind the high watermark per assigned input partition.
+    partition_lag: Family<Labels, Gauge>,
+    /// Unix time of the last checkpoint that made progress durable (alert on `time() - this`).
+    pub last_checkpoint_timestamp_seconds: Gauge,
+    /// The catalog version this instance matches against.
+    pub catalog_version: Gauge,
     pub rebalances: Counter,
     pub checkpoints: Counter,
     pub rewinds: Counter,
@@ -83,6 +89,9 @@ impl Default for PipelineMetrics {
             stage_seconds,
             event_age_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             consumer_lag: Gauge::default(),
+            partition_lag: Family::default(),
+            last_checkpoint_timestamp_seconds: Gauge::default(),
+            catalog_version: Gauge::default(),
             rebalances: Counter::default(),
             checkpoints: Counter::default(),
             rewinds: Counter::default(),
@@ -105,6 +114,23 @@ impl PipelineMetrics {
         self.dead_lettered
             .get_or_create(&label("reason", reason))
             .inc();
+    }
+
+    /// Sets the lag of each assigned partition (and forgets partitions no longer assigned).
+    pub fn set_partition_lags(&self, lags: &[(i32, i64)]) {
+        self.partition_lag.clear();
+        for (partition, lag) in lags {
+            self.partition_lag
+                .get_or_create(&label("partition", &partition.to_string()))
+                .set(*lag);
+        }
+    }
+
+    /// A checkpoint made progress durable now.
+    pub fn checkpointed(&self) {
+        self.checkpoints.inc();
+        self.last_checkpoint_timestamp_seconds
+            .set(crate::promo::timestamp::now_ms() / 1000);
     }
 
     pub fn undeliverable(&self, topic: &str) {
@@ -185,6 +211,21 @@ impl PipelineMetrics {
             "consumer_lag",
             "Messages behind the high watermark, summed over assigned partitions",
             self.consumer_lag.clone(),
+        );
+        registry.register(
+            "consumer_partition_lag",
+            "Messages behind the high watermark, per assigned input partition",
+            self.partition_lag.clone(),
+        );
+        registry.register(
+            "last_checkpoint_timestamp_seconds",
+            "Unix time of the last checkpoint that made progress durable",
+            self.last_checkpoint_timestamp_seconds.clone(),
+        );
+        registry.register(
+            "catalog_version",
+            "The catalog version (fences and promotions in the store) this instance matches against",
+            self.catalog_version.clone(),
         );
         registry.register(
             "rebalances",

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
@@ -55,8 +56,10 @@ pub async fn follow_catalog(
     settings: Settings,
     catalog: Arc<SharedCatalog>,
     mut version: i64,
+    version_in_use: Gauge,
     shutdown: CancellationToken,
 ) {
+    version_in_use.set(version);
     let mut interval = tokio::time::interval(Duration::from_millis(
         settings.database.poll_interval_ms.max(50),
     ));
@@ -71,6 +74,7 @@ pub async fn follow_catalog(
                 match catalog_from_store(&store, &settings).await {
                     Ok((fresh, loaded)) => {
                         catalog.store(Arc::new(fresh));
+                        version_in_use.set(loaded);
                         tracing::info!(
                             from = version,
                             to = loaded,

@@ -103,6 +103,7 @@ pub async fn start_api(parts: ApiParts, shutdown: &CancellationToken) -> anyhow:
         .context("cannot start authentication")?;
     let refresher = auth.spawn_refresher();
     let mut registry = parts.registry;
+    auth.register_metrics(&mut registry);
     let app = crate::api::router(ApiState {
         store: parts.store,
         auth: auth.clone(),

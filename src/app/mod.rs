@@ -122,7 +122,13 @@ impl Application {
                 .map(|brokers| http::locations_sink(&settings.kafka, brokers))
                 .transpose()?;
             let registry = if options.api_only {
-                Registry::with_prefix("geopromo")
+                let mut registry = Registry::with_prefix("geopromo");
+                registry.register(
+                    "catalog_version",
+                    "The catalog version (fences and promotions in the store) this instance matches against",
+                    metrics.catalog_version.clone(),
+                );
+                registry
             } else {
                 metrics.registry()
             };
@@ -193,6 +199,7 @@ impl Application {
             settings.clone(),
             catalog.clone(),
             catalog_version,
+            metrics.catalog_version.clone(),
             shutdown.clone(),
         ));
 

@@ -128,6 +128,7 @@ pub struct Auth {
     stored_keys: Mutex<Vec<StoredKey>>,
     verifier: Verifier,
     revocation_cursor_ms: AtomicI64,
+    poll_health: PollHealth,
     login_ip: KeyedLimit,
     login_account: KeyedLimit,
     refresh_ip: KeyedLimit,
@@ -162,6 +163,7 @@ impl Auth {
             dummy_hash,
             stored_keys: Mutex::new(Vec::new()),
             verifier,
+            poll_health: PollHealth::default(),
         });
         if auth.load_keys().await?.signing_key_at(now).is_none() {
             auth.store
@@ -193,12 +195,16 @@ impl Auth {
             let mut ticks = 0u64;
             loop {
                 tick.tick().await;
+                let mut healthy = true;
                 if let Err(error) = auth.sync_revocations().await {
+                    healthy = false;
                     tracing::warn!(error = %error_chain(&error), "cannot read revocations; retrying");
                 }
                 if let Err(error) = auth.load_keys().await {
+                    healthy = false;
                     tracing::warn!(error = %error_chain(&error), "cannot read signing keys; retrying");
                 }
+                auth.poll_health.record(healthy);
                 ticks += 1;
                 if ticks % 240 == 0 {
                     for limit in [&auth.login_ip, &auth.login_account, &auth.refresh_ip] {
@@ -207,6 +213,20 @@ impl Auth {
                 }
             }
         })
+    }
+
+    /// Registers the revocation-poll health metrics in `registry`.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "auth_poll_failures",
+            "Revocation and key polls of the store that failed (revocations do not reach this instance meanwhile)",
+            self.poll_health.failures.clone(),
+        );
+        registry.register(
+            "auth_last_poll_timestamp_seconds",
+            "Unix time of the last successful revocation and key poll",
+            self.poll_health.last_success.clone(),
+        );
     }
 
     /// Reads sessions revoked since the last poll (with a look-back) into the in-memory set and forgets
@@ -678,4 +698,22 @@ fn roles_scope(roles: &[Role]) -> String {
 /// How long after issue an access token can still be accepted.
 fn token_window_ms(settings: &AuthSettings) -> i64 {
     (settings.access_ttl_s + settings.leeway_s) as i64 * 1000
+}
+
+/// Whether the revocation and key poll keeps working: a failing poll means revocations stop reaching
+/// this instance, which an operator must hear about.
+#[derive(Debug, Default)]
+struct PollHealth {
+    failures: prometheus_client::metrics::counter::Counter,
+    last_success: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl PollHealth {
+    fn record(&self, healthy: bool) {
+        if healthy {
+            self.last_success.set(now_ms() / 1000);
+        } else {
+            self.failures.inc();
+        }
+    }
 }

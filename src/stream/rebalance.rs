@@ -54,7 +54,7 @@ impl<H> GroupContext<H> {
 
 impl<H: Send + 'static> ClientContext for GroupContext<H> {
     fn stats(&self, statistics: Statistics) {
-        let lag: i64 = statistics
+        let lags: Vec<(i32, i64)> = statistics
             .topics
             .get(&self.input_topic)
             .map(|topic| {
@@ -62,11 +62,14 @@ impl<H: Send + 'static> ClientContext for GroupContext<H> {
                     .partitions
                     .values()
                     .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
-                    .map(|p| p.consumer_lag)
-                    .sum()
+                    .map(|p| (p.partition, p.consumer_lag))
+                    .collect()
             })
-            .unwrap_or(0);
-        self.metrics.consumer_lag.set(lag);
+            .unwrap_or_default();
+        self.metrics
+            .consumer_lag
+            .set(lags.iter().map(|(_, lag)| lag).sum());
+        self.metrics.set_partition_lags(&lags);
     }
 }
 

@@ -253,6 +253,19 @@ async fn api_metrics_count_requests_by_route_and_status() {
         .unwrap_or_else(|| panic!("{}", metrics.body));
     assert!(line.ends_with(" 3"), "{line}");
     assert!(metrics.body.contains("http_request_seconds_bucket{"));
+    // The revocation poll reports its health (a failing poll means revocations stop arriving).
+    assert!(
+        metrics.body.contains("auth_poll_failures_total 0"),
+        "{}",
+        metrics.body
+    );
+    let last_poll: i64 = metrics
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("auth_last_poll_timestamp_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{}", metrics.body));
+    assert!(last_poll > 1_700_000_000, "{last_poll}");
 }
 
 #[tokio::test]

@@ -165,6 +165,14 @@ fn serve_runs_from_any_directory_and_survives_sighup() {
     assert!(dir.path().join("data/geopromo.sqlite").exists());
     let (status, body) = get(address, "/readyz");
     assert_eq!(status, 200, "{body}");
+    let (status, metrics) = get(address, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("geopromo_catalog_version ") && !l.ends_with(" 0")),
+        "the catalog version in use is reported: {metrics}"
+    );
 
     serve.signal("HUP");
     std::thread::sleep(Duration::from_millis(500));

@@ -641,7 +641,10 @@ fn an_offset_reset_past_the_retained_log_is_counted_record_for_record() {
 /// The checkpoint stage is measured (it always read 0 before: the timer started after the work).
 #[test]
 fn checkpoints_are_timed_in_the_stage_histogram() {
-    let settings = settings("timed", Guarantee::AtLeastOnce);
+    let mut settings = settings("timed", Guarantee::AtLeastOnce);
+    settings
+        .consumer_properties
+        .insert("statistics.interval.ms".into(), "100".into());
     let broker = EmbeddedBroker::start(&settings, 1).unwrap();
     let brokers = broker.bootstrap_servers().to_owned();
     let t0 = geopromo::promo::timestamp::now_ms() - 86_400_000;
@@ -663,4 +666,15 @@ fn checkpoints_are_timed_in_the_stage_histogram() {
     };
     assert!(value("geopromo_stage_seconds_count") >= 1.0, "{text}");
     assert!(value("geopromo_stage_seconds_sum") > 0.0, "{text}");
+    // What an operator alerts on: the age of the last durable checkpoint, and lag per partition.
+    let last: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("geopromo_last_checkpoint_timestamp_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(last > 1_700_000_000, "{last}");
+    assert!(
+        text.contains(r#"geopromo_consumer_partition_lag{partition="0"} 0"#),
+        "{text}"
+    );
 }

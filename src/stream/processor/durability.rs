@@ -102,7 +102,7 @@ impl Core {
             }
         }
         self.progress.all_durable();
-        self.metrics.checkpoints.inc();
+        self.metrics.checkpointed();
         self.report.checkpoints += 1;
         self.metrics
             .checkpoint_seconds
@@ -131,7 +131,7 @@ impl Core {
         match self.progress.advance(acknowledged_below, &mut commit) {
             Ok(false) => {}
             Ok(true) => {
-                self.metrics.checkpoints.inc();
+                self.metrics.checkpointed();
                 self.report.checkpoints += 1;
             }
             Err(error) => {
