@@ -55,6 +55,8 @@ pub struct PipelineMetrics {
     pub last_checkpoint_timestamp_seconds: Gauge,
     /// The catalog version this instance matches against.
     pub catalog_version: Gauge,
+    /// Stored rows left out of that catalog (quarantined).
+    pub catalog_quarantined: Gauge,
     pub rebalances: Counter,
     pub checkpoints: Counter,
     pub rewinds: Counter,
@@ -92,6 +94,7 @@ impl Default for PipelineMetrics {
             partition_lag: Family::default(),
             last_checkpoint_timestamp_seconds: Gauge::default(),
             catalog_version: Gauge::default(),
+            catalog_quarantined: Gauge::default(),
             rebalances: Counter::default(),
             checkpoints: Counter::default(),
             rewinds: Counter::default(),
@@ -124,6 +127,26 @@ impl PipelineMetrics {
                 .get_or_create(&label("partition", &partition.to_string()))
                 .set(*lag);
         }
+    }
+
+    /// Registers the catalog gauges (also in the API-only process's registry).
+    pub fn register_catalog(&self, registry: &mut Registry) {
+        registry.register(
+            "catalog_version",
+            "The catalog version (fences and promotions in the store) this instance matches against",
+            self.catalog_version.clone(),
+        );
+        registry.register(
+            "catalog_quarantined",
+            "Stored rows left out of the catalog in use because they cannot be used (see /readyz)",
+            self.catalog_quarantined.clone(),
+        );
+    }
+
+    /// The catalog now in use.
+    pub fn catalog_in_use(&self, version: i64, quarantined: usize) {
+        self.catalog_version.set(version);
+        self.catalog_quarantined.set(quarantined as i64);
     }
 
     /// A checkpoint made progress durable now.
@@ -222,11 +245,7 @@ impl PipelineMetrics {
             "Unix time of the last checkpoint that made progress durable",
             self.last_checkpoint_timestamp_seconds.clone(),
         );
-        registry.register(
-            "catalog_version",
-            "The catalog version (fences and promotions in the store) this instance matches against",
-            self.catalog_version.clone(),
-        );
+        self.register_catalog(&mut registry);
         registry.register(
             "rebalances",
             "Consumer group rebalances",

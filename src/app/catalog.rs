@@ -4,13 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::geofence::IndexOptions;
 use crate::promo::{Catalog, SharedCatalog};
 use crate::store::Store;
+use crate::telemetry::PipelineMetrics;
 
 /// Builds the catalog from what the store holds; returns it with the version it reflects. Rows that
 /// cannot be used are quarantined (left out, logged as errors, listed by `/readyz` and counted by the
@@ -56,10 +56,10 @@ pub async fn follow_catalog(
     settings: Settings,
     catalog: Arc<SharedCatalog>,
     mut version: i64,
-    version_in_use: Gauge,
+    metrics: PipelineMetrics,
     shutdown: CancellationToken,
 ) {
-    version_in_use.set(version);
+    metrics.catalog_in_use(version, catalog.load().quarantined().len());
     let mut interval = tokio::time::interval(Duration::from_millis(
         settings.database.poll_interval_ms.max(50),
     ));
@@ -73,8 +73,8 @@ pub async fn follow_catalog(
             Ok(current) if current != version => {
                 match catalog_from_store(&store, &settings).await {
                     Ok((fresh, loaded)) => {
+                        metrics.catalog_in_use(loaded, fresh.quarantined().len());
                         catalog.store(Arc::new(fresh));
-                        version_in_use.set(loaded);
                         tracing::info!(
                             from = version,
                             to = loaded,

@@ -106,6 +106,7 @@ impl Application {
         };
 
         let metrics = PipelineMetrics::default();
+        metrics.catalog_in_use(catalog_version, catalog.load().quarantined().len());
         let metrics_server = if !options.api_only && !settings.metrics.listen.is_empty() {
             let server =
                 MetricsServer::start(&settings.metrics.listen, metrics.registry(), &shutdown)
@@ -123,11 +124,7 @@ impl Application {
                 .transpose()?;
             let registry = if options.api_only {
                 let mut registry = Registry::with_prefix("geopromo");
-                registry.register(
-                    "catalog_version",
-                    "The catalog version (fences and promotions in the store) this instance matches against",
-                    metrics.catalog_version.clone(),
-                );
+                metrics.register_catalog(&mut registry);
                 registry
             } else {
                 metrics.registry()
@@ -199,7 +196,7 @@ impl Application {
             settings.clone(),
             catalog.clone(),
             catalog_version,
-            metrics.catalog_version.clone(),
+            metrics.clone(),
             shutdown.clone(),
         ));
 

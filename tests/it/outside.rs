@@ -228,6 +228,12 @@ fn a_store_with_a_row_it_cannot_use_still_starts_and_says_so() {
     let log = api.log();
     assert!(log.contains("QUARANTINED"), "{log}");
     assert!(log.contains("NO ACTIVE PROMOTION"), "{log}");
+    let (status, metrics) = get(address, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("geopromo_catalog_quarantined 1"),
+        "the quarantined row is counted: {metrics}"
+    );
     let (status, body) = get(address, "/readyz");
     assert_eq!(status, 200, "{body}");
     assert!(
