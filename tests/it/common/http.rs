@@ -19,11 +19,7 @@ use geopromo::stream::EmbeddedBroker;
 
 use super::fresh_postgres_url;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
+pub use geopromo::store::Backend;
 
 pub struct TestApp {
     pub address: SocketAddr,
