@@ -1,17 +1,23 @@
 //! What every request leaves behind: a request id (taken from `x-request-id` when the caller sent a
 //! usable one, generated otherwise, returned in the response and put on the request's span), one access
-//! log line (target `geopromo::access`, at info), and the request metrics by route, method and status.
+//! log line (target `geopromo::access`, at info), the request metrics by route, method and status, and —
+//! for a change that succeeded — an audit entry: who (the token's subject), what (method and route),
+//! to what (the path), when and from where.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::HeaderValue;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument as _;
 
 use super::ApiState;
 use crate::auth::secret::random_id;
+use crate::error::error_chain;
+use crate::promo::EpochMs;
+use crate::store::AuditEntry;
 
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -24,6 +30,37 @@ fn usable_request_id(value: &HeaderValue) -> Option<&str> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
     usable.then_some(text)
+}
+
+/// Routes whose successful changes go to the audit trail: the catalog, accounts, sessions and keys.
+/// Locations are data, not changes to the service, and `/oauth/revoke` is called by a token's holder.
+const AUDITED_ROUTES: [&str; 6] = [
+    "/v1/fences",
+    "/v1/promotions",
+    "/v1/admin/",
+    "/v1/auth/logout",
+    "/v1/auth/sessions",
+    "/v1/auth/password",
+];
+
+fn is_change_to_audit(method: &Method, route: &str) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+        && AUDITED_ROUTES
+            .iter()
+            .any(|prefix| route.starts_with(prefix))
+}
+
+/// The subject of the request's bearer token, read before the handler runs (a logout ends the session the
+/// token belongs to).
+fn actor(state: &ApiState, request: &Request) -> String {
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .and_then(|(_, token)| state.auth.verify(token.trim()).ok())
+        .map_or_else(|| "anonymous".to_owned(), |identity| identity.user_id)
 }
 
 /// Runs outside the other layers, so refused bodies and control characters are logged and counted too.
@@ -43,6 +80,17 @@ pub(super) async fn observe(
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
     let method = request.method().as_str().to_owned();
+    let audit = is_change_to_audit(request.method(), &route).then(|| {
+        let remote = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string());
+        (
+            actor(&state, &request),
+            request.uri().path().to_owned(),
+            remote,
+        )
+    });
     let span = tracing::info_span!("http_request", request_id = %request_id, %method, %route);
     let mut response = next.run(request).instrument(span.clone()).await;
     let elapsed = started.elapsed();
@@ -57,6 +105,16 @@ pub(super) async fn observe(
         elapsed_ms = elapsed.as_secs_f64() * 1000.0,
         "{method} {route} {status}"
     );
+    if let Some((actor, target, remote)) = audit.filter(|_| response.status().is_success()) {
+        let now = EpochMs::now().as_millis();
+        let action = format!("{method} {route}");
+        let entry = AuditEntry::new(now, &random_id(), &actor, &action, &target, &remote)
+            .with_detail(format!("request {request_id}"));
+        // The change is made; an audit write that fails is logged loudly rather than undoing it.
+        if let Err(error) = state.store.record_audit(&entry).await {
+            tracing::error!(parent: &span, error = %error_chain(&error), %action, %target, "AUDIT ENTRY LOST");
+        }
+    }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
@@ -66,6 +124,16 @@ pub(super) async fn observe(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changes_are_audited_and_reads_and_locations_are_not() {
+        assert!(is_change_to_audit(&Method::DELETE, "/v1/fences/{id}"));
+        assert!(is_change_to_audit(&Method::POST, "/v1/admin/keys/rotate"));
+        assert!(is_change_to_audit(&Method::PUT, "/v1/auth/password"));
+        assert!(!is_change_to_audit(&Method::GET, "/v1/fences/{id}"));
+        assert!(!is_change_to_audit(&Method::POST, "/v1/locations"));
+        assert!(!is_change_to_audit(&Method::POST, "/v1/auth/login"));
+    }
 
     #[test]
     fn only_plain_request_ids_are_taken() {

@@ -13,6 +13,7 @@ use super::session_view::{session_view, Revoked, SessionView};
 use super::{ApiError, ApiJson, ApiPath, ApiState};
 use crate::auth::Role;
 use crate::promo::timestamp::format_rfc3339_ms;
+use crate::store::AuditEntry;
 
 /// Admins only (with the body limit and `no-store` of the token routes: `auth::with_token_layers`).
 pub(super) fn routes() -> OpenApiRouter<ApiState> {
@@ -22,6 +23,53 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(user_sessions, revoke_user_sessions))
         .routes(routes!(rotate_keys))
         .routes(routes!(revoke_key))
+        .routes(routes!(audit_trail))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct AuditQuery {
+    /// Cursor: the `next` of the previous page.
+    after: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+/// One page of the audit trail, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditPage {
+    items: Vec<AuditEntry>,
+    /// Pass as `after` for the next page; null on the last page.
+    next: Option<String>,
+}
+
+/// Every change made through the API to fences, promotions, users, sessions and keys (admin): who, what,
+/// to what, when and from where.
+#[utoipa::path(get, path = "/v1/admin/audit", tag = "admin", params(AuditQuery),
+    responses(
+        (status = 200, description = "Entries oldest first", body = AuditPage),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn audit_trail(
+    State(state): State<ApiState>,
+    _: Caller<Admin>,
+    query: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<AuditPage>, ApiError> {
+    let axum::extract::Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+    }
+    let mut items = state
+        .store
+        .audit_page(query.after.as_deref(), limit + 1)
+        .await?;
+    let next = (items.len() as i64 > limit).then(|| items[limit as usize - 1].id.clone());
+    items.truncate(limit as usize);
+    Ok(Json(AuditPage { items, next }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

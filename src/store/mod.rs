@@ -8,11 +8,13 @@ use std::str::FromStr;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+mod audit;
 mod catalog;
 mod eligibility;
 mod fences;
 mod promotions;
 
+pub use audit::AuditEntry;
 pub use catalog::CatalogParts;
 pub use eligibility::{Eligibility, EligibilityChange};
 pub use fences::StoredFence;

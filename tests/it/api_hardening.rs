@@ -306,3 +306,66 @@ async fn every_answer_carries_a_request_id_taken_from_the_caller_when_usable() {
         "{replaced}"
     );
 }
+
+#[tokio::test]
+async fn changes_through_the_api_are_in_the_audit_trail_with_who_what_and_where() {
+    for app in &spawn_apps().await {
+        let fence = r#"{"type":"Feature","properties":{"name":"Audited","tolerance_m":100},
+            "geometry":{"type":"Polygon","coordinates":[[[107.0,-6.1],[107.1,-6.1],[107.1,-6.0],[107.0,-6.0],[107.0,-6.1]]]}}"#;
+        let stored = call(app, "PUT", "/v1/fences/audited", Some("ops"), Some(fence)).await;
+        assert_eq!(stored.status, 200, "{}", stored.body);
+        let missing = call(app, "DELETE", "/v1/fences/never-there", Some("ops"), None).await;
+        assert_eq!(missing.status, 404, "a refused change is not a change");
+        let deleted = call(app, "DELETE", "/v1/fences/audited", Some("ops"), None).await;
+        assert_eq!(deleted.status, 204, "{}", deleted.body);
+        let read = call(app, "GET", "/v1/fences", Some("ops"), None).await;
+        assert_eq!(read.status, 200);
+
+        let refused = call(app, "GET", "/v1/admin/audit", Some("ops"), None).await;
+        assert_eq!(refused.status, 403);
+        let page = call(app, "GET", "/v1/admin/audit?limit=1", Some("admin"), None).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let first = page.json();
+        assert_eq!(first["items"].as_array().unwrap().len(), 1);
+        let next = first["next"].as_str().expect("a second page").to_owned();
+        let rest = call(
+            app,
+            "GET",
+            &format!("/v1/admin/audit?after={next}"),
+            Some("admin"),
+            None,
+        )
+        .await;
+        let mut entries = first["items"].as_array().unwrap().clone();
+        entries.extend(rest.json()["items"].as_array().unwrap().iter().cloned());
+        let described: Vec<(String, String, String, String)> = entries
+            .iter()
+            .map(|e| {
+                (
+                    e["actor"].as_str().unwrap().to_owned(),
+                    e["action"].as_str().unwrap().to_owned(),
+                    e["target"].as_str().unwrap().to_owned(),
+                    e["remote"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let ops = |action: &str, target: &str| {
+            (
+                "tester-ops".to_owned(),
+                action.to_owned(),
+                target.to_owned(),
+                "127.0.0.1".to_owned(),
+            )
+        };
+        assert_eq!(
+            described,
+            [
+                ops("PUT /v1/fences/{id}", "/v1/fences/audited"),
+                ops("DELETE /v1/fences/{id}", "/v1/fences/audited"),
+            ],
+            "{:?} on {:?}",
+            entries,
+            app.backend
+        );
+    }
+}

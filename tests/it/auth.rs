@@ -894,6 +894,13 @@ async fn rbac_matrix_covers_every_route_and_role() {
             [401, 403, 422, 403, 403],
         ),
         (
+            "GET",
+            "/v1/admin/audit",
+            None,
+            false,
+            [401, 403, 403, 403, 200],
+        ),
+        (
             "DELETE",
             "/v1/promotions/nope",
             None,

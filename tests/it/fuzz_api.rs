@@ -95,7 +95,7 @@ fn fuzz(url: &str, label: &str) {
 
     // Each caller fuzzes the routes its role may call; the others would only ever answer 403.
     let ops_routes = "^/v1/(fences|promotions|match|users/)";
-    let admin_routes = "^/v1/admin/users|^/v1/auth/sessions|^/oauth/introspect|^/(healthz|readyz|metrics|openapi.json|docs)$|^/.well-known/|^/v1/auth/(login|refresh)$";
+    let admin_routes = "^/v1/admin/(users|audit)|^/v1/auth/sessions|^/oauth/introspect|^/(healthz|readyz|metrics|openapi.json|docs)$|^/.well-known/|^/v1/auth/(login|refresh)$";
     let mobile_routes = "^/v1/locations";
     for (caller, token, routes) in [
         ("ops", &ops, ops_routes),
