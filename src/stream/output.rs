@@ -4,7 +4,7 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
@@ -20,6 +20,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::config::Guarantee;
 use crate::stream::client::BROKER_TIMEOUT;
 use crate::stream::error::StreamError;
+use crate::stream::lock;
 use crate::telemetry::PipelineMetrics;
 
 /// A record librdkafka's queue did not take, with why (it is handed back for a retry).
@@ -307,9 +308,7 @@ impl DeliveryTracker {
     }
 
     fn in_flight(&self) -> MutexGuard<'_, BTreeMap<u64, Source>> {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.in_flight)
     }
 
     pub fn register(&self, sequence: u64, source: Source) {
