@@ -5,11 +5,10 @@
 
 use crate::common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+
+use common::process::{geopromo, Running};
 
 fn schemathesis_installed() -> bool {
     Command::new("st")
@@ -18,41 +17,24 @@ fn schemathesis_installed() -> bool {
         .is_ok_and(|out| out.status.success())
 }
 
-fn geopromo(dir: &Path, args: &[&str], stdin: &str, url: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_geopromo"))
-        .args(args)
-        .current_dir(dir)
-        .env("GEOPROMO__DATABASE__URL", url)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn fuzz(url: &str, label: &str) {
     let dir = tempfile::tempdir().unwrap();
+    let env = [("GEOPROMO__DATABASE__URL", url.to_owned())];
     let token = |user: &str, role: &str, client: &str| {
-        geopromo(
-            dir.path(),
+        let run = |args: &[&str], stdin: &str| {
+            let out = geopromo(dir.path(), args, stdin, &env);
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        run(
             &["user", "add", user, "--role", role, "--password-stdin"],
             "fuzzing password\n",
-            url,
         );
-        let issued = geopromo(
-            dir.path(),
-            &["session", "issue", user, "--client", client],
-            "",
-            url,
-        );
+        let issued = run(&["session", "issue", user, "--client", client], "");
         let issued: serde_json::Value = serde_json::from_str(issued.trim()).unwrap();
         issued["access_token"].as_str().unwrap().to_owned()
     };
@@ -60,38 +42,8 @@ fn fuzz(url: &str, label: &str) {
     let admin = token("fuzzer-admin", "admin", "ops");
     let mobile = token("fuzzer-mobile", "mobile", "mobile");
 
-    let mut serve = common::Guard(
-        Command::new(env!("CARGO_BIN_EXE_geopromo"))
-            .arg("serve")
-            .current_dir(dir.path())
-            .env("GEOPROMO__DATABASE__URL", url)
-            .env("GEOPROMO__API__LISTEN", "127.0.0.1:0")
-            .env("GEOPROMO__METRICS__LISTEN", "")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let log = Arc::new(Mutex::new(String::new()));
-    let sink = log.clone();
-    let stderr = serve.0.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push_str(&(line + "\n"));
-        }
-    });
-    let marker = "HTTP API at http://";
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let address = loop {
-        let text = log.lock().unwrap().clone();
-        if let Some(start) = text.find(marker) {
-            let rest = &text[start + marker.len()..];
-            break rest[..rest.find('/').unwrap()].to_owned();
-        }
-        assert!(Instant::now() < deadline, "serve did not start:\n{text}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let serve = Running::start(dir.path(), &["serve"], &env);
+    let address = serve.api_address().to_string();
 
     // Each caller fuzzes the routes its role may call; the others would only ever answer 403.
     let ops_routes = "^/v1/(fences|promotions|match|users/)";
@@ -108,7 +60,7 @@ fn fuzz(url: &str, label: &str) {
             token,
             routes,
             &format!("{label} as {caller}"),
-            &log,
+            &serve,
         );
     }
 }
@@ -120,7 +72,7 @@ fn schemathesis(
     token: &str,
     routes: &str,
     label: &str,
-    log: &Arc<Mutex<String>>,
+    serve: &Running,
 ) {
     let report = dir.join(format!("report-{}.ndjson", label.replace(' ', "-")));
     let out = Command::new("st")
@@ -164,8 +116,8 @@ fn schemathesis(
         out.status.success(),
         "{label}: schemathesis found failures:\n{tail}\n{}\nserver log tail:\n{}",
         String::from_utf8_lossy(&out.stderr),
-        log.lock()
-            .unwrap()
+        serve
+            .log()
             .lines()
             .rev()
             .take(30)

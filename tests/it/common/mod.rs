@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub mod http;
+pub mod process;
 
 use geopromo::config::{Guarantee, KafkaSettings};
 use geopromo::geofence::{parse_fences, IndexOptions, ParseOptions};
