@@ -243,7 +243,8 @@ impl Application {
             outcome = finished
                 .context("processor thread panicked")
                 .and_then(|result| result.map_err(anyhow::Error::from))
-                .map(|report| tracing::info!(?report, "processor stopped"));
+                // The processor logs its own report when it stops.
+                .map(drop);
         } else {
             shutdown.cancelled().await;
             tracing::info!("shutting down: finishing requests in flight");
