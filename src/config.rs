@@ -20,6 +20,7 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     pub metrics: MetricsSettings,
     pub log: LogSettings,
+    pub otel: OtelSettings,
     pub database: DatabaseSettings,
     pub api: ApiSettings,
     pub auth: AuthSettings,
@@ -172,6 +173,10 @@ pub struct KafkaSettings {
     /// StatefulSet ordinal, a compose service name). No default: a derived id (hostname, pid) is either
     /// shared by two instances or changes on restart, and both break the fencing of zombie producers.
     pub transactional_id: Option<String>,
+    /// Static group membership (`group.instance.id`): unique per processor instance and stable across its
+    /// restarts, like `transactional_id`. A member that restarts within `session.timeout.ms` gets its
+    /// partitions back without a rebalance; one that stops for good holds them until that timeout.
+    pub instance_id: Option<String>,
     /// How often progress is checkpointed (outputs acknowledged, offsets committed or transaction committed).
     pub commit_interval_ms: u64,
     /// Larger input payloads go to the dead-letter topic.
@@ -233,6 +238,33 @@ pub struct LogSettings {
     pub json: bool,
 }
 
+/// Distributed tracing over OTLP/HTTP, with the keys of the standard `OTEL_*` variables (which win over
+/// these when set: `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`,
+/// `OTEL_TRACES_SAMPLER_ARG`, `OTEL_SDK_DISABLED`). See `docs/operations.md` "Tracing".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtelSettings {
+    /// OTLP/HTTP base URL, e.g. `http://jaeger:4318` (`/v1/traces` is appended). Empty: tracing off.
+    pub exporter_otlp_endpoint: String,
+    pub service_name: String,
+    /// `always_on`, `always_off`, `traceidratio`, `parentbased_always_on`, `parentbased_always_off` or
+    /// `parentbased_traceidratio`.
+    pub traces_sampler: String,
+    /// The ratio of the `*traceidratio` samplers, 0 to 1.
+    pub traces_sampler_arg: Option<f64>,
+}
+
+impl Default for OtelSettings {
+    fn default() -> Self {
+        Self {
+            exporter_otlp_endpoint: String::new(),
+            service_name: "geopromo".into(),
+            traces_sampler: "parentbased_always_on".into(),
+            traces_sampler_arg: None,
+        }
+    }
+}
+
 impl Default for FenceSettings {
     fn default() -> Self {
         Self {
@@ -285,6 +317,7 @@ impl Default for KafkaSettings {
             group_id: "geopromo".into(),
             guarantee: Guarantee::AtLeastOnce,
             transactional_id: None,
+            instance_id: None,
             commit_interval_ms: 1000,
             max_event_bytes: 16 * 1024,
             embedded_partitions: 6,

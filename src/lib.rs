@@ -5,7 +5,8 @@
 //! - [`stream`]: Kafka adapter: the consume → match → rules → produce processor, dead letters, state
 //!   changelog, the embedded dev broker and the traffic simulator.
 //! - [`store`]: sqlx store (SQLite or PostgreSQL): fences, promotions, users, eligibility.
-//! - [`telemetry`]: tracing and Prometheus metrics.
+//! - [`telemetry`]: logs and Prometheus metrics.
+//! - [`otel`]: distributed tracing (OTLP), `traceparent` through HTTP and Kafka headers.
 //! - [`config`]: layered settings (file → environment file → `GEOPROMO__` variables).
 //! - [`auth`]: EdDSA access tokens tied to revocable sessions, rotating refresh tokens, roles, limits.
 //! - [`api`]: the HTTP API (axum): fences, promotions, eligibility, auth, problem+json, OpenAPI.
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod geofence;
+pub mod otel;
 pub mod promo;
 pub mod store;
 pub mod stream;

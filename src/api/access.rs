@@ -91,10 +91,21 @@ pub(super) async fn observe(
             remote,
         )
     });
-    let span = tracing::info_span!("http_request", request_id = %request_id, %method, %route);
+    let mut request = request;
+    let server_span = crate::otel::tracer().map(|tracer| {
+        let trace = RequestTrace::start(tracer, &request, &method, &route, &request_id);
+        request.extensions_mut().insert(trace.clone());
+        trace
+    });
+    let trace_id = server_span.as_ref().and_then(RequestTrace::trace_id);
+    let span = tracing::info_span!("http_request", request_id = %request_id, %method, %route,
+        trace_id = trace_id.as_deref().unwrap_or(""));
     let mut response = next.run(request).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
+    if let Some(trace) = server_span {
+        trace.end(status);
+    }
     state
         .http_metrics
         .observe(&route, &method, status, elapsed.as_secs_f64());
@@ -119,6 +130,58 @@ pub(super) async fn observe(
         response.headers_mut().insert(REQUEST_ID, value);
     }
     response
+}
+
+/// The server span of one request, when tracing is on: continues the caller's `traceparent`. Handlers
+/// that cause work elsewhere (a produced record) take it from the request's extensions as the parent.
+#[derive(Clone)]
+pub struct RequestTrace {
+    pub context: opentelemetry::Context,
+}
+
+impl RequestTrace {
+    fn start(
+        tracer: &crate::otel::Tracer,
+        request: &Request,
+        method: &str,
+        route: &str,
+        request_id: &str,
+    ) -> Self {
+        use crate::otel::{KeyValue, SpanKind};
+        use opentelemetry::trace::{TraceContextExt as _, Tracer as _};
+        let parent = crate::otel::context_from_http(request.headers());
+        let span = tracer
+            .span_builder(format!("{method} {route}"))
+            .with_kind(SpanKind::Server)
+            .with_attributes([
+                KeyValue::new("http.request.method", method.to_owned()),
+                KeyValue::new("http.route", route.to_owned()),
+                KeyValue::new("url.path", request.uri().path().to_owned()),
+                KeyValue::new("geopromo.request_id", request_id.to_owned()),
+            ])
+            .start_with_context(tracer, &parent);
+        Self {
+            context: parent.with_span(span),
+        }
+    }
+
+    fn trace_id(&self) -> Option<String> {
+        crate::otel::trace_id(&self.context)
+    }
+
+    fn end(self, status: u16) {
+        use crate::otel::{KeyValue, Status};
+        use opentelemetry::trace::TraceContextExt as _;
+        let span = self.context.span();
+        span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
+        if status >= 500 {
+            span.set_status(Status::error(format!("HTTP {status}")));
+        }
+        span.end();
+    }
 }
 
 #[cfg(test)]

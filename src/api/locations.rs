@@ -3,13 +3,16 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::Extension;
 use axum::Json;
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::access::RequestTrace;
 use super::docs;
 use super::extract::{Caller, Mobile};
 use super::{ApiError, ApiJson, ApiState};
@@ -111,6 +114,7 @@ const MAX_LOCATION_BATCH: usize = 1000;
     security(("bearer" = [])))]
 async fn post_locations(
     State(state): State<ApiState>,
+    trace: Option<Extension<RequestTrace>>,
     caller: Caller<Mobile>,
     ApiJson(body): ApiJson<LocationBody>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
@@ -164,23 +168,69 @@ async fn post_locations(
             problems,
         ));
     }
+    // One producer span for the batch; its `traceparent` goes on every record, so the processor's span of
+    // each point is its child.
+    let publish = trace
+        .map(|Extension(trace)| publish_span(&trace, &sink.topic, &caller.user_id, payloads.len()));
+    let headers = publish
+        .as_ref()
+        .map(|context| crate::otel::with_trace_headers(OwnedHeaders::new(), context));
     let sends = payloads.iter().map(|payload| {
-        sink.producer.send(
-            FutureRecord::to(&sink.topic)
-                .key(caller.user_id.as_str())
-                .payload(payload.as_str()),
-            std::time::Duration::from_secs(5),
-        )
+        let mut record = FutureRecord::to(&sink.topic)
+            .key(caller.user_id.as_str())
+            .payload(payload.as_str());
+        if let Some(headers) = &headers {
+            record = record.headers(headers.clone());
+        }
+        sink.producer
+            .send(record, std::time::Duration::from_secs(5))
     });
-    for result in futures_util::future::join_all(sends).await {
-        result.map_err(|(error, _)| {
-            ApiError::unavailable(format!("broker did not acknowledge: {error}"))
-        })?;
+    let acknowledged: Result<Vec<_>, _> = futures_util::future::join_all(sends)
+        .await
+        .into_iter()
+        .collect();
+    if let Some(context) = publish {
+        use opentelemetry::trace::TraceContextExt as _;
+        if let Err((error, _)) = &acknowledged {
+            context
+                .span()
+                .set_status(crate::otel::Status::error(error.to_string()));
+        }
+        context.span().end();
     }
+    acknowledged.map_err(|(error, _)| {
+        ApiError::unavailable(format!("broker did not acknowledge: {error}"))
+    })?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Accepted {
             accepted: payloads.len(),
         }),
     ))
+}
+
+/// The producer span of posted locations, child of the request's span.
+fn publish_span(
+    trace: &RequestTrace,
+    topic: &str,
+    user_id: &str,
+    count: usize,
+) -> opentelemetry::Context {
+    use crate::otel::{KeyValue, SpanKind};
+    use opentelemetry::trace::{TraceContextExt as _, Tracer as _};
+    let Some(tracer) = crate::otel::tracer() else {
+        return trace.context.clone();
+    };
+    let span = tracer
+        .span_builder(format!("send {topic}"))
+        .with_kind(SpanKind::Producer)
+        .with_attributes([
+            KeyValue::new("messaging.system", "kafka"),
+            KeyValue::new("messaging.operation.type", "send"),
+            KeyValue::new("messaging.destination.name", topic.to_owned()),
+            KeyValue::new("messaging.batch.message_count", count as i64),
+            KeyValue::new("enduser.id", user_id.to_owned()),
+        ])
+        .start_with_context(tracer, &trace.context);
+    trace.context.with_span(span)
 }

@@ -15,12 +15,14 @@ mod accounts;
 mod batch;
 mod catalog;
 mod service;
+mod topics;
 
 use accounts::{run_session_issue, run_user_add, run_user_disable};
 use batch::run_match;
 pub use catalog::load_fences;
 use catalog::{run_import, run_promotions_import, run_validate};
 use service::{run_api, run_migrate, run_serve, run_simulate};
+use topics::run_topics;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -68,6 +70,31 @@ pub enum Command {
     /// Open sessions without a password (service accounts, load tests).
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Create or check the four Kafka topics (input, output, dead letters, state changelog).
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsCommand {
+    /// Create the topics that do not exist, then check all four (existing ones are never altered).
+    Create(TopicsArgs),
+    /// Say what is wrong with the existing topics; exit 1 if anything is.
+    Check(TopicsArgs),
+}
+
+/// How the topics should be set up. The defaults suit a cluster of three or more brokers; a single dev
+/// broker needs `--replication-factor 1 --min-insync-replicas 1`.
+#[derive(Debug, Args)]
+pub struct TopicsArgs {
+    /// Partitions of every topic: the most processor instances that can share the work.
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub partitions: i32,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=32))]
+    pub replication_factor: i32,
+    /// Set on every topic; at most replication factor - 1, so one broker down does not stop writes.
+    #[arg(long, default_value = "2", value_parser = clap::value_parser!(i32).range(1..=32))]
+    pub min_insync_replicas: Option<i32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -264,6 +291,8 @@ pub fn run() -> ExitCode {
         Command::User(UserCommand::Add(args)) => run_user_add(&cli.config_dir, &args),
         Command::User(UserCommand::Disable { id }) => run_user_disable(&cli.config_dir, &id),
         Command::Session(SessionCommand::Issue(args)) => run_session_issue(&cli.config_dir, &args),
+        Command::Topics(TopicsCommand::Create(args)) => run_topics(&cli.config_dir, &args, true),
+        Command::Topics(TopicsCommand::Check(args)) => run_topics(&cli.config_dir, &args, false),
     };
     result.unwrap_or_else(|err| {
         eprintln!("error: {err:#}");

@@ -18,6 +18,7 @@ pub(super) fn run_serve(
 ) -> anyhow::Result<ExitCode> {
     let settings = app::settings_from(config_dir)?;
     telemetry::init_logging(&settings.log);
+    let _traces = crate::otel::init(&settings.otel).context("cannot set up tracing")?;
     let simulate = (args.simulate_rate > 0.0).then(|| SimulateOptions {
         rate: args.simulate_rate,
         users: args.simulate_users,
@@ -41,6 +42,7 @@ pub(super) fn run_serve(
 pub(super) fn run_api(config_dir: &Path) -> anyhow::Result<ExitCode> {
     let settings = app::settings_from(config_dir)?;
     telemetry::init_logging(&settings.log);
+    let _traces = crate::otel::init(&settings.otel).context("cannot set up tracing")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -102,6 +102,14 @@ pub struct Decision {
 }
 
 impl Catalog {
+    /// Ids of the fences the last decision made with `scratch` found near the point (for traces).
+    pub fn matched_fence_ids<'a>(&'a self, scratch: &'a Scratch) -> impl Iterator<Item = &'a str> {
+        scratch
+            .matches
+            .iter()
+            .map(|m| self.index.fence(m.fence).id.as_str())
+    }
+
     /// The whole decision for one point: applies it to the user's state and appends the output events it
     /// causes to `outputs` (exits first, then enters, each sorted by promotion id, so that a replay
     /// produces identical output).

@@ -155,13 +155,19 @@ pub fn processor_consumer_config(settings: &KafkaSettings, brokers: &str) -> Cli
             ("fetch.queue.backoff.ms", "5"),
             ("statistics.interval.ms", "5000"),
             ("isolation.level", isolation),
+            // Incremental rebalances: a member joining or leaving moves only the partitions that change
+            // owner, and the others keep flowing (and committing) meanwhile. The revoke callback commits
+            // what is done before a partition goes, whichever strategy the operator picks.
+            ("partition.assignment.strategy", "cooperative-sticky"),
         ],
     );
+    if let Some(instance) = &settings.instance_id {
+        set_defaults(&mut config, &[("group.instance.id", instance)]);
+    }
     // Not overridable: the processor's correctness depends on them.
     config
         .set("group.id", &settings.group_id)
         .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("partition.assignment.strategy", "range,roundrobin");
+        .set("enable.auto.offset.store", "false");
     config
 }

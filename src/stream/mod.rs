@@ -15,6 +15,7 @@ pub mod output;
 pub mod processor;
 pub mod rebalance;
 pub mod simulate;
+pub mod topics;
 
 pub use embedded::EmbeddedBroker;
 pub use error::StreamError;

@@ -11,6 +11,7 @@ mod api;
 mod api_hardening;
 mod auth;
 mod cli;
+mod deploy;
 mod fuzz_api;
 mod geofence_engine;
 mod geofence_properties;

@@ -23,6 +23,8 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 
+use opentelemetry::trace::SpanContext;
+
 use crate::config::KafkaSettings;
 use crate::promo::{EligibilityEvent, Scratch, SharedCatalog};
 use crate::stream::changelog::PartitionUsers;
@@ -39,6 +41,7 @@ use crate::telemetry::PipelineMetrics;
 
 mod durability;
 mod records;
+mod trace;
 
 /// Stage timings are taken for 1 event in this many, so that timing does not cost more than the work.
 const SAMPLE_EVERY: u64 = 64;
@@ -52,9 +55,10 @@ pub struct ProcessorReport {
     pub checkpoints: u64,
 }
 
-/// Called with every eligibility event produced (for example to materialise it in the store). Must not
-/// block for long: it runs on the processing thread.
-pub type EmitHook = Box<dyn Fn(&EligibilityEvent) + Send + Sync>;
+/// Called with every eligibility event produced (for example to materialise it in the store), and the
+/// span of the input record that caused it when tracing is on. Must not block for long: it runs on the
+/// processing thread.
+pub type EmitHook = Box<dyn Fn(&EligibilityEvent, Option<SpanContext>) + Send + Sync>;
 
 /// A configured processor; [`Processor::run`] drives it until `stop` is set.
 pub struct Processor {
@@ -129,6 +133,7 @@ impl Processor {
             report: ProcessorReport::default(),
             last_checkpoint: Instant::now(),
             on_emit: self.on_emit.take(),
+            tracer: crate::otel::tracer(),
             dead_letter_limit: producer_message_limit(settings, &self.brokers),
         }));
         let consumer: BaseConsumer<GroupContext<Core>> =
@@ -244,6 +249,8 @@ pub(crate) struct Core {
     report: ProcessorReport,
     last_checkpoint: Instant,
     on_emit: Option<EmitHook>,
+    /// Set when tracing is on: every record gets a span.
+    tracer: Option<&'static crate::otel::Tracer>,
     /// The largest record the producer sends (`message.max.bytes`): dead letters are cut to fit.
     dead_letter_limit: usize,
 }

@@ -4,9 +4,10 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 
+use super::trace::RecordTrace;
 use super::{Core, SAMPLE_EVERY};
 use crate::promo::timestamp::SystemClock;
 use crate::promo::{
@@ -79,12 +80,23 @@ impl Core {
         self.report.consumed += 1;
         let sampled = self.report.consumed % SAMPLE_EVERY == 0;
         let started = sampled.then(Instant::now);
+        let mut trace = self
+            .tracer
+            .map(|tracer| RecordTrace::start(tracer, message));
         let payload = message.payload().unwrap_or_default();
         let decoded = decode_gps_event(message.key(), payload, self.settings.max_event_bytes);
         let decoded_at = sampled.then(Instant::now);
         match decoded {
-            Err(error) => self.dead_letter(message, &error)?,
+            Err(error) => {
+                if let Some(trace) = &mut trace {
+                    trace.dead_lettered(error.code(), &error.to_string());
+                }
+                self.dead_letter(message, &error, trace.as_ref())?;
+            }
             Ok(event) => {
+                if let Some(trace) = &mut trace {
+                    trace.decoded(&event.user_id);
+                }
                 // The record's own timestamp, not the wall clock: a replay after a crash must clamp
                 // future-skewed points exactly as the first run did.
                 let reference = message
@@ -116,6 +128,13 @@ impl Core {
                     if decision.outcome == Outcome::Applied {
                         user.unflushed_offset = Some(offset);
                     }
+                    if let Some(trace) = &mut trace {
+                        trace.decided(
+                            decision.outcome,
+                            catalog.matched_fence_ids(&self.scratch),
+                            self.outputs.len(),
+                        );
+                    }
                     decision
                 };
                 let evaluated_at = sampled.then(Instant::now);
@@ -132,7 +151,7 @@ impl Core {
                     Outcome::Applied => {}
                 }
                 if !self.outputs.is_empty() {
-                    self.emit(&event, partition, offset)?;
+                    self.emit(&event, partition, offset, trace.as_ref())?;
                 }
                 if let (Some(started), Some(decoded_at), Some(evaluated_at)) =
                     (started, decoded_at, evaluated_at)
@@ -165,6 +184,7 @@ impl Core {
         event: &GpsEvent<'_>,
         partition: i32,
         offset: i64,
+        trace: Option<&RecordTrace>,
     ) -> Result<(), StreamError> {
         // Taken and put back, so the vector's capacity is reused for the next event.
         let outputs = std::mem::take(&mut self.outputs);
@@ -172,12 +192,15 @@ impl Core {
             self.buffer.clear();
             // Serializing plain data into a Vec cannot fail.
             let _ = serde_json::to_writer(&mut self.buffer, output);
-            let record = BaseRecord::with_opaque_to(&self.settings.output_topic, 0)
+            let mut record = BaseRecord::with_opaque_to(&self.settings.output_topic, 0)
                 .key(event.user_id.as_bytes())
                 .payload(&self.buffer[..]);
+            if let Some(trace) = trace {
+                record = record.headers(trace.headers(OwnedHeaders::new()));
+            }
             self.producer.send(record, Source { partition, offset })?;
             if let Some(hook) = &self.on_emit {
-                hook(output);
+                hook(output, trace.map(RecordTrace::span_context));
             }
             match output.kind {
                 TransitionKind::Enter => self.metrics.emitted_enter.inc(),
@@ -216,6 +239,7 @@ impl Core {
         &mut self,
         message: &BorrowedMessage<'_>,
         error: &DecodeError,
+        trace: Option<&RecordTrace>,
     ) -> Result<(), StreamError> {
         let origin = Origin {
             topic: message.topic(),
@@ -223,9 +247,13 @@ impl Core {
             offset: message.offset(),
         };
         let letter = DeadLetter::new(message.key(), message.payload(), self.dead_letter_limit);
+        let mut headers = dead_letter_headers(error, origin, &letter);
+        if let Some(trace) = trace {
+            headers = trace.headers(headers);
+        }
         let mut record =
             BaseRecord::<[u8], [u8], usize>::with_opaque_to(&self.settings.dlq_topic, 0)
-                .headers(dead_letter_headers(error, origin, &letter));
+                .headers(headers);
         if let Some(key) = letter.key {
             record = record.key(key);
         }
