@@ -10,6 +10,9 @@
 //! cargo bench --bench pipeline -- memory [USERS]                  # default 1_000_000
 //! ```
 //!
+//! `TRACE_RATIO=0.01` (or `1`) turns tracing on with that sampling ratio, exporting over OTLP/HTTP to a
+//! sink inside the benchmark that accepts and discards every export: the cost of tracing, measured.
+//!
 //! The mock cluster keeps only a bounded tail of each partition, so the producer is held at most
 //! `MAX_AHEAD` events in front of the processor (it produces while the processor consumes).
 
@@ -45,12 +48,64 @@ fn main() {
             .and_then(|a| a.replace('_', "").parse().ok())
             .unwrap_or(default)
     };
+    let _tracing = std::env::var("TRACE_RATIO")
+        .ok()
+        .map(|ratio| start_tracing(&ratio));
     match args.first().map(String::as_str) {
         Some("latency") => latency(number(1, 100_000), number(2, 20)),
         Some("memory") => memory(number(1, 1_000_000) as usize),
         Some("throughput") | None => throughput(number(1, 10_000_000), number(2, 100_000) as usize),
         Some(other) => eprintln!("unknown mode {other}: throughput | latency | memory"),
     }
+}
+
+/// Tracing on at `ratio`, exporting to a sink that answers 200 to every export and keeps nothing.
+fn start_tracing(ratio: &str) -> geopromo::otel::OtelGuard {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                loop {
+                    let mut length = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let line = line.trim_end();
+                        if line.is_empty() {
+                            break;
+                        }
+                        if let Some((name, value)) = line.split_once(':') {
+                            if name.eq_ignore_ascii_case("content-length") {
+                                length = value.trim().parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err()
+                        || writer
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let settings = geopromo::config::OtelSettings {
+        exporter_otlp_endpoint: format!("http://{address}"),
+        traces_sampler: "parentbased_traceidratio".into(),
+        traces_sampler_arg: Some(ratio.parse().expect("TRACE_RATIO is a number")),
+        ..Default::default()
+    };
+    eprintln!("tracing on: ratio {ratio}, exporting to a discarding sink at {address}");
+    geopromo::otel::init(&settings).unwrap().unwrap()
 }
 
 fn settings() -> Settings {

@@ -190,7 +190,10 @@ pub fn trace_headers(context: &Context) -> Vec<(String, String)> {
     struct Pairs(Vec<(String, String)>);
     impl Injector for Pairs {
         fn set(&mut self, key: &str, value: String) {
-            self.0.push((key.to_owned(), value));
+            // An empty `tracestate` is noise on every record.
+            if !value.is_empty() {
+                self.0.push((key.to_owned(), value));
+            }
         }
     }
     let mut pairs = Pairs(Vec::with_capacity(2));

@@ -171,3 +171,39 @@ pub fn processor_consumer_config(settings: &KafkaSettings, brokers: &str) -> Cli
         .set("enable.auto.offset.store", "false");
     config
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_processor_rebalances_cooperatively_and_joins_statically_when_named() {
+        let mut settings = KafkaSettings::default();
+        let config = processor_consumer_config(&settings, "b:9092");
+        assert_eq!(
+            config.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+        assert_eq!(config.get("group.instance.id"), None, "dynamic by default");
+
+        settings.instance_id = Some("processor-1".into());
+        settings
+            .consumer_properties
+            .insert("partition.assignment.strategy".into(), "range".into());
+        settings
+            .consumer_properties
+            .insert("enable.auto.commit".into(), "true".into());
+        let config = processor_consumer_config(&settings, "b:9092");
+        assert_eq!(config.get("group.instance.id"), Some("processor-1"));
+        assert_eq!(
+            config.get("partition.assignment.strategy"),
+            Some("range"),
+            "the operator may pick another strategy"
+        );
+        assert_eq!(
+            config.get("enable.auto.commit"),
+            Some("false"),
+            "but not auto-commit: commits follow acknowledged outputs"
+        );
+    }
+}

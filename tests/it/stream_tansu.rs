@@ -43,28 +43,7 @@ fn free_port() -> u16 {
 }
 
 fn start_tansu(dir: &Path) -> (Guard, String) {
-    let port = free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let log = std::fs::File::create(dir.join("tansu.log")).unwrap();
-    let child = Command::new(tansu_binary())
-        // tansu resolves the database path against its working directory.
-        .current_dir(dir)
-        .args(["broker", "--storage-engine", "sqlite://tansu.db"])
-        .args(["--listener-url", &url, "--advertised-listener-url", &url])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("cannot start tansu");
-    let guard = Guard(child);
-    let brokers = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(&brokers).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "tansu did not listen on {brokers}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (guard, brokers, url) = start_empty_tansu(dir);
     for topic in [
         "gps-events",
         "promo-eligible",
@@ -87,6 +66,33 @@ fn start_tansu(dir: &Path) -> (Guard, String) {
         assert!(status.success(), "cannot create topic {topic}");
     }
     (guard, brokers)
+}
+
+/// tansu with no topics: (process, `host:port`, `tcp://host:port`).
+fn start_empty_tansu(dir: &Path) -> (Guard, String, String) {
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let log = std::fs::File::create(dir.join("tansu.log")).unwrap();
+    let child = Command::new(tansu_binary())
+        // tansu resolves the database path against its working directory.
+        .current_dir(dir)
+        .args(["broker", "--storage-engine", "sqlite://tansu.db"])
+        .args(["--listener-url", &url, "--advertised-listener-url", &url])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("cannot start tansu");
+    let guard = Guard(child);
+    let brokers = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(&brokers).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "tansu did not listen on {brokers}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (guard, brokers, url)
 }
 
 /// Reads the output topic from the beginning, incrementally.
@@ -322,5 +328,92 @@ fn every_dead_letter_reason_on_a_real_broker_and_the_processor_lives_on() {
     assert!(
         processor.0.try_wait().unwrap().is_none(),
         "the processor is still running: {log_text}"
+    );
+}
+
+/// `topics create` on an empty broker creates all four and they check out; `topics check` then names what
+/// is wrong with topics someone else made badly, and exits 1.
+#[test]
+fn topics_create_sets_them_up_and_check_names_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_tansu, brokers, _) = start_empty_tansu(dir.path());
+    let env = [("GEOPROMO__KAFKA__BROKERS", brokers.clone())];
+    let plan = [
+        "--partitions",
+        "4",
+        "--replication-factor",
+        "1",
+        "--min-insync-replicas",
+        "1",
+    ];
+    let mut args = vec!["topics", "create"];
+    args.extend(plan);
+    let created = crate::common::process::geopromo(dir.path(), &args, "", &env);
+    let stdout = String::from_utf8_lossy(&created.stdout);
+    let stderr = String::from_utf8_lossy(&created.stderr);
+    for topic in [
+        "gps-events",
+        "promo-eligible",
+        "gps-events.dlq",
+        "geopromo.user-state",
+    ] {
+        assert!(
+            stdout.contains(&format!("created {topic}")),
+            "{stdout}\n{stderr}"
+        );
+        assert!(
+            stdout.contains(&format!("{topic}: 4 partitions, replication factor 1")),
+            "{stdout}\n{stderr}"
+        );
+    }
+    // tansu keeps no topic configuration it can describe; what could not be checked is said, not assumed.
+    let unchecked = stderr.matches("not checked").count();
+    assert!(
+        created.status.success() || unchecked == 4,
+        "exit {:?}\n{stdout}\n{stderr}",
+        created.status
+    );
+
+    // A second broker's worth of badly made topics: too few partitions for the state changelog.
+    let dir2 = tempfile::tempdir().unwrap();
+    let (_tansu2, brokers2, url2) = start_empty_tansu(dir2.path());
+    for (topic, partitions) in [
+        ("gps-events", "4"),
+        ("promo-eligible", "4"),
+        ("geopromo.user-state", "2"),
+    ] {
+        let status = Command::new(tansu_binary())
+            .args([
+                "topic",
+                "create",
+                topic,
+                "--broker",
+                &url2,
+                "--partitions",
+                partitions,
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let mut args = vec!["topics", "check"];
+    args.extend(plan);
+    let checked = crate::common::process::geopromo(
+        dir2.path(),
+        &args,
+        "",
+        &[("GEOPROMO__KAFKA__BROKERS", brokers2)],
+    );
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert_eq!(checked.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("TOPIC PROBLEM gps-events.dlq: missing"),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .contains("TOPIC PROBLEM geopromo.user-state: 2 partitions, but the input topic has 4"),
+        "{stderr}"
     );
 }
