@@ -14,8 +14,8 @@ pub enum StreamError {
         source: KafkaError,
     },
     #[error(
-        "topic {topic:?} does not exist on {brokers}: create it (the state topic with cleanup.policy=compact \
-         and as many partitions as the input topic)"
+        "topic {topic:?} does not exist on {brokers}: create the topics with `geopromo topics create` (the \
+         state topic compacted, with as many partitions as the input topic)"
     )]
     MissingTopic { topic: String, brokers: String },
     #[error("state topic {state:?} has {state_partitions} partitions but input topic {input:?} has {input_partitions}; they must match")]

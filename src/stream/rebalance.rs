@@ -61,7 +61,9 @@ impl<H: Send + 'static> ClientContext for GroupContext<H> {
                 topic
                     .partitions
                     .values()
-                    .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                    // librdkafka keeps reporting partitions it gave up (with their last lag): only the
+                    // ones assigned now count.
+                    .filter(|p| p.partition >= 0 && p.desired && p.consumer_lag >= 0)
                     .map(|p| (p.partition, p.consumer_lag))
                     .collect()
             })

@@ -20,9 +20,7 @@ use rdkafka::mocking::{MockCluster, MockCoordinator};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use crate::common::process::{geopromo, get, post_json, Running};
-use crate::common::{
-    catalog, expected_event_ids, fresh_postgres_url, process_config, traffic, PROMOTIONS,
-};
+use crate::common::{catalog, expected_event_ids, fresh_postgres_url, process_config, traffic};
 
 const TOPICS: [&str; 4] = [
     "gps-events",
@@ -31,6 +29,9 @@ const TOPICS: [&str; 4] = [
     "geopromo.user-state",
 ];
 const PARTITIONS: i32 = 6;
+/// No cooldown, so users walking across the square's boundary enter and exit often: a dense output
+/// stream whose gaps show when processing stalls.
+const PROMOTIONS: &str = r#"{"promotions":[{"id":"square-promo","fences":["square"]}]}"#;
 
 /// The `geopromo_*` value of `name` (summed over label sets) in a metrics text.
 fn metric(text: &str, name: &str) -> f64 {
@@ -47,16 +48,32 @@ fn metrics_address(process: &Running) -> SocketAddr {
     rest[..rest.find('/').unwrap()].parse().unwrap()
 }
 
+/// The metrics text of a processor; a processor that stopped answering fails the test with its log.
+fn scrape(process: &Running) -> String {
+    let address = metrics_address(process);
+    match std::net::TcpStream::connect(address) {
+        Ok(_) => get(address, "/metrics").1,
+        Err(error) => {
+            let log = process.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "a processor stopped answering ({error}); its log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        }
+    }
+}
+
 /// Waits (up to `within`) until every processor's consumer lag is 0, then a moment more for the last
 /// outputs to reach the reader; returns the smallest total lag seen.
-fn wait_drained(metrics: &[SocketAddr], within: Duration) -> f64 {
+fn wait_drained(processors: &[&Running], within: Duration) -> f64 {
     let deadline = Instant::now() + within;
     let mut smallest = f64::INFINITY;
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_secs(2));
-        let lag: f64 = metrics
+        let lag: f64 = processors
             .iter()
-            .map(|address| metric(&get(*address, "/metrics").1, "geopromo_consumer_lag"))
+            .map(|process| metric(&scrape(process), "geopromo_consumer_lag"))
             .sum();
         smallest = smallest.min(lag);
         if lag == 0.0 {
@@ -168,7 +185,6 @@ fn a_broker_loss_and_a_killed_processor_lose_no_eligibility_event() {
         .map(|_| Running::start(dir.path(), &["api", "--config-dir", config_arg], &api_env))
         .collect();
     let api_addresses: Vec<SocketAddr> = apis.iter().map(Running::api_address).collect();
-    let metrics_b = metrics_address(&processor_b);
 
     // The trace: users 0-3 post through the APIs, everyone else goes straight to the topic.
     let (events, _) = traffic(300, 9000, 0.0, 11);
@@ -308,8 +324,7 @@ fn a_broker_loss_and_a_killed_processor_lose_no_eligibility_event() {
     }
     let mut lag_peak: f64 = 0.0;
     while broker_down_at.elapsed() < Duration::from_secs(10) {
-        let (_, text) = get(metrics_b, "/metrics");
-        lag_peak = lag_peak.max(metric(&text, "geopromo_consumer_lag"));
+        lag_peak = lag_peak.max(metric(&scrape(&processor_b), "geopromo_consumer_lag"));
         std::thread::sleep(Duration::from_millis(500));
     }
     cluster.broker_up(1).unwrap();
@@ -327,8 +342,7 @@ fn a_broker_loss_and_a_killed_processor_lose_no_eligibility_event() {
             "the survivor never took the killed member's partitions:\n{}",
             processor_b.log()
         );
-        let (_, text) = get(metrics_b, "/metrics");
-        lag_peak = lag_peak.max(metric(&text, "geopromo_consumer_lag"));
+        lag_peak = lag_peak.max(metric(&scrape(&processor_b), "geopromo_consumer_lag"));
         std::thread::sleep(Duration::from_millis(100));
     }
     let takeover = killed_at.elapsed();
@@ -341,10 +355,7 @@ fn a_broker_loss_and_a_killed_processor_lose_no_eligibility_event() {
     let stream_took = started.elapsed();
 
     // Everything expected arrives; wait for the stream to drain.
-    let lag_end = wait_drained(
-        &[metrics_b, metrics_address(&processor_a)],
-        Duration::from_secs(120),
-    );
+    let lag_end = wait_drained(&[&processor_b, &processor_a], Duration::from_secs(120));
     stop_reading.store(true, Ordering::Relaxed);
     let arrived = reader.join().unwrap();
 
@@ -366,14 +377,23 @@ fn a_broker_loss_and_a_killed_processor_lose_no_eligibility_event() {
     assert_eq!(counts.len(), expected.len(), "no invented events");
     let duplicates: usize = counts.values().map(|c| c - 1).sum();
 
-    // Output flowing again: the first arrival after the broker went down.
+    // Output flowing again: the first arrival after the broker went down; and the longest silence in the
+    // output while the faults were on (the stream is dense enough that a gap means a stall).
     let flowing_again = arrived
         .iter()
         .map(|(_, at)| *at)
         .filter(|at| *at > broker_down_at)
         .min()
         .map(|at| at - broker_down_at);
-    let (_, text) = get(metrics_b, "/metrics");
+    let mut times: Vec<Instant> = arrived.iter().map(|(_, at)| *at).collect();
+    times.sort();
+    let longest_silence = times
+        .windows(2)
+        .filter(|w| w[1] > broker_down_at)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    let text = scrape(&processor_b);
     let rebalances = metric(&text, "geopromo_rebalances_total");
     let rewinds = metric(&text, "geopromo_rewinds_total");
     assert!(
@@ -384,15 +404,26 @@ fn a_broker_loss_and_a_killed_processor_lose_no_eligibility_event() {
     eprintln!(
         "FAILOVER REPORT: {} events ({} via the API, {refused_posts} posts refused and retried) in {:.1} s; \
          {} eligibility events expected, all arrived, {duplicates} duplicates; output flowing again {:?} after \
-         the leaders' broker went down; survivor took the killed member's partitions {:.1} s after SIGKILL; \
+         the leaders' broker went down, longest output silence after that {:.1} s; survivor took the killed member's partitions {:.1} s after SIGKILL; \
          survivor: {rebalances} rebalances, {rewinds} rewinds, lag peak {lag_peak}, lag at the end {lag_end}",
         events.len(),
         events.len() - direct_count(&events, &api_users),
         stream_took.as_secs_f64(),
         expected.len(),
         flowing_again,
+        longest_silence.as_secs_f64(),
         takeover.as_secs_f64(),
     );
+    if std::env::var_os("FAILOVER_LOGS").is_some() {
+        for (name, log) in [("A", processor_a.log()), ("B", processor_b.log())] {
+            for line in log
+                .lines()
+                .filter(|l| !l.contains(" INFO ") || l.contains("partitions"))
+            {
+                eprintln!("{name}: {line}");
+            }
+        }
+    }
     drop(apis);
     drop(processor_a);
 }
@@ -493,10 +524,7 @@ fn a_rolling_restart_moves_only_the_restarted_members_partitions() {
     }
     producer.flush(Duration::from_secs(10)).unwrap();
 
-    wait_drained(
-        &[metrics_address(&processor_b), metrics_address(&restarted)],
-        Duration::from_secs(60),
-    );
+    wait_drained(&[&processor_b, &restarted], Duration::from_secs(60));
     stop_reading.store(true, Ordering::Relaxed);
     let arrived = reader.join().unwrap();
     let received: std::collections::HashSet<&str> =

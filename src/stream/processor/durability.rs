@@ -236,8 +236,17 @@ impl PartitionHandler for Core {
             tracing::warn!(partitions = ?revoked, "assignment lost; dropping uncommitted work");
             self.progress.lose_uncommitted();
         } else if let Err(error) = self.checkpoint(consumer, CommitMode::Sync) {
-            tracing::error!(%error, "checkpoint on revoke failed");
-            self.fatal.get_or_insert(error);
+            if self.settings.guarantee == Guarantee::AtLeastOnce {
+                // Outputs not acknowledged in time (a broker that hangs rather than fails): the revoked
+                // partitions are not committed, and their next owner replays them from the last commit.
+                // The partitions kept stay staged and commit once their outputs are acknowledged.
+                tracing::warn!(error = %crate::error::error_chain(&error), partitions = ?revoked,
+                    "checkpoint on revoke failed; the next owner replays these partitions from their last commit");
+            } else {
+                // The transaction's state is unknown: only a new producer (a restart) is safe.
+                tracing::error!(%error, "checkpoint on revoke failed");
+                self.fatal.get_or_insert(error);
+            }
         }
         for &partition in revoked {
             self.progress.revoke(partition);
