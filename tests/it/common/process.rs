@@ -113,15 +113,7 @@ pub fn get(address: SocketAddr, path: &str) -> (u16, String) {
         "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
-    let mut raw = String::new();
-    let _ = stream.read_to_string(&mut raw);
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-    (status, body)
+    read_reply(stream)
 }
 
 pub fn geopromo(
@@ -161,6 +153,11 @@ pub fn post_json(
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     write!(stream, "{head}\r\n{body}").unwrap();
+    read_reply(stream)
+}
+
+/// (status, body) of a `Connection: close` HTTP/1.1 answer.
+fn read_reply(mut stream: TcpStream) -> (u16, String) {
     let mut raw = String::new();
     let _ = stream.read_to_string(&mut raw);
     let status = raw
