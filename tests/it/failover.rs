@@ -84,6 +84,25 @@ fn wait_drained(processors: &[&Running], within: Duration) -> f64 {
     smallest
 }
 
+/// A working directory with the processors' settings on `brokers`, and a fresh PostgreSQL database.
+fn fleet_setup(
+    brokers: &str,
+    database_prefix: &str,
+) -> (tempfile::TempDir, std::path::PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = process_config(
+        dir.path(),
+        brokers,
+        PROMOTIONS,
+        "",
+        "\"fetch.wait.max.ms\" = 5",
+    );
+    let database = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(fresh_postgres_url(database_prefix));
+    (dir, config, database)
+}
+
 /// `geopromo process` on the shared database, with static membership when `instance` is given.
 fn start_processor(dir: &Path, config: &Path, database: &str, instance: Option<&str>) -> Running {
     Running::start(
@@ -162,17 +181,7 @@ fn a_broker_loss_and_a_killed_processor_lose_no_eligibility_event() {
         .coordinator(MockCoordinator::Group("failover-reader".into()), 3)
         .unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    let config = process_config(
-        dir.path(),
-        &brokers,
-        PROMOTIONS,
-        "",
-        "\"fetch.wait.max.ms\" = 5",
-    );
-    let database = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(fresh_postgres_url("failover"));
+    let (dir, config, database) = fleet_setup(&brokers, "failover");
 
     // One processor first (it seeds the empty store), then the second member and the two APIs.
     let mut processor_a = start_processor(dir.path(), &config, &database, Some("processor-a"));
@@ -447,17 +456,7 @@ fn a_rolling_restart_moves_only_the_restarted_members_partitions() {
     for topic in TOPICS {
         cluster.create_topic(topic, PARTITIONS, 1).unwrap();
     }
-    let dir = tempfile::tempdir().unwrap();
-    let config = process_config(
-        dir.path(),
-        &brokers,
-        PROMOTIONS,
-        "",
-        "\"fetch.wait.max.ms\" = 5",
-    );
-    let database = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(fresh_postgres_url("rolling"));
+    let (dir, config, database) = fleet_setup(&brokers, "rolling");
     let processor_a = start_processor(dir.path(), &config, &database, None);
     processor_a.wait_for("partitions assigned");
     let processor_b = start_processor(dir.path(), &config, &database, None);

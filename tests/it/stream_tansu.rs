@@ -50,22 +50,20 @@ fn start_tansu(dir: &Path) -> (Guard, String) {
         "gps-events.dlq",
         "geopromo.user-state",
     ] {
-        let status = Command::new(tansu_binary())
-            .args([
-                "topic",
-                "create",
-                topic,
-                "--broker",
-                &url,
-                "--partitions",
-                "3",
-            ])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "cannot create topic {topic}");
+        create_tansu_topic(&url, topic, 3);
     }
     (guard, brokers)
+}
+
+/// Creates `topic` on the tansu at `url` with tansu's own CLI.
+fn create_tansu_topic(url: &str, topic: &str, partitions: u32) {
+    let status = Command::new(tansu_binary())
+        .args(["topic", "create", topic, "--broker", url, "--partitions"])
+        .arg(partitions.to_string())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "cannot create topic {topic}");
 }
 
 /// tansu with no topics: (process, `host:port`, `tcp://host:port`).
@@ -378,24 +376,11 @@ fn topics_create_sets_them_up_and_check_names_what_is_wrong() {
     let dir2 = tempfile::tempdir().unwrap();
     let (_tansu2, brokers2, url2) = start_empty_tansu(dir2.path());
     for (topic, partitions) in [
-        ("gps-events", "4"),
-        ("promo-eligible", "4"),
-        ("geopromo.user-state", "2"),
+        ("gps-events", 4),
+        ("promo-eligible", 4),
+        ("geopromo.user-state", 2),
     ] {
-        let status = Command::new(tansu_binary())
-            .args([
-                "topic",
-                "create",
-                topic,
-                "--broker",
-                &url2,
-                "--partitions",
-                partitions,
-            ])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        create_tansu_topic(&url2, topic, partitions);
     }
     let mut args = vec!["topics", "check"];
     args.extend(plan);
