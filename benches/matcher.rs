@@ -83,6 +83,7 @@ mod match_point {
             name: "10k-vertex city".into(),
             tolerance_m: 1000.0,
             polygons: vec![wobbly_polygon(-6.2, 106.8, 20_000.0, 10_000, 3)],
+            circle: None,
         };
         let fences = vec![fence];
         let bounds = (-6.45, 106.55, -5.95, 107.05);

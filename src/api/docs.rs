@@ -171,7 +171,10 @@ fn fence_feature_schema() -> serde_json::Value {
                     "id": {"oneOf": [{"type": "string", "minLength": 1, "maxLength": 128}, {"type": "integer"}]},
                     "name": {"type": "string"},
                     "tolerance_m": {"type": "number", "minimum": 0,
-                                    "maximum": crate::geofence::metric::MAX_TOLERANCE_M}
+                                    "maximum": crate::geofence::metric::MAX_TOLERANCE_M},
+                    "radius_m": {"type": "number", "exclusiveMinimum": 0,
+                                 "maximum": crate::geofence::geojson::MAX_RADIUS_M,
+                                 "description": "radius of a circular fence (Point geometry)"}
                 }
             },
             "geometry": {"oneOf": [
@@ -179,7 +182,10 @@ fn fence_feature_schema() -> serde_json::Value {
                     "type": {"type": "string", "enum": ["Polygon"]}, "coordinates": polygon}},
                 {"type": "object", "required": ["type", "coordinates"], "properties": {
                     "type": {"type": "string", "enum": ["MultiPolygon"]},
-                    "coordinates": {"type": "array", "minItems": 1, "items": polygon}}}
+                    "coordinates": {"type": "array", "minItems": 1, "items": polygon}}},
+                {"type": "object", "required": ["type", "coordinates"], "properties": {
+                    "type": {"type": "string", "enum": ["Point"]}, "coordinates": position},
+                 "description": "a circle around this centre, of properties.radius_m metres"}
             ]}
         }
     })
@@ -193,7 +199,7 @@ fn schema_from(
     })
 }
 
-/// One GeoJSON Feature with a Polygon or MultiPolygon geometry.
+/// One GeoJSON Feature with a Polygon or MultiPolygon geometry, or a Point with `properties.radius_m`.
 pub struct FenceFeature;
 
 impl utoipa::PartialSchema for FenceFeature {

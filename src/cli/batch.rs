@@ -8,7 +8,7 @@ use anyhow::Context;
 use h3o::Resolution;
 
 use super::*;
-use crate::batch::run_batch;
+use crate::batch::{run_batch, ColumnNames};
 use crate::geofence::{FenceIndex, IndexOptions, Strategy};
 
 pub(super) fn run_match(args: &MatchArgs) -> anyhow::Result<ExitCode> {
@@ -50,20 +50,37 @@ pub(super) fn run_match(args: &MatchArgs) -> anyhow::Result<ExitCode> {
         stats.approx_heap_bytes as f64 / 1e6,
         stats.build_time.as_secs_f64() * 1e3
     );
+    let mut bar = None;
     let input: Box<dyn Read> = match &args.points {
         None => Box::new(io::stdin().lock()),
         Some(p) if p.as_os_str() == "-" => Box::new(io::stdin().lock()),
-        Some(p) => Box::new(File::open(p).with_context(|| format!("cannot open {}", p.display()))?),
+        Some(p) => {
+            let file = File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
+            let progress = bytes_bar(file.metadata().map(|m| m.len()).unwrap_or(0), "matched");
+            let input = Box::new(progress.wrap_read(file));
+            bar = Some(progress);
+            input
+        }
+    };
+    let names = ColumnNames {
+        id: args.id_col.clone(),
+        lat: args.lat_col.clone(),
+        lon: args.lon_col.clone(),
     };
     let stdout = io::stdout().lock();
     let summary = run_batch(
         &index,
         strategy,
+        &names,
         input,
         io::BufWriter::with_capacity(1 << 20, stdout),
-    )?;
+    );
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let summary = summary?;
     for bad in &summary.bad_rows {
-        eprintln!("line {}: {}", bad.line, bad.reason);
+        eprintln!("{}: {}", bad.at, bad.reason);
     }
     let secs = summary.elapsed.as_secs_f64();
     eprintln!(

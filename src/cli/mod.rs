@@ -237,7 +237,17 @@ pub struct MatchArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Points file (CSV with header id,lat,lon or NDJSON); standard input when absent or "-".
+    /// CSV column (or JSON key) of the point id [default: id; without one, the line number].
+    #[arg(long, value_name = "NAME")]
+    pub id_col: Option<String>,
+    /// CSV column (or JSON key) of the latitude [default: lat or latitude].
+    #[arg(long, value_name = "NAME")]
+    pub lat_col: Option<String>,
+    /// CSV column (or JSON key) of the longitude [default: lon, lng, long or longitude].
+    #[arg(long, value_name = "NAME")]
+    pub lon_col: Option<String>,
+    /// Points file: CSV with a header, NDJSON points or GeoJSON Point features, or a GeoJSON
+    /// FeatureCollection of points; standard input when absent or "-".
     pub points: Option<PathBuf>,
 }
 
@@ -319,18 +329,24 @@ pub(super) fn block_on<T>(future: impl std::future::Future<Output = T>) -> anyho
     Ok(runtime.block_on(future))
 }
 
+/// A bar over the bytes of a file being read, shown only for large files (and, by indicatif, only when
+/// stderr is a terminal).
+pub(super) fn bytes_bar(length: u64, verb: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(length);
+    if length < 16 * 1024 * 1024 {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    } else if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+        "{{bar:40}} {{bytes}}/{{total_bytes}} {verb} ({{bytes_per_sec}}, {{eta}} left)"
+    )) {
+        bar.set_style(style);
+    }
+    bar
+}
+
 pub(super) fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
     let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let length = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let bar = indicatif::ProgressBar::new(length);
-    // Only worth a bar for large files (at a terminal; indicatif hides it otherwise).
-    if length < 16 * 1024 * 1024 {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    } else if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bar:40} {bytes}/{total_bytes} read ({bytes_per_sec})",
-    ) {
-        bar.set_style(style);
-    }
+    let bar = bytes_bar(length, "read");
     let mut bytes = Vec::with_capacity(length as usize);
     bar.wrap_read(file)
         .read_to_end(&mut bytes)

@@ -90,7 +90,7 @@ pub(crate) fn cover_part(
     coarse: Resolution,
 ) -> PartCover {
     // Exact work must also catch points on the boundary itself (and within the on-boundary epsilon).
-    let reach_m = tolerance_m + 0.01;
+    let reach_m = tolerance_m + 0.01 + part.cover_margin_m();
     let mut res = fine;
     let (mut e_min, mut e_max) = edge_range(part, res);
     while disk_radius(reach_m, 0.5 * e_min, e_min, e_max) > MAX_DISK_RADIUS && res > coarse {

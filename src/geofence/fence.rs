@@ -18,20 +18,89 @@ impl Polygon {
     }
 }
 
+/// A circular area: every point whose geodesic distance to `center` is at most `radius_m`. Built only
+/// by validation, so the centre is within the supported latitudes and the radius in (0, 100 km].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Circle {
+    /// (lon, lat), as GeoJSON writes positions.
+    pub center: [f64; 2],
+    pub radius_m: f64,
+}
+
+impl Circle {
+    /// A closed ring of `segments` vertices, each exactly `radius_m` (geodesic) from the centre: what the
+    /// covers are built from (widened by [`Self::ring_gap_m`]), and what maps draw. Longitudes are kept
+    /// continuous, so a circle on the antimeridian has vertices beyond ±180°.
+    #[must_use]
+    pub fn ring(&self, segments: usize) -> Ring {
+        let [lon0, lat0] = self.center;
+        let metric = super::metric::LocalMetric::at_latitude(lat0);
+        let mut ring: Ring = (0..segments)
+            .map(|i| {
+                let angle = std::f64::consts::TAU * i as f64 / segments as f64;
+                let (sin, cos) = angle.sin_cos();
+                let mut scale = self.radius_m;
+                let mut vertex = [lon0, lat0];
+                // The local metric is off by up to a few tenths of a percent at 100 km: scale the offset
+                // until the vertex lies on the geodesic circle.
+                for _ in 0..4 {
+                    vertex = [
+                        lon0 + scale * cos / metric.m_per_deg_lon,
+                        lat0 + scale * sin / metric.m_per_deg_lat,
+                    ];
+                    let d = super::metric::geodesic_distance_m(lat0, lon0, vertex[1], vertex[0]);
+                    if d <= 0.0 {
+                        break;
+                    }
+                    scale *= self.radius_m / d;
+                }
+                vertex
+            })
+            .collect();
+        ring.push(ring[0]);
+        ring
+    }
+
+    /// How far the chords of [`Self::ring`] can lie inside the circle (the sagitta, with room for the
+    /// curvature of the ring in lon/lat): covers built from the ring are grown by this much.
+    #[must_use]
+    pub fn ring_gap_m(&self, segments: usize) -> f64 {
+        let half_angle = std::f64::consts::PI / segments as f64;
+        2.0 * self.radius_m * (1.0 - half_angle.cos()) + 0.5
+    }
+
+    /// Distance in metres from a point to the circle's boundary, and whether the point is inside.
+    #[must_use]
+    pub fn boundary_distance(&self, lat: f64, lon: f64) -> (f64, bool) {
+        let d = super::metric::geodesic_distance_m(self.center[1], self.center[0], lat, lon);
+        ((d - self.radius_m).abs(), d <= self.radius_m)
+    }
+}
+
 /// A named area with a match tolerance. Built only by validation ([`crate::geofence::geojson`]), so every
-/// polygon in it is closed, simple, non-degenerate and within the supported latitudes.
+/// polygon in it is closed, simple, non-degenerate and within the supported latitudes. A fence is either
+/// polygons or one circle (a GeoJSON `Point` with `properties.radius_m`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fence {
     pub id: String,
     pub name: String,
     pub tolerance_m: f64,
     pub polygons: Vec<Polygon>,
+    pub circle: Option<Circle>,
 }
 
 impl Fence {
     #[must_use]
     pub fn vertex_count(&self) -> usize {
         self.polygons.iter().map(Polygon::vertex_count).sum()
+    }
+
+    /// The exterior rings, with a circle drawn as a 64-gon: for sampling and drawing, not for matching.
+    #[must_use]
+    pub fn outlines(&self) -> Vec<Ring> {
+        let mut rings: Vec<Ring> = self.polygons.iter().map(|p| p.rings[0].clone()).collect();
+        rings.extend(self.circle.map(|c| c.ring(64)));
+        rings
     }
 }
 
@@ -62,8 +131,10 @@ pub enum FenceProblem {
     NotAFeature(String),
     #[error("geometry is missing or null")]
     MissingGeometry,
-    #[error("geometry type {0} is not supported (only Polygon and MultiPolygon)")]
+    #[error("geometry type {0} is not supported (only Polygon, MultiPolygon, and Point with properties.radius_m for a circle)")]
     UnsupportedGeometry(String),
+    #[error("a Point fence is a circle and needs properties.radius_m, a number in (0, {max}] metres, found {found}")]
+    BadRadius { found: String, max: f64 },
     #[error("no id: set Feature.id or properties.id")]
     MissingId,
     #[error("id must be a non-empty string or an integer, found {0}")]
@@ -92,7 +163,7 @@ pub enum FenceProblem {
     },
     #[error("{at}: ring has {count} positions; a closed ring needs at least 4")]
     RingTooFewPositions { at: CoordPath, count: usize },
-    #[error("{at}: edge spans {span:.1}° of longitude; features crossing the antimeridian must be split at ±180° (RFC 7946 §3.1.9)")]
+    #[error("{at}: edge spans {span:.1}° of longitude and the ring's longitudes never come back: it goes round the globe (encloses a pole), which fences cannot")]
     EdgeSpansAntimeridian { at: CoordPath, span: f64 },
     #[error("{at}: ring intersects itself at ({lon}, {lat})")]
     SelfIntersection { at: CoordPath, lon: f64, lat: f64 },
@@ -123,6 +194,7 @@ impl FenceProblem {
             Self::NotAFeature(_) => "not_a_feature",
             Self::MissingGeometry => "missing_geometry",
             Self::UnsupportedGeometry(_) => "unsupported_geometry",
+            Self::BadRadius { .. } => "bad_radius",
             Self::MissingId => "missing_id",
             Self::BadId(_) => "bad_id",
             Self::DuplicateId { .. } => "duplicate_id",

@@ -1,4 +1,5 @@
-//! GeoJSON (RFC 7946) Feature / FeatureCollection of Polygon / MultiPolygon → validated [`Fence`]s.
+//! GeoJSON (RFC 7946) Feature / FeatureCollection of Polygon / MultiPolygon (and Point + `radius_m`
+//! circles) → validated [`Fence`]s.
 //!
 //! Each feature is parsed on its own so that one bad feature never hides the problems of another, and every
 //! problem names its feature (index and id) and, where it applies, the coordinate.
@@ -7,8 +8,10 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::fence::{CoordPath, FeatureRef, Fence, FenceProblem, Polygon, RejectedFeature, Repair};
-use super::metric::MAX_TOLERANCE_M;
+use super::fence::{
+    Circle, CoordPath, FeatureRef, Fence, FenceProblem, Polygon, RejectedFeature, Repair,
+};
+use super::metric::{MAX_FENCE_LATITUDE, MAX_TOLERANCE_M};
 use super::validate;
 
 /// How features become fences.
@@ -248,7 +251,21 @@ fn parse_feature(
             }
         },
     };
-    let polygons = parse_geometry(feature.get("geometry"), &mut problems).and_then(|raw| {
+    let geometry = feature.get("geometry");
+    if geometry.and_then(|g| g.get("type")).and_then(Value::as_str) == Some("Point") {
+        let circle = parse_circle(geometry.unwrap_or(&Value::Null), properties, &mut problems);
+        return match (problems.is_empty(), circle, id) {
+            (true, Some(circle), Some(id)) => Ok(Fence {
+                id,
+                name,
+                tolerance_m,
+                polygons: Vec::new(),
+                circle: Some(circle),
+            }),
+            _ => Err(reject(problems)),
+        };
+    }
+    let polygons = parse_geometry(geometry, &mut problems).and_then(|raw| {
         let mut repaired = Vec::new();
         let polygons = validate_polygons(raw, &mut problems, &mut repaired);
         repairs.extend(repaired.into_iter().map(|what| Repair {
@@ -272,9 +289,74 @@ fn parse_feature(
             name,
             tolerance_m,
             polygons,
+            circle: None,
         }),
         _ => Err(reject(problems)),
     }
+}
+
+/// Largest circle radius: like tolerances, distances are held to their contract up to 100 km.
+pub const MAX_RADIUS_M: f64 = MAX_TOLERANCE_M;
+
+/// A `Point` geometry with a radius: `properties.radius_m`, or `radius_m` on the geometry itself (where
+/// the store keeps it, as a GeoJSON foreign member).
+fn parse_circle(
+    geometry: &Value,
+    properties: Option<&Value>,
+    problems: &mut Vec<FenceProblem>,
+) -> Option<Circle> {
+    let at = CoordPath {
+        polygon: 0,
+        ring: 0,
+        position: Some(0),
+    };
+    let center = match geometry.get("coordinates") {
+        Some(Value::Array(a)) if a.len() >= 2 => a[0].as_f64().zip(a[1].as_f64()),
+        _ => None,
+    };
+    let center = match center {
+        Some((lon, lat)) if !(-180.0..=180.0).contains(&lon) || !(-90.0..=90.0).contains(&lat) => {
+            problems.push(FenceProblem::CoordinateOutOfRange { at, lon, lat });
+            None
+        }
+        Some((_, lat)) if lat.abs() > MAX_FENCE_LATITUDE => {
+            problems.push(FenceProblem::BeyondSupportedLatitude {
+                at,
+                lat,
+                max: MAX_FENCE_LATITUDE,
+            });
+            None
+        }
+        Some((lon, lat)) => Some([lon, lat]),
+        None => {
+            problems.push(FenceProblem::BadCoordinates {
+                at,
+                what: format!(
+                    "Point coordinates must be [lon, lat] numbers, found {}",
+                    geometry.get("coordinates").unwrap_or(&Value::Null)
+                ),
+            });
+            None
+        }
+    };
+    let radius = properties
+        .and_then(|p| p.get("radius_m"))
+        .filter(|r| !r.is_null())
+        .or_else(|| geometry.get("radius_m"));
+    let radius_m = match radius.map(|r| (r, r.as_f64())) {
+        Some((_, Some(r))) if r > 0.0 && r <= MAX_RADIUS_M => Some(r),
+        other => {
+            problems.push(FenceProblem::BadRadius {
+                found: other.map_or_else(|| "nothing".to_string(), |(r, _)| r.to_string()),
+                max: MAX_RADIUS_M,
+            });
+            None
+        }
+    };
+    Some(Circle {
+        center: center?,
+        radius_m: radius_m?,
+    })
 }
 
 fn describe_type(v: &Value) -> String {
@@ -404,7 +486,7 @@ fn validate_polygons(
     let mut polygons = Vec::with_capacity(raw.len());
     let mut dropped_members = Vec::new();
     for (p, rings) in raw.into_iter().enumerate() {
-        let mut checked = Vec::with_capacity(rings.len());
+        let mut checked: Vec<Vec<[f64; 2]>> = Vec::with_capacity(rings.len());
         let mut member_problems = Vec::new();
         for (r, positions) in rings.iter().enumerate() {
             let at = CoordPath {
@@ -413,7 +495,10 @@ fn validate_polygons(
                 position: None,
             };
             let mut ring_problems = Vec::new();
-            let ring = validate::check_ring(positions, at, &mut ring_problems);
+            let mut ring = validate::check_ring(positions, at, &mut ring_problems, repairs);
+            if let (Some(hole), Some(shell)) = (ring.as_mut(), checked.first()) {
+                validate::align_to_shell(shell, hole);
+            }
             let collapsed = match &ring {
                 Some(ring) => validate::is_degenerate(ring),
                 None => matches!(
@@ -465,16 +550,27 @@ fn validate_polygons(
     Some(polygons)
 }
 
-/// A validated fence as a GeoJSON geometry: a Polygon for one part, a MultiPolygon for several.
+/// A validated fence as a GeoJSON geometry: a Polygon for one part, a MultiPolygon for several, a Point
+/// with a `radius_m` foreign member for a circle.
 #[must_use]
 pub fn fence_geometry(fence: &crate::geofence::Fence) -> Value {
+    if let Some(circle) = fence.circle {
+        return serde_json::json!({
+            "type": "Point",
+            "coordinates": circle.center.to_vec(),
+            "radius_m": circle.radius_m,
+        });
+    }
+    // Rings kept whole across the antimeridian are written back with longitudes in [-180, 180], as they
+    // came in; reading them again repairs them the same way.
+    let wrap = |lon: f64| super::metric::wrap_lon_delta(lon);
     let polygon = |p: &crate::geofence::Polygon| {
         Value::from(
             p.rings
                 .iter()
                 .map(|ring| {
                     ring.iter()
-                        .map(|c| Value::from(c.to_vec()))
+                        .map(|c| Value::from(vec![wrap(c[0]), c[1]]))
                         .collect::<Vec<_>>()
                 })
                 .collect::<Vec<_>>(),
@@ -492,10 +588,14 @@ pub fn fence_geometry(fence: &crate::geofence::Fence) -> Value {
 /// A validated fence as a GeoJSON Feature that [`parse_fences`] reads back to the same fence.
 #[must_use]
 pub fn fence_feature(fence: &crate::geofence::Fence) -> Value {
+    let mut properties = serde_json::json!({"name": fence.name, "tolerance_m": fence.tolerance_m});
+    if let Some(circle) = fence.circle {
+        properties["radius_m"] = circle.radius_m.into();
+    }
     serde_json::json!({
         "type": "Feature",
         "id": fence.id,
-        "properties": {"name": fence.name, "tolerance_m": fence.tolerance_m},
+        "properties": properties,
         "geometry": fence_geometry(fence),
     })
 }

@@ -198,16 +198,24 @@ impl FenceIndex {
                 vertex_count: f.vertex_count(),
             })
             .collect();
-        let owners: Vec<(u32, &super::fence::Polygon)> = fences
+        let owners: Vec<(u32, Shape<'_>)> = fences
             .iter()
             .enumerate()
-            .flat_map(|(i, f)| f.polygons.iter().map(move |p| (i as u32, p)))
+            .flat_map(|(i, f)| {
+                f.polygons
+                    .iter()
+                    .map(move |p| (i as u32, Shape::Polygon(p)))
+                    .chain(f.circle.map(|c| (i as u32, Shape::Circle(c))))
+            })
             .collect();
         let parts: Vec<PreparedPart> = owners
             .par_iter()
-            .map(|&(fence, polygon)| {
-                let tolerance = fences[fence as usize].tolerance_m;
-                PreparedPart::new(fence, polygon, tolerance.max(ON_BOUNDARY_M))
+            .map(|&(fence, shape)| {
+                let reach = fences[fence as usize].tolerance_m.max(ON_BOUNDARY_M);
+                match shape {
+                    Shape::Polygon(polygon) => PreparedPart::new(fence, polygon, reach),
+                    Shape::Circle(circle) => PreparedPart::circle(fence, circle, reach),
+                }
             })
             .collect();
         let rtree = build_rtree(&parts, &infos);
@@ -451,11 +459,20 @@ impl FenceIndex {
     }
 }
 
+/// What one part of a fence is made from.
+#[derive(Clone, Copy)]
+enum Shape<'a> {
+    Polygon(&'a super::fence::Polygon),
+    Circle(super::fence::Circle),
+}
+
 fn build_rtree(parts: &[PreparedPart], fences: &[FenceInfo]) -> RTree<PartBox> {
     let mut boxes = Vec::with_capacity(parts.len());
     for (i, part) in parts.iter().enumerate() {
         let b = part.bounds;
-        let reach = fences[part.fence as usize].tolerance_m.max(ON_BOUNDARY_M) * 1.01 + 1.0;
+        let reach = fences[part.fence as usize].tolerance_m.max(ON_BOUNDARY_M) * 1.01
+            + 1.0
+            + part.cover_margin_m();
         let (dlat, dlon) = degrees_spanned(reach, b.min_lat, b.max_lat);
         let (lo, hi) = (
             [b.min_lon - dlon, b.min_lat - dlat],

@@ -12,7 +12,7 @@ mod raster;
 pub mod sample;
 mod validate;
 
-pub use fence::{Fence, FenceProblem, Polygon, RejectedFeature, Repair};
+pub use fence::{Circle, Fence, FenceProblem, Polygon, RejectedFeature, Repair};
 pub use geojson::{parse_fences, GeoJsonError, ParseOptions, ParsedFences};
 pub use index::{FenceIndex, FenceInfo, FenceMatch, IndexOptions, IndexStats, Strategy};
 pub use point::{GeoPoint, PointError};

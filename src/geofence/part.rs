@@ -1,11 +1,13 @@
 //! One polygon of a fence, prepared for exact work: point-in-polygon through latitude slabs and
-//! nearest-boundary distance through a grid of edges grown by the tolerance.
+//! nearest-boundary distance through a grid of edges grown by the tolerance. A circle is a part too: its
+//! ring (a fine polygon, widened by the chords' gap) builds the covers, and exact answers come from the
+//! geodesic distance to the centre.
 //!
 //! All coordinates stay in the part's own lon/lat frame. A query point is first moved by ±360° to the side of
 //! the antimeridian the part lies on ([`PreparedPart::local_lon`]); parts never span more than 180° of
 //! longitude (validation), so that shift is unambiguous.
 
-use super::fence::Polygon;
+use super::fence::{Circle, Polygon};
 use super::metric::{degrees_spanned, distance_m, wrap_lon_delta, LocalMetric};
 use super::validate::crossing_lon;
 
@@ -80,7 +82,16 @@ pub struct PreparedPart {
     grid_nx: usize,
     grid_ny: usize,
     grid: Buckets,
+    /// Set for a circle: exact answers come from it, the polygon above only approximates it for covers.
+    circle: Option<Circle>,
+    /// How much further than the tolerance covers must reach so that every point within the tolerance of
+    /// the true boundary is in their band (0 for polygons; the ring's gap for circles).
+    cover_margin_m: f64,
 }
+
+/// Segments of the ring a circle's covers are built from: the gap to the true circle stays under
+/// 1e-4 of the radius (10 m at the largest radius), which the covers' margin absorbs.
+const CIRCLE_SEGMENTS: usize = 256;
 
 impl PreparedPart {
     /// Prepares `polygon` for queries up to `reach_m` metres from its boundary.
@@ -122,10 +133,32 @@ impl PreparedPart {
             grid_nx: 1,
             grid_ny: 1,
             grid: Buckets::default(),
+            circle: None,
+            cover_margin_m: 0.0,
         };
         part.build_slabs();
         part.build_grid();
         part
+    }
+
+    /// Prepares a circle for queries up to `reach_m` metres from its boundary.
+    #[must_use]
+    pub fn circle(fence: u32, circle: Circle, reach_m: f64) -> Self {
+        let ring = Polygon {
+            rings: vec![circle.ring(CIRCLE_SEGMENTS)],
+        };
+        let margin = circle.ring_gap_m(CIRCLE_SEGMENTS);
+        let mut part = Self::new(fence, &ring, reach_m + margin);
+        part.reach_m = reach_m;
+        part.circle = Some(circle);
+        part.cover_margin_m = margin;
+        part
+    }
+
+    /// Extra reach covers need beyond the tolerance (see the field).
+    #[must_use]
+    pub fn cover_margin_m(&self) -> f64 {
+        self.cover_margin_m
     }
 
     #[must_use]
@@ -237,6 +270,9 @@ impl PreparedPart {
     /// Even-odd point-in-polygon (holes excluded). `lon` must come from [`Self::local_lon`].
     #[must_use]
     pub fn contains(&self, lat: f64, lon: f64) -> bool {
+        if let Some(circle) = &self.circle {
+            return circle.boundary_distance(lat, lon).1;
+        }
         let b = &self.bounds;
         if lat < b.min_lat || lat > b.max_lat || lon < b.min_lon || lon > b.max_lon {
             return false;
@@ -269,6 +305,10 @@ impl PreparedPart {
     #[must_use]
     pub fn boundary_distance_within(&self, lat: f64, lon: f64, limit_m: f64) -> Option<f64> {
         debug_assert!(limit_m <= self.reach_m + 1e-9);
+        if let Some(circle) = &self.circle {
+            let (d, _) = circle.boundary_distance(lat, lon);
+            return (d <= limit_m).then_some(d);
+        }
         let fx = (lon - self.grid_lon0) * self.grid_inv_w;
         let fy = (lat - self.grid_lat0) * self.grid_inv_h;
         if fx < 0.0 || fy < 0.0 || fx >= self.grid_nx as f64 || fy >= self.grid_ny as f64 {

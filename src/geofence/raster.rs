@@ -69,7 +69,7 @@ pub(crate) fn rasterize_part(
 ) -> Vec<(u64, u32)> {
     let b = part.bounds;
     // The band also holds points on the boundary itself (and within the on-boundary epsilon).
-    let reach_m = tolerance_m * 1.01 + 0.01;
+    let reach_m = tolerance_m * 1.01 + 0.01 + part.cover_margin_m();
     let (dlat0, _) = degrees_spanned(reach_m, b.min_lat, b.max_lat);
     let (dlat, dlon) = degrees_spanned(reach_m, b.min_lat - dlat0, b.max_lat + dlat0);
     let n = grid.n() as f64;

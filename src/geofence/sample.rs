@@ -67,6 +67,15 @@ pub fn near_boundary_points(
         .flat_map(|f| f.polygons.iter())
         .flat_map(|p| p.rings.iter().map(Vec::as_slice))
         .collect();
+    // Circles have no vertex rings; sample near them on their drawn outline.
+    let circle_rings: Vec<Vec<[f64; 2]>> = fences
+        .iter()
+        .filter_map(|f| f.circle.map(|c| c.ring(64)))
+        .collect();
+    let rings: Vec<&[[f64; 2]]> = rings
+        .into_iter()
+        .chain(circle_rings.iter().map(Vec::as_slice))
+        .collect();
     let mut rng = SampleRng::new(seed);
     let mut points = Vec::with_capacity(count);
     while points.len() < count && !rings.is_empty() {

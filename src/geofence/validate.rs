@@ -10,10 +10,16 @@ const MAX_REPORTED_INTERSECTIONS: usize = 5;
 const ZERO_AREA_DEG2: f64 = 1e-15;
 
 /// Checks one ring's positions and returns it without consecutive duplicate positions, still closed.
+///
+/// A ring with an edge longer than 180° of longitude crosses the antimeridian (RFC 7946 asks for such
+/// rings to be split; real data often is not): its longitudes are continued past ±180° from its first
+/// position, which keeps it one piece for the matcher, and a repair is reported. A ring whose
+/// longitudes do not come back to where they started goes round the globe, i.e. encloses a pole.
 pub(crate) fn check_ring(
     positions: &[[f64; 2]],
     at: CoordPath,
     problems: &mut Vec<FenceProblem>,
+    repairs: &mut Vec<String>,
 ) -> Option<Vec<[f64; 2]>> {
     let before = problems.len();
     for (i, &[lon, lat]) in positions.iter().enumerate() {
@@ -57,20 +63,68 @@ pub(crate) fn check_ring(
             ring.push(p);
         }
     }
-    for (i, w) in ring.windows(2).enumerate() {
-        let span = (w[1][0] - w[0][0]).abs();
-        if span > 180.0 {
-            problems.push(FenceProblem::EdgeSpansAntimeridian {
-                at: CoordPath {
-                    position: Some(i),
-                    ..at
-                },
-                span,
-            });
-            return None;
+    let Some(first_jump) = ring
+        .windows(2)
+        .position(|w| (w[1][0] - w[0][0]).abs() > 180.0)
+    else {
+        return Some(ring);
+    };
+    let mut unwrapped: Vec<[f64; 2]> = Vec::with_capacity(ring.len());
+    let mut shift = 0.0;
+    for (i, &[lon, lat]) in ring.iter().enumerate() {
+        if i > 0 {
+            let step = lon + shift - unwrapped[unwrapped.len() - 1][0];
+            if step > 180.0 {
+                shift -= 360.0;
+            } else if step < -180.0 {
+                shift += 360.0;
+            }
+        }
+        let p = [lon + shift, lat];
+        if unwrapped.last() != Some(&p) {
+            unwrapped.push(p);
         }
     }
-    Some(ring)
+    if shift != 0.0 {
+        problems.push(FenceProblem::EdgeSpansAntimeridian {
+            at: CoordPath {
+                position: Some(first_jump),
+                ..at
+            },
+            span: (ring[first_jump + 1][0] - ring[first_jump][0]).abs(),
+        });
+        return None;
+    }
+    repairs.push(format!(
+        "{at} crosses the antimeridian (edge {first_jump} spans {:.1}° of longitude): kept as one piece, \
+         longitudes continued past ±180°",
+        (ring[first_jump + 1][0] - ring[first_jump][0]).abs()
+    ));
+    Some(unwrapped)
+}
+
+/// Moves a hole by 360° of longitude when it was written on the other side of the antimeridian from its
+/// exterior ring (each ring is unwrapped from its own first position).
+pub(crate) fn align_to_shell(shell: &[[f64; 2]], hole: &mut [[f64; 2]]) {
+    let centre = |ring: &[[f64; 2]]| {
+        let (lo, hi) = ring
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+                (lo.min(p[0]), hi.max(p[0]))
+            });
+        0.5 * (lo + hi)
+    };
+    let offset = centre(hole) - centre(shell);
+    let shift = if offset > 180.0 {
+        -360.0
+    } else if offset < -180.0 {
+        360.0
+    } else {
+        return;
+    };
+    for p in hole {
+        p[0] += shift;
+    }
 }
 
 /// A closed ring with fewer than three distinct positions or all of them on one line: collapsed to a line or

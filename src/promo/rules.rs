@@ -297,6 +297,7 @@ mod tests {
                     [west, south],
                 ]],
             }],
+            circle: None,
         }
     }
 

@@ -122,8 +122,10 @@ impl Progress {
     }
 
     /// Commits the newest staged positions whose outputs are all acknowledged (`acknowledged_below`: the
-    /// lowest sequence number still in flight). Returns whether a commit happened. A failed commit is
-    /// not retried: the next checkpoint stages newer positions.
+    /// lowest sequence number still in flight). Returns whether a commit happened. A failed commit (a
+    /// rebalance in progress, a broker away) leaves the progress dirty, so the next checkpoint stages the
+    /// positions again even if no record arrives in between: otherwise the last positions of a stream
+    /// that went quiet would stay uncommitted, and a restart would replay them.
     pub fn advance<C: CommitOffsets>(
         &mut self,
         acknowledged_below: u64,
@@ -141,7 +143,10 @@ impl Progress {
             return Ok(false);
         };
         if !ready.positions.is_empty() {
-            committer.commit(&ready.positions)?;
+            if let Err(error) = committer.commit(&ready.positions) {
+                self.dirty = true;
+                return Err(error);
+            }
         }
         for (partition, offset) in ready.positions {
             if let Some(position) = self.partitions.get_mut(&partition) {
@@ -288,11 +293,36 @@ mod tests {
         };
         assert_eq!(progress.advance(2, &mut failing), Err("broker said no"));
         assert_eq!(progress.rewind_targets(), [(0, Some(0))]);
+        assert!(
+            progress.is_dirty(),
+            "the failed positions are staged again at the next checkpoint"
+        );
         progress.processed(0, 1);
         progress.stage(3);
         let mut recorder = Recorder::default();
         assert_eq!(progress.advance(3, &mut recorder), Ok(true));
         assert_eq!(recorder.commits, [vec![(0, 2)]]);
+    }
+
+    #[test]
+    fn a_failed_commit_is_retried_at_the_next_checkpoint_even_when_no_record_arrives() {
+        let mut progress = Progress::default();
+        progress.assign(0, Some(0));
+        progress.processed(0, 0);
+        progress.processed(0, 1);
+        progress.stage(2);
+        let mut failing = Recorder {
+            fail: true,
+            ..Recorder::default()
+        };
+        assert!(progress.advance(2, &mut failing).is_err());
+        // No record since: the next checkpoint still has something to commit.
+        assert!(progress.is_dirty());
+        progress.stage(2);
+        let mut recorder = Recorder::default();
+        assert_eq!(progress.advance(2, &mut recorder), Ok(true));
+        assert_eq!(recorder.commits, [vec![(0, 2)]]);
+        assert!(!progress.is_dirty());
     }
 
     #[test]

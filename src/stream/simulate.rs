@@ -96,8 +96,8 @@ impl TrafficModel {
             .iter()
             .map(|fence| {
                 let mut b = (f64::MAX, f64::MAX, f64::MIN, f64::MIN);
-                for polygon in &fence.polygons {
-                    for &[lon, lat] in &polygon.rings[0] {
+                for ring in fence.outlines() {
+                    for [lon, lat] in ring {
                         b = (b.0.min(lat), b.1.min(lon), b.2.max(lat), b.3.max(lon));
                     }
                 }
@@ -289,6 +289,7 @@ mod tests {
             polygons: vec![crate::geofence::sample::wobbly_polygon(
                 -6.2, 106.8, 10_000.0, 40, 1,
             )],
+            circle: None,
         };
         let mut model = TrafficModel::new(&[fence], 50, 0.05, 3);
         let mut payload = Vec::new();

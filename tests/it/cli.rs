@@ -85,6 +85,101 @@ fn bad_rows_are_reported_by_line_and_skipped_with_exit_1() {
 }
 
 #[test]
+fn points_come_under_the_column_names_people_use_and_as_geojson() {
+    let monas = (-6.1754, 106.8272);
+    let csv = format!("Latitude,Longitude,user\n{},{},u1\n", monas.0, monas.1);
+    let out = geopromo(&["match", "--fences", "geodata/cities.geojson"], &csv);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // No id column: the line number names the point.
+    assert!(
+        text(&out.stdout).starts_with("{\"id\":2,\"matches\":[{\"fence\":\"jakarta\""),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let named = geopromo(
+        &[
+            "match",
+            "--fences",
+            "geodata/cities.geojson",
+            "--id-col",
+            "user",
+            "--lat-col",
+            "Latitude",
+            "--lon-col",
+            "longitude",
+        ],
+        &csv,
+    );
+    assert!(named.status.success(), "{}", text(&named.stderr));
+    assert!(
+        text(&named.stdout).starts_with("{\"id\":\"u1\","),
+        "{}",
+        text(&named.stdout)
+    );
+
+    let missing = geopromo(
+        &[
+            "match",
+            "--fences",
+            "geodata/cities.geojson",
+            "--lat-col",
+            "y",
+        ],
+        &csv,
+    );
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        text(&missing.stderr)
+            .contains("has no latitude column (looked for y; name it with --lat-col)"),
+        "{}",
+        text(&missing.stderr)
+    );
+
+    let collection = format!(
+        r#"{{"type": "FeatureCollection",
+  "features": [
+    {{"type": "Feature", "id": "monas", "properties": {{}}, "geometry": {{"type": "Point", "coordinates": [{lon}, {lat}]}}}},
+    {{"type": "Feature", "properties": {{}}, "geometry": {{"type": "LineString", "coordinates": [[0, 0], [1, 1]]}}}},
+    {{"type": "Feature", "properties": {{"id": 7}}, "geometry": {{"type": "Point", "coordinates": [0, 0]}}}}
+  ]
+}}
+"#,
+        lat = monas.0,
+        lon = monas.1
+    );
+    let out = geopromo(
+        &["match", "--fences", "geodata/cities.geojson"],
+        &collection,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["id"], "monas");
+    assert_eq!(lines[0]["matches"][0]["fence"], "jakarta");
+    assert_eq!(lines[1]["id"], 7);
+    assert!(
+        text(&out.stderr).contains("feature 1: geometry must be a Point, found \"LineString\""),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let broken = geopromo(
+        &["match", "--fences", "geodata/cities.geojson"],
+        "{\"type\": \"FeatureCollection\",\n \"features\": [\n",
+    );
+    assert_eq!(broken.status.code(), Some(2));
+    assert!(
+        text(&broken.stderr).contains("the input is not valid GeoJSON: EOF while parsing"),
+        "{}",
+        text(&broken.stderr)
+    );
+}
+
+#[test]
 fn ndjson_points_keep_their_id_type() {
     let input = "{\"id\":7,\"lat\":-6.1754,\"lon\":106.8272,\"extra\":true}\n{\"id\":\"s\",\"lat\":0,\"lon\":0}\n";
     let out = geopromo(&["match", "--fences", "geodata/cities.geojson"], input);

@@ -197,10 +197,18 @@ mod validation {
         let bad_tol = json!({"type": "Feature", "properties": {"id": "x", "tolerance_m": -5},
             "geometry": polygon(json!([square(0.0, 0.0, 1.0)]))});
         assert_eq!(codes(&problems_of(bad_tol)), ["bad_tolerance"]);
+        let line = feature(
+            "l",
+            json!({"type": "LineString", "coordinates": [[0, 0], [1, 1]]}),
+        );
+        assert_eq!(
+            problems_of(line)[0].to_string(),
+            "geometry type LineString is not supported (only Polygon, MultiPolygon, and Point with properties.radius_m for a circle)"
+        );
         let point = feature("p", json!({"type": "Point", "coordinates": [0, 0]}));
         assert_eq!(
             problems_of(point)[0].to_string(),
-            "geometry type Point is not supported (only Polygon and MultiPolygon)"
+            "a Point fence is a circle and needs properties.radius_m, a number in (0, 100000] metres, found nothing"
         );
         let bad_pos = feature("b", polygon(json!([[[0, 0], [1, "x"], [1, 1], [0, 0]]])));
         assert!(problems_of(bad_pos)[0]
@@ -209,18 +217,58 @@ mod validation {
     }
 
     #[test]
-    fn polar_fences_and_antimeridian_spanning_edges_are_rejected_with_a_reason() {
+    fn polar_fences_are_rejected_and_antimeridian_crossings_repaired() {
         let polar = problems_of(feature("n", polygon(json!([square(0.0, 85.5, 1.0)]))));
         assert_eq!(codes(&polar)[0], "beyond_supported_latitude");
-        let wide = problems_of(feature(
-            "w",
-            polygon(json!([[[170, 0], [-170, 0], [-170, 1], [170, 0]]])),
+        // A ring round the globe never comes back to its first longitude: it encloses a pole.
+        let round = problems_of(feature(
+            "r",
+            polygon(json!([[[0, 70], [120, 70], [-120, 70], [0, 75], [0, 70]]])),
         ));
         assert!(
-            wide[0].to_string().contains("must be split at ±180°"),
+            round[0].to_string().contains("goes round the globe"),
             "{}",
-            wide[0]
+            round[0]
         );
+        // A triangle written with an edge from 170° to -170°: 20° wide across the antimeridian.
+        let fc = json!({"type": "FeatureCollection", "features": [feature(
+            "w",
+            polygon(json!([[[170, 0], [-170, 0], [-170, 1], [170, 0]]])),
+        )]});
+        let options = ParseOptions::default().default_tolerance_m(1000.0);
+        let parsed = parse_fences(fc.to_string().as_bytes(), &options).unwrap();
+        assert_eq!(parsed.repairs.len(), 1);
+        assert!(
+            parsed.repairs[0]
+                .to_string()
+                .contains("crosses the antimeridian"),
+            "{}",
+            parsed.repairs[0]
+        );
+        let index = index_of(&parsed.fences);
+        for lon in [179.0, 180.0, -180.0, -179.5] {
+            let found = matches_everywhere(&index, 0.2, lon);
+            assert!(found.len() == 1 && found[0].inside, "{lon}: {found:?}");
+        }
+        // 0.005° south of the edge along the equator, on either side of the line: ~553 m.
+        for lon in [179.5, -179.5] {
+            let found = matches_everywhere(&index, -0.005, lon);
+            assert_eq!(found.len(), 1, "{lon}");
+            assert!(
+                (found[0].distance_m - 552.9).abs() < 1.0,
+                "{lon}: {found:?}"
+            );
+        }
+        assert!(matches_everywhere(&index, 0.2, 160.0).is_empty());
+        // Written back as it came in, and read again to the same fence.
+        let again = parse_fences(
+            json!({"type": "FeatureCollection", "features": [geopromo::geofence::geojson::fence_feature(&parsed.fences[0])]})
+                .to_string()
+                .as_bytes(),
+            &options,
+        )
+        .unwrap();
+        assert_eq!(again.fences, parsed.fences);
     }
 
     #[test]
@@ -412,6 +460,7 @@ mod matching {
             name: "big".into(),
             tolerance_m: 1000.0,
             polygons: vec![wobbly_polygon(-6.2, 106.8, 20_000.0, 10_000, 3)],
+            circle: None,
         };
         let fences = vec![fence];
         let index = index_of(&fences);
@@ -422,6 +471,114 @@ mod matching {
             .filter(|p| !matches_everywhere(&index, p.lat(), p.lon()).is_empty())
             .count();
         assert!(hits > 3000, "{hits}");
+    }
+}
+
+mod circles {
+    use super::*;
+    use geo::Destination;
+    use geopromo::geofence::geojson::fence_feature;
+
+    fn circle(id: &str, lon: f64, lat: f64, radius_m: f64, tolerance_m: f64) -> serde_json::Value {
+        json!({"type": "Feature", "id": id,
+               "properties": {"radius_m": radius_m, "tolerance_m": tolerance_m},
+               "geometry": {"type": "Point", "coordinates": [lon, lat]}})
+    }
+
+    fn parse(features: Vec<serde_json::Value>) -> Vec<Fence> {
+        let fc = json!({"type": "FeatureCollection", "features": features});
+        parse_fences(fc.to_string().as_bytes(), &ParseOptions::default())
+            .unwrap()
+            .fences
+    }
+
+    #[test]
+    fn a_point_with_a_radius_is_a_circle_with_exact_geodesic_distances() {
+        let (lon, lat, radius) = (106.8272, -6.1754, 500.0);
+        let fences = parse(vec![circle("store", lon, lat, radius, 1000.0)]);
+        let index = index_of(&fences);
+        let centre = Point::new(lon, lat);
+        let mut rng = SampleRng::new(11);
+        for _ in 0..400 {
+            let bearing = rng.range(0.0, 360.0);
+            let from_centre = rng.range(0.0, 1700.0);
+            let p = Geodesic.destination(centre, bearing, from_centre);
+            let found = matches_everywhere(&index, p.y(), p.x());
+            let exact = Geodesic.distance(centre, p);
+            if exact <= radius - 0.01 {
+                assert!(found.len() == 1 && found[0].inside, "{exact}: {found:?}");
+            } else if exact >= radius + 0.01 && exact <= radius + 999.99 {
+                assert_eq!(found.len(), 1, "{exact}");
+                assert!(!found[0].inside);
+                // Karney's geodesic against Vincenty's: the same to well under a centimetre.
+                assert!(
+                    (found[0].distance_m - (exact - radius)).abs() < 0.01,
+                    "{exact}: {found:?}"
+                );
+            } else if exact >= radius + 1000.01 {
+                assert!(found.is_empty(), "{exact}: {found:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn large_circles_and_circles_on_the_antimeridian_agree_across_strategies() {
+        let fences = parse(vec![
+            circle("wide", 10.0, 60.0, 100_000.0, 5000.0),
+            circle("dateline", 179.95, -16.5, 10_000.0, 1000.0),
+            circle("small", 10.5, 60.2, 50.0, 0.0),
+        ]);
+        let index = index_of(&fences);
+        let mut rng = SampleRng::new(5);
+        let mut seen = [0usize; 3];
+        for _ in 0..3000 {
+            let (centre, reach) = match rng.below(3) {
+                0 => (Point::new(10.0, 60.0), 110_000.0),
+                1 => (Point::new(179.95, -16.5), 12_000.0),
+                _ => (Point::new(10.5, 60.2), 80.0),
+            };
+            let p = Geodesic.destination(centre, rng.range(0.0, 360.0), rng.range(0.0, reach));
+            for m in matches_everywhere(&index, p.y(), p.x()) {
+                seen[m.fence as usize] += 1;
+            }
+        }
+        assert!(seen.iter().all(|&n| n > 100), "{seen:?}");
+        // East of the antimeridian, 400 m from the circle's edge on the far side of the line.
+        let p = Geodesic.destination(Point::new(179.95, -16.5), 90.0, 10_000.0 + 400.0);
+        assert!(p.x() < -179.0, "{p:?}");
+        let found = matches_everywhere(&index, p.y(), p.x());
+        assert_eq!(found.len(), 1);
+        assert!((found[0].distance_m - 400.0).abs() < 0.01, "{found:?}");
+    }
+
+    #[test]
+    fn circles_round_trip_through_their_feature_and_bad_radii_are_named() {
+        let fences = parse(vec![circle("c", 2.35, 48.85, 250.0, 100.0)]);
+        let again = parse(vec![fence_feature(&fences[0])]);
+        assert_eq!(again, fences);
+        assert_eq!(fences[0].circle.unwrap().radius_m, 250.0);
+        for (radius, found) in [
+            (json!(0), "0"),
+            (json!(-3), "-3"),
+            (json!(200_000), "200000"),
+            (json!("5"), "\"5\""),
+        ] {
+            let bad = json!({"type": "Feature", "id": "c", "properties": {"radius_m": radius},
+                "geometry": {"type": "Point", "coordinates": [0, 0]}});
+            let problems = problems_of(bad);
+            assert_eq!(codes(&problems), ["bad_radius"]);
+            assert!(
+                problems[0].to_string().ends_with(&format!("found {found}")),
+                "{}",
+                problems[0]
+            );
+        }
+        let polar = json!({"type": "Feature", "id": "c", "properties": {"radius_m": 10},
+            "geometry": {"type": "Point", "coordinates": [0, 89]}});
+        assert_eq!(codes(&problems_of(polar)), ["beyond_supported_latitude"]);
+        let nowhere = json!({"type": "Feature", "id": "c", "properties": {"radius_m": 10},
+            "geometry": {"type": "Point", "coordinates": [0]}});
+        assert_eq!(codes(&problems_of(nowhere)), ["bad_coordinates"]);
     }
 }
 
@@ -479,6 +636,7 @@ mod accuracy {
                 name: "t".into(),
                 tolerance_m: 100_000.0,
                 polygons: vec![poly],
+                circle: None,
             };
             let index = FenceIndex::build(std::slice::from_ref(&fence), IndexOptions::default());
             let (dlat, dlon) = (

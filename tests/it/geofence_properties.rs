@@ -47,6 +47,7 @@ fn fence_strategy(id: usize) -> impl Strategy<Value = Fence> {
                     name: format!("town {id}"),
                     tolerance_m,
                     polygons,
+                    circle: None,
                 }
             },
         )
