@@ -217,7 +217,7 @@ impl FenceFileArgs {
 
 #[derive(Debug, Args)]
 pub struct MatchArgs {
-    /// GeoJSON Feature or FeatureCollection of Polygon/MultiPolygon fences.
+    /// GeoJSON Feature or FeatureCollection of fences: Polygon/MultiPolygon, or Point with properties.radius_m.
     #[arg(long)]
     pub fences: PathBuf,
     #[command(flatten)]

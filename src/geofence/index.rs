@@ -23,7 +23,7 @@ use super::fence::Fence;
 use super::metric::degrees_spanned;
 use super::part::PreparedPart;
 use super::point::GeoPoint;
-use super::raster::{rasterize_part, Raster, RasterGrid, INSIDE_BIT};
+use super::raster::{rasterize_part, PartRaster, Raster, RasterGrid};
 
 /// A point this close to a boundary (metres) counts as on it, and boundaries belong to their fence.
 pub const ON_BOUNDARY_M: f64 = 0.001;
@@ -104,8 +104,9 @@ pub struct IndexStats {
     pub fences: usize,
     pub parts: usize,
     pub vertices: usize,
+    /// Cells held in dense blocks (uniform tiles and blocks hold none).
     pub raster_cells: usize,
-    pub raster_dense_tiles: usize,
+    pub raster_dense_blocks: usize,
     pub distinct_entries: usize,
     /// H3 table keys per resolution, when the H3 cover was built.
     pub h3_cells_per_resolution: Vec<(u8, usize)>,
@@ -145,42 +146,58 @@ struct H3Table {
     table: FxHashMap<CellIndex, u32>,
 }
 
-/// Deduplicates cell entries: most cells share one of a few thousand combinations.
+/// Deduplicates cell entries: most cells share one of a few thousand combinations. Keyed by the entry
+/// flattened into one slice (`[inside count, inside..., boundary...]`) so that lookups borrow instead of
+/// allocating: the raster interns every cell of its dense blocks.
 struct Interner<'a> {
     parts: &'a [PreparedPart],
     entries: Vec<CellEntry>,
-    ids: FxHashMap<CellEntry, u32>,
+    ids: FxHashMap<Box<[u32]>, u32>,
+    key: Vec<u32>,
 }
 
 impl<'a> Interner<'a> {
     fn new(parts: &'a [PreparedPart]) -> Self {
-        let empty = CellEntry::default();
         let mut ids = FxHashMap::default();
-        ids.insert(empty.clone(), 0);
+        ids.insert(vec![0u32].into_boxed_slice(), 0);
         Self {
             parts,
-            entries: vec![empty],
+            entries: vec![CellEntry::default()],
             ids,
+            key: Vec::new(),
         }
     }
 
-    fn intern(&mut self, mut inside: Vec<u32>, mut boundary: Vec<u32>) -> u32 {
+    /// `inside` and `boundary` sorted and deduplicated; boundary parts of fences in `inside` are dropped.
+    fn intern(&mut self, inside: &[u32], boundary: &[u32]) -> u32 {
+        let parts = self.parts;
+        self.key.clear();
+        self.key.push(inside.len() as u32);
+        self.key.extend_from_slice(inside);
+        self.key.extend(
+            boundary
+                .iter()
+                .copied()
+                .filter(|&p| inside.binary_search(&parts[p as usize].fence).is_err()),
+        );
+        if let Some(&id) = self.ids.get(self.key.as_slice()) {
+            return id;
+        }
+        let id = self.entries.len() as u32;
+        self.entries.push(CellEntry {
+            inside: inside.into(),
+            boundary: self.key[1 + inside.len()..].into(),
+        });
+        self.ids.insert(self.key.as_slice().into(), id);
+        id
+    }
+
+    fn intern_unsorted(&mut self, mut inside: Vec<u32>, mut boundary: Vec<u32>) -> u32 {
         inside.sort_unstable();
         inside.dedup();
         boundary.sort_unstable();
         boundary.dedup();
-        let parts = self.parts;
-        boundary.retain(|&p| inside.binary_search(&parts[p as usize].fence).is_err());
-        let entry = CellEntry {
-            inside: inside.into_boxed_slice(),
-            boundary: boundary.into_boxed_slice(),
-        };
-        let next = self.entries.len() as u32;
-        let entries = &mut self.entries;
-        *self.ids.entry(entry).or_insert_with_key(|e| {
-            entries.push(e.clone());
-            next
-        })
+        self.intern(&inside, &boundary)
     }
 }
 
@@ -224,30 +241,28 @@ impl FenceIndex {
         let grid = RasterGrid {
             cells_per_degree: options.cells_per_degree,
         };
-        let mut statuses: Vec<(u64, u32)> = parts
+        assert!(
+            (parts.len() as u64) < grid.max_ids(),
+            "{} parts exceed what a raster of {} cells per degree can name",
+            parts.len(),
+            grid.cells_per_degree
+        );
+        let rasters: Vec<PartRaster> = parts
             .par_iter()
             .enumerate()
-            .flat_map_iter(|(i, part)| {
+            .map(|(i, part)| {
                 rasterize_part(grid, part, i as u32, infos[part.fence as usize].tolerance_m)
             })
             .collect();
-        statuses.par_sort_unstable();
-        let mut raster_cells = Vec::new();
-        for group in statuses.chunk_by(|a, b| a.0 == b.0) {
-            let inside = group
-                .iter()
-                .filter(|s| s.1 & INSIDE_BIT != 0)
-                .map(|s| s.1 & !INSIDE_BIT)
-                .collect();
-            let boundary = group
-                .iter()
-                .filter(|s| s.1 & INSIDE_BIT == 0)
-                .map(|s| s.1)
-                .collect();
-            raster_cells.push((group[0].0, interner.intern(inside, boundary)));
+        let mut cells = Vec::with_capacity(rasters.iter().map(|r| r.cells.len()).sum());
+        let mut full_blocks = Vec::with_capacity(rasters.iter().map(|r| r.full_blocks.len()).sum());
+        for raster in rasters {
+            cells.extend(raster.cells);
+            full_blocks.extend(raster.full_blocks);
         }
-        drop(statuses);
-        let raster = Raster::from_cells(grid, raster_cells.iter().copied());
+        let raster = Raster::build(grid, cells, full_blocks, |inside, boundary| {
+            interner.intern(inside, boundary)
+        });
 
         let h3 = options.h3_resolution.map(|fine| {
             let coarse = options.h3_coarse_resolution(fine);
@@ -278,8 +293,8 @@ impl FenceIndex {
             fences: infos.len(),
             parts: parts.len(),
             vertices: infos.iter().map(|f| f.vertex_count).sum(),
-            raster_cells: raster_cells.len(),
-            raster_dense_tiles: raster.dense_tiles(),
+            raster_cells: raster.cell_count(),
+            raster_dense_blocks: raster.dense_blocks(),
             distinct_entries: entries.len(),
             h3_cells_per_resolution,
             approx_heap_bytes,
@@ -542,7 +557,7 @@ fn build_h3_table(
     table.reserve(cells.len());
     let mut levels_below: FxHashMap<CellIndex, u16> = FxHashMap::default();
     for (cell, s) in cells {
-        table.insert(cell, interner.intern(s.inside, s.boundary));
+        table.insert(cell, interner.intern_unsorted(s.inside, s.boundary));
         if let Some(root) = cell.parent(coarse) {
             *levels_below.entry(root).or_default() |= 1 << u8::from(cell.resolution());
         }

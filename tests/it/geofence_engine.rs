@@ -717,6 +717,65 @@ mod counties {
     }
 }
 
+mod world {
+    use super::*;
+
+    fn load(tolerance_m: f64) -> geopromo::geofence::ParsedFences {
+        let bytes = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/geodata/world-countries.geojson"
+        ))
+        .unwrap();
+        let options = ParseOptions::default()
+            .skip_invalid(true)
+            .default_tolerance_m(tolerance_m);
+        parse_fences(&bytes, &options).unwrap()
+    }
+
+    #[test]
+    fn russia_and_fiji_are_kept_whole_across_the_antimeridian_and_only_antarctica_is_refused() {
+        let parsed = load(5000.0);
+        assert_eq!(parsed.fences.len(), 240);
+        let refused: Vec<_> = parsed
+            .skipped
+            .iter()
+            .map(|s| s.feature.id.clone().unwrap())
+            .collect();
+        assert_eq!(refused, ["010"], "Antarctica only");
+        assert_eq!(parsed.repairs.len(), 3, "{:?}", parsed.repairs);
+        let index = FenceIndex::build(&parsed.fences, IndexOptions::default());
+        let name = |lat: f64, lon: f64| -> Vec<String> {
+            matches_everywhere(&index, lat, lon)
+                .iter()
+                .map(|m| index.fence(m.fence).name.clone())
+                .collect()
+        };
+        // Chukotka, on both sides of the line; Taveuni (Fiji), which the line crosses.
+        assert_eq!(name(68.0, 179.5), ["Russia"]);
+        assert_eq!(name(68.0, -179.5), ["Russia"]);
+        assert_eq!(name(-16.8, -179.97), ["Fiji"]);
+        assert_eq!(name(-16.8, 179.99), ["Fiji"]);
+    }
+
+    #[test]
+    fn every_strategy_agrees_with_brute_force_over_the_world() {
+        let parsed = load(5000.0);
+        let index = FenceIndex::build(
+            &parsed.fences,
+            IndexOptions::default().h3_resolution(Some(Resolution::Five)),
+        );
+        let mut points = uniform_points((-84.0, -180.0, 84.0, 180.0), 3000, 21);
+        points.extend(near_boundary_points(&parsed.fences, 3000, 6000.0, 22));
+        points.extend(uniform_points((60.0, 170.0, 72.0, 180.0), 300, 23));
+        points.extend(uniform_points((60.0, -180.0, 72.0, -168.0), 300, 24));
+        let matched = points
+            .iter()
+            .filter(|p| !matches_everywhere(&index, p.lat(), p.lon()).is_empty())
+            .count();
+        assert!(matched > 3000, "{matched}");
+    }
+}
+
 mod swapping {
     use super::*;
     use geopromo::geofence::SharedIndex;

@@ -134,6 +134,8 @@ impl Processor {
             last_checkpoint: Instant::now(),
             on_emit: self.on_emit.take(),
             tracer: crate::otel::tracer(),
+            // One small string per processor for its lifetime: spans take their name as `'static`.
+            trace_name: Box::leak(format!("process {}", settings.input_topic).into_boxed_str()),
             dead_letter_limit: producer_message_limit(settings, &self.brokers),
         }));
         let consumer: BaseConsumer<GroupContext<Core>> =
@@ -251,6 +253,7 @@ pub(crate) struct Core {
     on_emit: Option<EmitHook>,
     /// Set when tracing is on: every record gets a span.
     tracer: Option<&'static crate::otel::Tracer>,
+    trace_name: &'static str,
     /// The largest record the producer sends (`message.max.bytes`): dead letters are cut to fit.
     dead_letter_limit: usize,
 }

@@ -82,7 +82,7 @@ impl Core {
         let started = sampled.then(Instant::now);
         let mut trace = self
             .tracer
-            .map(|tracer| RecordTrace::start(tracer, message));
+            .map(|tracer| RecordTrace::start(tracer, self.trace_name, message));
         let payload = message.payload().unwrap_or_default();
         let decoded = decode_gps_event(message.key(), payload, self.settings.max_event_bytes);
         let decoded_at = sampled.then(Instant::now);
