@@ -22,6 +22,8 @@ pub use opentelemetry::KeyValue;
 pub use opentelemetry_sdk::trace::Tracer;
 
 static TRACER: OnceLock<Tracer> = OnceLock::new();
+/// The share of root traces the configured sampler records.
+static ROOT_RATIO: OnceLock<f64> = OnceLock::new();
 
 /// The tracer, when tracing is on.
 #[must_use]
@@ -70,6 +72,76 @@ pub fn effective(settings: &OtelSettings, lookup: impl Fn(&str) -> Option<String
         effective.exporter_otlp_endpoint.clear();
     }
     effective
+}
+
+thread_local! {
+    /// A trace id drawn by [`root_decision`] for the next root span started on this thread.
+    static NEXT_TRACE_ID: std::cell::Cell<Option<opentelemetry::trace::TraceId>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// The SDK's random ids, except that a root span started right after [`root_decision`] said "sampled"
+/// gets the trace id that decision was made on (so the SDK's sampler, applying the same rule to the same
+/// id, agrees with it).
+#[derive(Debug, Default)]
+struct DecidedIdGenerator(opentelemetry_sdk::trace::RandomIdGenerator);
+
+impl opentelemetry_sdk::trace::IdGenerator for DecidedIdGenerator {
+    fn new_trace_id(&self) -> opentelemetry::trace::TraceId {
+        NEXT_TRACE_ID
+            .with(std::cell::Cell::take)
+            .unwrap_or_else(|| self.0.new_trace_id())
+    }
+
+    fn new_span_id(&self) -> opentelemetry::trace::SpanId {
+        self.0.new_span_id()
+    }
+}
+
+/// For a span with no parent: a fresh trace id and whether the configured sampler will record it,
+/// decided by the SDK's own rule for trace-id ratios. When sampled, the next root span started on this
+/// thread gets that trace id. Lets the processor skip the span altogether for the records a low ratio
+/// does not sample.
+#[must_use]
+pub fn root_decision() -> (opentelemetry::trace::TraceId, bool) {
+    use opentelemetry_sdk::trace::IdGenerator as _;
+    let trace_id = opentelemetry_sdk::trace::RandomIdGenerator::default().new_trace_id();
+    let sampled = ratio_samples(trace_id, ROOT_RATIO.get().copied().unwrap_or(1.0));
+    if sampled {
+        NEXT_TRACE_ID.with(|next| next.set(Some(trace_id)));
+    }
+    (trace_id, sampled)
+}
+
+/// The SDK's trace-id ratio rule (`TraceIdRatioBased`).
+fn ratio_samples(trace_id: opentelemetry::trace::TraceId, ratio: f64) -> bool {
+    ratio >= 1.0 || {
+        let low = u64::from_be_bytes(trace_id.to_bytes()[8..].try_into().unwrap_or_default());
+        (low >> 1) < (ratio.max(0.0) * (1u64 << 63) as f64) as u64
+    }
+}
+
+/// A span context for a record that is not sampled: carried downstream (flag not set) so that the
+/// services after this one make the same decision instead of sampling a fresh root.
+#[must_use]
+pub fn unsampled_context(trace_id: opentelemetry::trace::TraceId) -> SpanContext {
+    use opentelemetry_sdk::trace::IdGenerator as _;
+    SpanContext::new(
+        trace_id,
+        opentelemetry_sdk::trace::RandomIdGenerator::default().new_span_id(),
+        opentelemetry::trace::TraceFlags::default(),
+        false,
+        opentelemetry::trace::TraceState::default(),
+    )
+}
+
+/// The share of root spans `settings`' sampler records.
+fn root_ratio(settings: &OtelSettings) -> f64 {
+    match settings.traces_sampler.trim() {
+        "always_off" | "parentbased_always_off" => 0.0,
+        "traceidratio" | "parentbased_traceidratio" => settings.traces_sampler_arg.unwrap_or(1.0),
+        _ => 1.0,
+    }
 }
 
 /// The sampler the settings name.
@@ -134,6 +206,7 @@ pub fn init(settings: &OtelSettings) -> Result<Option<OtelGuard>, OtelError> {
         .map_err(OtelError::Exporter)?;
     let provider = SdkTracerProvider::builder()
         .with_sampler(sampler)
+        .with_id_generator(DecidedIdGenerator::default())
         .with_resource(
             opentelemetry_sdk::Resource::builder()
                 .with_service_name(settings.service_name.clone())
@@ -143,6 +216,7 @@ pub fn init(settings: &OtelSettings) -> Result<Option<OtelGuard>, OtelError> {
         .build();
     use opentelemetry::trace::TracerProvider as _;
     let _ = TRACER.set(provider.tracer("geopromo"));
+    let _ = ROOT_RATIO.set(root_ratio(&settings));
     tracing::info!(%endpoint, service = %settings.service_name, sampler = %settings.traces_sampler,
         ratio = ?settings.traces_sampler_arg, "exporting traces over OTLP/HTTP");
     Ok(Some(OtelGuard { provider }))
@@ -230,6 +304,27 @@ pub fn trace_id(context: &Context) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_processor_decides_roots_as_the_sdk_sampler_does() {
+        use opentelemetry::trace::{SpanKind, TraceId};
+        use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator, ShouldSample as _};
+        let sdk = Sampler::TraceIdRatioBased(0.3);
+        let ids = RandomIdGenerator::default();
+        let mut sampled = 0;
+        for _ in 0..2000 {
+            let trace_id: TraceId = ids.new_trace_id();
+            let theirs = sdk
+                .should_sample(None, trace_id, "x", &SpanKind::Consumer, &[], &[])
+                .decision
+                == opentelemetry_sdk::trace::SamplingDecision::RecordAndSample;
+            assert_eq!(ratio_samples(trace_id, 0.3), theirs);
+            sampled += usize::from(theirs);
+        }
+        assert!((450..750).contains(&sampled), "{sampled}");
+        assert!(!ratio_samples(ids.new_trace_id(), 0.0));
+        assert!(ratio_samples(ids.new_trace_id(), 1.0));
+    }
 
     fn settings(sampler: &str, arg: Option<f64>) -> OtelSettings {
         OtelSettings {
