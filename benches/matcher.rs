@@ -1,4 +1,5 @@
-//! Matching and index-build benchmarks on real data (US counties, 1 km tolerance) and a 10k-vertex polygon.
+//! Matching and index-build benchmarks on real data (US counties, 1 km tolerance; Natural Earth countries at
+//! four tolerances), a 10k-vertex polygon and 10,000 store-sized circles.
 //! Run: `cargo bench --bench matcher`. Each iteration matches a batch of points on one thread.
 
 use std::hint::black_box;
@@ -23,6 +24,18 @@ fn counties() -> Vec<Fence> {
     .unwrap();
     let options = ParseOptions::default()
         .default_tolerance_m(1000.0)
+        .skip_invalid(true);
+    parse_fences(&bytes, &options).unwrap().fences
+}
+
+fn world_countries(tolerance_m: f64) -> Vec<Fence> {
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/geodata/world-countries.geojson"
+    ))
+    .unwrap();
+    let options = ParseOptions::default()
+        .default_tolerance_m(tolerance_m)
         .skip_invalid(true);
     parse_fences(&bytes, &options).unwrap().fences
 }
@@ -92,6 +105,26 @@ mod match_point {
         let near = near_boundary_points(&fences, BATCH, 1500.0, 5);
         strategies(c, "match_10k_vertex_polygon_near_boundary", &fences, &near);
     }
+
+    /// 10,000 circles of 100–500 m around a 60 × 60 km metro area (store geofences), 200 m tolerance.
+    pub fn circles(c: &mut Criterion) {
+        let centres = uniform_points((-6.45, 106.55, -5.95, 107.05), 10_000, 6);
+        let features: Vec<serde_json::Value> = centres
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                serde_json::json!({"type": "Feature", "id": format!("store-{i}"),
+                    "properties": {"radius_m": 100.0 + (i % 5) as f64 * 100.0, "tolerance_m": 200.0},
+                    "geometry": {"type": "Point", "coordinates": [p.lon(), p.lat()]}})
+            })
+            .collect();
+        let collection = serde_json::json!({"type": "FeatureCollection", "features": features});
+        let fences = parse_fences(collection.to_string().as_bytes(), &ParseOptions::default())
+            .unwrap()
+            .fences;
+        let points = uniform_points((-6.45, 106.55, -5.95, 107.05), BATCH, 7);
+        strategies(c, "match_store_circles", &fences, &points);
+    }
 }
 
 mod build {
@@ -119,6 +152,31 @@ mod build {
                 )
             })
         });
+        group.finish();
+    }
+
+    /// The same fences at four tolerances: time and memory follow the boundary length times the
+    /// tolerance, not the area the fences cover (sizes printed once per tolerance).
+    pub fn world_index_by_tolerance(c: &mut Criterion) {
+        let mut group = c.benchmark_group("index_build_world_countries");
+        group.sample_size(10);
+        for tolerance_m in [100.0, 1_000.0, 10_000.0, 50_000.0] {
+            let fences = world_countries(tolerance_m);
+            let stats = FenceIndex::build(&fences, IndexOptions::default())
+                .stats()
+                .clone();
+            eprintln!(
+                "world countries at {tolerance_m} m: {} raster cells in {} dense blocks, ~{:.0} MB",
+                stats.raster_cells,
+                stats.raster_dense_blocks,
+                stats.approx_heap_bytes as f64 / 1e6
+            );
+            group.bench_with_input(
+                BenchmarkId::new("raster64", tolerance_m),
+                &fences,
+                |b, f| b.iter(|| FenceIndex::build(black_box(f), IndexOptions::default())),
+            );
+        }
         group.finish();
     }
 
@@ -154,6 +212,6 @@ criterion_group! {
     name = benches;
     config = config();
     targets = match_point::uniform_conus, match_point::near_boundary, match_point::polygon_10k_vertices,
-        build::counties_index, build::counties_parse
+        match_point::circles, build::counties_index, build::world_index_by_tolerance, build::counties_parse
 }
 criterion_main!(benches);

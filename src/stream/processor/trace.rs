@@ -24,7 +24,11 @@ impl RecordTrace {
     /// are not sampled: for those without a parent, the decision is made first and no span is started;
     /// attributes are only built for spans that record (the pipeline benchmark measured the eager
     /// version at two thirds of the untraced throughput at 1%).
-    pub(super) fn start(tracer: &Tracer, name: &'static str, message: &BorrowedMessage<'_>) -> Self {
+    pub(super) fn start(
+        tracer: &Tracer,
+        name: &'static str,
+        message: &BorrowedMessage<'_>,
+    ) -> Self {
         let parent = otel::context_from_kafka(message.headers());
         if !parent.span().span_context().is_valid() {
             // When sampled, the span started below gets this trace id (see `otel::root_decision`).
