@@ -255,12 +255,12 @@ impl FenceIndex {
             })
             .collect();
         let mut cells = Vec::with_capacity(rasters.iter().map(|r| r.cells.len()).sum());
-        let mut full_blocks = Vec::with_capacity(rasters.iter().map(|r| r.full_blocks.len()).sum());
+        let mut blocks = Vec::with_capacity(rasters.iter().map(|r| r.blocks.len()).sum());
         for raster in rasters {
             cells.extend(raster.cells);
-            full_blocks.extend(raster.full_blocks);
+            blocks.extend(raster.blocks);
         }
-        let raster = Raster::build(grid, cells, full_blocks, |inside, boundary| {
+        let raster = Raster::build(grid, cells, blocks, |inside, boundary| {
             interner.intern(inside, boundary)
         });
 

@@ -175,6 +175,26 @@ mod tests {
     }
 
     #[test]
+    fn the_mid_latitude_distance_is_within_two_percent_of_vincenty_up_to_200_km_from_85_degrees() {
+        let mut worst: f64 = 0.0;
+        for lat0 in [0.0, 45.0, 70.0, 80.0, 85.0, -85.0] {
+            let metric = LocalMetric::at_latitude(lat0);
+            for step in 0..72 {
+                let angle = (step as f64 * 5.0).to_radians();
+                for reach in [1_000.0, 50_000.0, 200_000.0] {
+                    let lat =
+                        (lat0 + reach * angle.sin() / metric.m_per_deg_lat).clamp(-90.0, 90.0);
+                    let lon = reach * angle.cos() / metric.m_per_deg_lon;
+                    let exact = geodesic_distance_m(lat0, 0.0, lat, lon);
+                    let approx = distance_m(lat0, 0.0, lat, lon);
+                    worst = worst.max((approx - exact).abs() / exact);
+                }
+            }
+        }
+        assert!(worst < 0.02, "{worst}");
+    }
+
+    #[test]
     fn degree_spans_cover_the_poleward_edge() {
         let (dlat, dlon) = degrees_spanned(1000.0, 40.0, 60.0);
         assert!(dlat > 0.0089 && dlat < 0.0091, "{dlat}");

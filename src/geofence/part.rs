@@ -271,7 +271,7 @@ impl PreparedPart {
     #[must_use]
     pub fn contains(&self, lat: f64, lon: f64) -> bool {
         if let Some(circle) = &self.circle {
-            return circle.boundary_distance(lat, lon).1;
+            return circle.classify(lat, lon, 0.0).0;
         }
         let b = &self.bounds;
         if lat < b.min_lat || lat > b.max_lat || lon < b.min_lon || lon > b.max_lon {
@@ -306,8 +306,15 @@ impl PreparedPart {
     pub fn boundary_distance_within(&self, lat: f64, lon: f64, limit_m: f64) -> Option<f64> {
         debug_assert!(limit_m <= self.reach_m + 1e-9);
         if let Some(circle) = &self.circle {
-            let (d, _) = circle.boundary_distance(lat, lon);
-            return (d <= limit_m).then_some(d);
+            // Distance to the boundary from outside; from inside, `contains` has answered already, but
+            // the contract of this method is the boundary distance either way.
+            return match circle.classify(lat, lon, limit_m) {
+                (false, found) => found,
+                (true, _) => {
+                    let (d, _) = circle.boundary_distance(lat, lon);
+                    (d <= limit_m).then_some(d)
+                }
+            };
         }
         let fx = (lon - self.grid_lon0) * self.grid_inv_w;
         let fy = (lat - self.grid_lat0) * self.grid_inv_h;

@@ -112,11 +112,12 @@ impl RasterGrid {
 
 /// What one part contributes to the raster: packed cell records ([`RasterGrid::record`]) for its band
 /// cells (the part) and for the inside cells of blocks it covers only in part (the fence, inside); and
-/// (block id, fence) for the blocks it covers wholly, off its band.
+/// block records (block id, inside?, id) for the blocks wholly inside it, off its band (the fence), and
+/// for the blocks wholly in its band (the part): at large tolerances most of the band is whole blocks.
 #[derive(Debug, Default)]
 pub(crate) struct PartRaster {
     pub cells: Vec<u64>,
-    pub full_blocks: Vec<(u64, u32)>,
+    pub blocks: Vec<(u64, bool, u32)>,
 }
 
 /// Rasterizes one part: band cells for `part_id`, inside cells and blocks for its fence.
@@ -140,8 +141,10 @@ pub(crate) fn rasterize_part(
     let (w, h) = ((x1 - x0 + 1) as usize, (y1 - y0 + 1) as usize);
     let mut band = vec![false; w * h];
 
-    // Sweep each edge in steps of at most half a cell; every point within the tolerance of the edge is then
-    // within (rx, ry) cells of a step, rx and ry including the quarter cell between steps.
+    // Each edge marks, row by row, the cells within (rx, ry) of it: a point in row gy within reach of the
+    // edge is within reach of an edge point whose y lies in [gy - ry, gy + 1 + ry], and those edge points
+    // span an x interval that, grown by rx, holds the point. Work follows the band's area, so a larger
+    // tolerance costs in proportion, not in its square.
     for (a, c) in part.edge_segments() {
         let (ax, ay, cx, cy) = (
             grid.x_of(a[0]),
@@ -149,19 +152,24 @@ pub(crate) fn rasterize_part(
             grid.x_of(c[0]),
             grid.y_of(c[1]),
         );
-        let steps = ((cx - ax).abs().max((cy - ay).abs()) * 2.0).ceil().max(1.0) as usize;
-        for i in 0..=steps {
-            let t = i as f64 / steps as f64;
-            let (sx, sy) = (ax + t * (cx - ax), ay + t * (cy - ay));
-            let (lx0, lx1) = ((sx - rx).floor() as i64, (sx + rx).floor() as i64);
-            let (ly0, ly1) = (
-                ((sy - ry).floor() as i64).max(y0),
-                ((sy + ry).floor() as i64).min(y1),
-            );
-            for gy in ly0..=ly1 {
-                let row = (gy - y0) as usize * w;
-                band[row + (lx0 - x0) as usize..=row + (lx1 - x0) as usize].fill(true);
+        let row_lo = ((ay.min(cy) - ry).floor() as i64).max(y0);
+        let row_hi = ((ay.max(cy) + ry).floor() as i64).min(y1);
+        for gy in row_lo..=row_hi {
+            let (t0, t1) = if cy == ay {
+                (0.0, 1.0)
+            } else {
+                let ta = (gy as f64 - ry - ay) / (cy - ay);
+                let tb = (gy as f64 + 1.0 + ry - ay) / (cy - ay);
+                (ta.min(tb).max(0.0), ta.max(tb).min(1.0))
+            };
+            if t0 > t1 {
+                continue;
             }
+            let (xs, xe) = (ax + t0 * (cx - ax), ax + t1 * (cx - ax));
+            let lx0 = ((xs.min(xe) - rx).floor() as i64).max(x0);
+            let lx1 = ((xs.max(xe) + rx).floor() as i64).min(x1);
+            let row = (gy - y0) as usize * w;
+            band[row + (lx0 - x0) as usize..=row + (lx1 - x0) as usize].fill(true);
         }
     }
 
@@ -175,14 +183,33 @@ pub(crate) fn rasterize_part(
     let mut spans: Vec<(i64, i64, i64)> = Vec::new();
     let mut out = PartRaster::default();
     let mut crossings = Vec::new();
-    for gy in y0..=y1 {
-        let row = (gy - y0) as usize * w;
-        for gx in x0..=x1 {
-            if band[row + (gx - x0) as usize] {
-                out.cells
-                    .push(grid.record(grid.cell_key(gx, gy), false, part_id));
+    // Band cells, by block: a block wholly in the band is one record.
+    for by in by0..by0 + bh as i64 {
+        for bx in bx0..bx0 + bw as i64 {
+            let cells_of = |f: &mut dyn FnMut(i64, i64)| {
+                for gy in (by << shift).max(y0)..=((by << shift) + k - 1).min(y1) {
+                    for gx in (bx << shift).max(x0)..=((bx << shift) + k - 1).min(x1) {
+                        if band[(gy - y0) as usize * w + (gx - x0) as usize] {
+                            f(gx, gy);
+                        }
+                    }
+                }
+            };
+            let mut on_band = 0;
+            cells_of(&mut |_, _| on_band += 1);
+            if on_band == k * k {
+                out.blocks
+                    .push((grid.block_id(bx << shift, by << shift), false, part_id));
+            } else if on_band > 0 {
+                cells_of(&mut |gx, gy| {
+                    out.cells
+                        .push(grid.record(grid.cell_key(gx, gy), false, part_id));
+                });
             }
         }
+    }
+    for gy in y0..=y1 {
+        let row = (gy - y0) as usize * w;
         // Cells off the band do not touch the boundary, so their centre decides: inside when an odd number of
         // crossings of the centre's parallel lie west of it.
         let lat = (gy as f64 + 0.5) / n - 90.0;
@@ -210,8 +237,8 @@ pub(crate) fn rasterize_part(
     for (i, &count) in counts.iter().enumerate() {
         if count == whole {
             let (bx, by) = (bx0 + (i % bw) as i64, by0 + (i / bw) as i64);
-            out.full_blocks
-                .push((grid.block_id(bx << shift, by << shift), part.fence));
+            out.blocks
+                .push((grid.block_id(bx << shift, by << shift), true, part.fence));
         }
     }
     for (gy, first, last) in spans {
@@ -258,12 +285,12 @@ impl Raster {
     pub(crate) fn build(
         grid: RasterGrid,
         mut cells: Vec<u64>,
-        mut full_blocks: Vec<(u64, u32)>,
+        mut blocks: Vec<(u64, bool, u32)>,
         mut intern: impl FnMut(&[u32], &[u32]) -> u32,
     ) -> Self {
         use rayon::slice::ParallelSliceMut as _;
         cells.par_sort_unstable();
-        full_blocks.par_sort_unstable();
+        blocks.par_sort_unstable();
         let n = grid.cells_per_degree as usize;
         let shift = grid.block_shift();
         let k = 1usize << shift;
@@ -280,28 +307,35 @@ impl Raster {
             dense_blocks: 0,
         };
         let mut per_cell: Vec<(Vec<u32>, Vec<u32>)> = vec![(Vec::new(), Vec::new()); k * k];
-        let mut whole: Vec<u32> = Vec::new();
+        let mut whole_inside: Vec<u32> = Vec::new();
+        let mut whole_band: Vec<u32> = Vec::new();
         let mut block_entries: Vec<u32> = Vec::with_capacity(k * k);
-        let (mut ci, mut fi) = (0, 0);
+        let (mut ci, mut bi) = (0, 0);
         loop {
             let next_cell_block = cells.get(ci).map(|&c| grid.unpack(c).0 >> 6);
-            let next_full_block = full_blocks.get(fi).map(|f| f.0);
-            let block = match (next_cell_block, next_full_block) {
+            let next_block = blocks.get(bi).map(|b| b.0);
+            let block = match (next_cell_block, next_block) {
                 (None, None) => break,
                 (Some(a), None) | (None, Some(a)) => a,
                 (Some(a), Some(b)) => a.min(b),
             };
-            whole.clear();
-            while fi < full_blocks.len() && full_blocks[fi].0 == block {
-                whole.push(full_blocks[fi].1);
-                fi += 1;
+            whole_inside.clear();
+            whole_band.clear();
+            while let Some(&(_, inside, id)) = blocks.get(bi).filter(|b| b.0 == block) {
+                match inside {
+                    true => whole_inside.push(id),
+                    false => whole_band.push(id),
+                }
+                bi += 1;
             }
-            whole.sort_unstable();
-            whole.dedup();
+            whole_inside.sort_unstable();
+            whole_inside.dedup();
+            whole_band.sort_unstable();
+            whole_band.dedup();
             let value = if next_cell_block == Some(block) {
                 for (inside, boundary) in &mut per_cell {
-                    inside.clone_from(&whole);
-                    boundary.clear();
+                    inside.clone_from(&whole_inside);
+                    boundary.clone_from(&whole_band);
                 }
                 while let Some(&record) = cells.get(ci) {
                     let (key, is_inside, id) = grid.unpack(record);
@@ -333,7 +367,7 @@ impl Raster {
                     DENSE_BIT | at as u32
                 }
             } else {
-                intern(&whole, &[])
+                intern(&whole_inside, &whole_band)
             };
             if value == 0 {
                 continue;
