@@ -20,7 +20,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::cover::{cover_part, insert_ancestors, PartCover};
 use super::fence::Fence;
-use super::metric::degrees_spanned;
+use super::metric::{degrees_spanned, LocalMetric};
 use super::part::PreparedPart;
 use super::point::GeoPoint;
 use super::raster::{rasterize_part, PartRaster, Raster, RasterGrid};
@@ -418,8 +418,9 @@ impl FenceIndex {
     /// Same answer as [`Self::match_point`], with candidates from the R-tree and exact tests for each.
     pub fn match_point_rtree(&self, point: GeoPoint, out: &mut Vec<FenceMatch>) {
         out.clear();
+        let mut metric = None;
         for candidate in self.rtree.locate_all_at_point(&[point.lon(), point.lat()]) {
-            self.resolve_part(candidate.data, point, out);
+            self.resolve_part(candidate.data, point, &mut metric, out);
         }
         out.sort_unstable_by_key(|m| m.fence);
     }
@@ -427,25 +428,34 @@ impl FenceIndex {
     /// Same answer as [`Self::match_point`], testing every part: the reference for tests.
     pub fn match_point_brute_force(&self, point: GeoPoint, out: &mut Vec<FenceMatch>) {
         out.clear();
+        let mut metric = None;
         for part in 0..self.parts.len() as u32 {
-            self.resolve_part(part, point, out);
+            self.resolve_part(part, point, &mut metric, out);
         }
         out.sort_unstable_by_key(|m| m.fence);
     }
 
     fn resolve_entry(&self, entry: &CellEntry, point: GeoPoint, out: &mut Vec<FenceMatch>) {
+        let mut metric = None;
         out.extend(entry.inside.iter().map(|&fence| FenceMatch {
             fence,
             inside: true,
             distance_m: 0.0,
         }));
         for &part in entry.boundary.iter() {
-            self.resolve_part(part, point, out);
+            self.resolve_part(part, point, &mut metric, out);
         }
     }
 
     /// Exact test of one part; merges into `out` (a fence matches by its nearest part).
-    fn resolve_part(&self, part_index: u32, point: GeoPoint, out: &mut Vec<FenceMatch>) {
+    /// `metric` is the point's local metric, computed by the first part that needs it.
+    fn resolve_part(
+        &self,
+        part_index: u32,
+        point: GeoPoint,
+        metric: &mut Option<LocalMetric>,
+        out: &mut Vec<FenceMatch>,
+    ) {
         let part = &self.parts[part_index as usize];
         let existing = out.iter().position(|m| m.fence == part.fence);
         if existing.is_some_and(|i| out[i].inside) {
@@ -456,7 +466,8 @@ impl FenceIndex {
             Some(0.0)
         } else {
             let tolerance = self.fences[part.fence as usize].tolerance_m;
-            part.boundary_distance_within(point.lat(), lon, tolerance.max(ON_BOUNDARY_M))
+            let metric = metric.get_or_insert_with(|| LocalMetric::at_latitude(point.lat()));
+            part.boundary_distance_within_at(point.lat(), lon, tolerance.max(ON_BOUNDARY_M), metric)
                 .map(|d| if d <= ON_BOUNDARY_M { 0.0 } else { d })
                 .filter(|&d| d <= tolerance)
         };

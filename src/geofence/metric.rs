@@ -59,7 +59,8 @@ pub fn distance_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     let metric = LocalMetric::at_latitude(0.5 * (lat1 + lat2));
     let dx = wrap_lon_delta(lon2 - lon1) * metric.m_per_deg_lon;
     let dy = (lat2 - lat1) * metric.m_per_deg_lat;
-    dx.hypot(dy)
+    // Not `hypot`: its overflow guards cost a fifth of a near-boundary match, and these are metres.
+    (dx * dx + dy * dy).sqrt()
 }
 
 /// Geodesic distance in metres on the WGS84 ellipsoid (Vincenty's inverse formula). Converges for all

@@ -304,6 +304,19 @@ impl PreparedPart {
     /// (which must not exceed the reach the part was prepared with). `lon` must come from [`Self::local_lon`].
     #[must_use]
     pub fn boundary_distance_within(&self, lat: f64, lon: f64, limit_m: f64) -> Option<f64> {
+        self.boundary_distance_within_at(lat, lon, limit_m, &LocalMetric::at_latitude(lat))
+    }
+
+    /// As [`Self::boundary_distance_within`], with the metric at the point's latitude already computed
+    /// (once per point, not once per part it is tested against).
+    #[must_use]
+    pub fn boundary_distance_within_at(
+        &self,
+        lat: f64,
+        lon: f64,
+        limit_m: f64,
+        metric: &LocalMetric,
+    ) -> Option<f64> {
         debug_assert!(limit_m <= self.reach_m + 1e-9);
         if let Some(circle) = &self.circle {
             // Distance to the boundary from outside; from inside, `contains` has answered already, but
@@ -322,7 +335,6 @@ impl PreparedPart {
             return None;
         }
         let bucket = fy as usize * self.grid_nx + fx as usize;
-        let metric = LocalMetric::at_latitude(lat);
         let (kx, ky) = (metric.m_per_deg_lon, metric.m_per_deg_lat);
         let mut best = (f64::INFINITY, 0u32, 0.0f64);
         for &e in self.grid.get(bucket) {
