@@ -94,6 +94,14 @@ impl Progress {
         }
     }
 
+    /// A commit reported as sent failed later (asynchronous commits report inside `poll`): the next
+    /// checkpoint commits the current positions again, even if no record arrives in between.
+    pub fn commit_failed(&mut self) {
+        if self.partitions.values().any(|p| p.next.is_some()) {
+            self.dirty = true;
+        }
+    }
+
     #[must_use]
     pub fn is_dirty(&self) -> bool {
         self.dirty
@@ -304,6 +312,10 @@ mod tests {
         assert_eq!(recorder.commits, [vec![(0, 2)]]);
     }
 
+    fn recorder_ok() -> Recorder {
+        Recorder::default()
+    }
+
     #[test]
     fn a_failed_commit_is_retried_at_the_next_checkpoint_even_when_no_record_arrives() {
         let mut progress = Progress::default();
@@ -317,6 +329,12 @@ mod tests {
         };
         assert!(progress.advance(2, &mut failing).is_err());
         // No record since: the next checkpoint still has something to commit.
+        assert!(progress.is_dirty());
+        progress.stage(2);
+        assert!(progress.advance(2, &mut recorder_ok()).is_ok());
+        assert!(!progress.is_dirty());
+        // A commit that was sent fine but failed later, as asynchronous ones report, is retried too.
+        progress.commit_failed();
         assert!(progress.is_dirty());
         progress.stage(2);
         let mut recorder = Recorder::default();

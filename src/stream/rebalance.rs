@@ -1,6 +1,7 @@
 //! The consumer's group callbacks: drain and commit before partitions go, restore state when they come,
 //! and report the lag librdkafka's statistics carry.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
@@ -32,6 +33,9 @@ pub struct GroupContext<H> {
     handler: Arc<Mutex<H>>,
     input_topic: String,
     metrics: PipelineMetrics,
+    /// An asynchronous commit failed since the processor last asked: its positions must be committed
+    /// again even if no record arrives (see `take_commit_failure`).
+    commit_failed: AtomicBool,
 }
 
 impl<H> GroupContext<H> {
@@ -41,7 +45,16 @@ impl<H> GroupContext<H> {
             handler,
             input_topic,
             metrics,
+            commit_failed: AtomicBool::new(false),
         }
+    }
+
+    /// Whether an asynchronous commit failed since the last call. The result of an asynchronous commit
+    /// arrives later, inside `poll`: the processor could not know otherwise that positions it counted
+    /// as committed (a commit during a rebalance, a coordinator away) are not, and a stream that went
+    /// quiet would keep its stale committed offsets (lag that never drains; a replay on restart).
+    pub fn take_commit_failure(&self) -> bool {
+        self.commit_failed.swap(false, Ordering::Relaxed)
     }
 
     fn partitions(&self, list: &TopicPartitionList) -> Vec<i32> {
@@ -100,15 +113,28 @@ impl<H: PartitionHandler + Send + 'static> ConsumerContext for GroupContext<H> {
     fn commit_callback(
         &self,
         result: rdkafka::error::KafkaResult<()>,
-        _offsets: &TopicPartitionList,
+        offsets: &TopicPartitionList,
     ) {
-        if let Err(error) = result {
-            if !matches!(
-                error,
-                KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)
-            ) {
-                tracing::warn!(%error, "offset commit failed");
+        // librdkafka reports a commit whose partitions failed one by one with per-partition errors,
+        // not always with an overall one.
+        let failed_partitions: Vec<i32> = offsets
+            .elements()
+            .iter()
+            .filter(|e| e.error().is_err())
+            .map(|e| e.partition())
+            .collect();
+        match result {
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => {
+                tracing::warn!(%error, "offset commit failed; committed again at the next checkpoint");
+                self.commit_failed.store(true, Ordering::Relaxed);
             }
+            Ok(()) if !failed_partitions.is_empty() => {
+                tracing::warn!(partitions = ?failed_partitions,
+                    "offset commit failed for some partitions; committed again at the next checkpoint");
+                self.commit_failed.store(true, Ordering::Relaxed);
+            }
+            Ok(()) => {}
         }
     }
 }

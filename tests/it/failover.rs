@@ -81,7 +81,60 @@ fn wait_drained(processors: &[&Running], within: Duration) -> f64 {
         }
     }
     std::thread::sleep(Duration::from_secs(3));
+    if smallest > 0.0 {
+        for (i, process) in processors.iter().enumerate() {
+            let text = scrape(process);
+            let lags: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("geopromo_consumer_partition_lag{"))
+                .collect();
+            let progress: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    l.starts_with("geopromo_last_checkpoint_timestamp_seconds")
+                        || l.starts_with("geopromo_checkpoints_total")
+                        || l.starts_with("geopromo_rewinds_total")
+                        || l.starts_with("geopromo_delivery")
+                })
+                .collect();
+            eprintln!(
+                "processor {i} still lags: {lags:?}; {progress:?}; now {:?}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs()
+            );
+        }
+    }
     smallest
+}
+
+/// Per input partition, how far the group's committed offset is behind the end of the partition, as the
+/// broker has them (the ground truth the lag metric is computed from).
+fn committed_behind(brokers: &str) -> Vec<(i32, i64)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "geopromo")
+        .create()
+        .unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        list.add_partition("gps-events", partition);
+    }
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .unwrap();
+    committed
+        .elements()
+        .iter()
+        .map(|e| {
+            let (_, high) = consumer
+                .fetch_watermarks("gps-events", e.partition(), Duration::from_secs(10))
+                .unwrap();
+            let at = e.offset().to_raw().unwrap_or(0).max(0);
+            (e.partition(), high - at)
+        })
+        .collect()
 }
 
 /// A working directory with the processors' settings on `brokers`, and a fresh PostgreSQL database.
@@ -365,6 +418,7 @@ fn a_broker_loss_and_a_killed_processor_lose_no_eligibility_event() {
 
     // Everything expected arrives; wait for the stream to drain.
     let lag_end = wait_drained(&[&processor_b, &processor_a], Duration::from_secs(120));
+    let behind = committed_behind(&brokers);
     stop_reading.store(true, Ordering::Relaxed);
     let arrived = reader.join().unwrap();
 
@@ -414,7 +468,8 @@ fn a_broker_loss_and_a_killed_processor_lose_no_eligibility_event() {
         "FAILOVER REPORT: {} events ({} via the API, {refused_posts} posts refused and retried) in {:.1} s; \
          {} eligibility events expected, all arrived, {duplicates} duplicates; output flowing again {:?} after \
          the leaders' broker went down, longest output silence after that {:.1} s; survivor took the killed member's partitions {:.1} s after SIGKILL; \
-         survivor: {rebalances} rebalances, {rewinds} rewinds, lag peak {lag_peak}, lag at the end {lag_end}",
+         survivor: {rebalances} rebalances, {rewinds} rewinds, lag peak {lag_peak}, lag at the end {lag_end}; \
+         committed offsets behind the partition ends at the end (partition, records): {behind:?}",
         events.len(),
         events.len() - direct_count(&events, &api_users),
         stream_took.as_secs_f64(),

@@ -179,6 +179,9 @@ impl Processor {
                 }
             }
             let mut core = lock(&core);
+            if consumer.context().take_commit_failure() {
+                core.progress.commit_failed();
+            }
             if core.progress.has_staged() {
                 if let Err(error) = core.advance(&consumer) {
                     break Err(error);
