@@ -102,6 +102,23 @@ impl Progress {
         }
     }
 
+    /// The group's committed offsets as the client last saw them: where one is behind the position this
+    /// member counts as durable, a commit it sent was lost (refused during a rebalance, say), and the next
+    /// checkpoint commits again. Returns whether that happened. (Seeing a commit still in flight only
+    /// costs one more commit of the same positions.)
+    pub fn behind_durable(&mut self, committed: &[(i32, i64)]) -> bool {
+        let behind = committed.iter().any(|&(partition, offset)| {
+            self.partitions
+                .get(&partition)
+                .and_then(|p| p.durable.filter(|_| p.next.is_some()))
+                .is_some_and(|durable| durable > offset)
+        });
+        if behind {
+            self.dirty = true;
+        }
+        behind
+    }
+
     #[must_use]
     pub fn is_dirty(&self) -> bool {
         self.dirty
@@ -340,6 +357,27 @@ mod tests {
         let mut recorder = Recorder::default();
         assert_eq!(progress.advance(2, &mut recorder), Ok(true));
         assert_eq!(recorder.commits, [vec![(0, 2)]]);
+        assert!(!progress.is_dirty());
+    }
+
+    #[test]
+    fn a_commit_the_broker_never_got_is_sent_again() {
+        let mut progress = Progress::default();
+        progress.assign(3, Some(100));
+        progress.processed(3, 100);
+        progress.processed(3, 101);
+        progress.stage(1);
+        assert_eq!(progress.advance(1, &mut Recorder::default()), Ok(true));
+        assert!(!progress.is_dirty());
+        // The group still has 100: the commit of 102 was lost.
+        assert!(progress.behind_durable(&[(3, 100)]));
+        assert!(progress.is_dirty());
+        progress.stage(1);
+        let mut recorder = Recorder::default();
+        assert_eq!(progress.advance(1, &mut recorder), Ok(true));
+        assert_eq!(recorder.commits, [vec![(3, 102)]]);
+        // Once the group has it, nothing more to do; partitions not owned are ignored.
+        assert!(!progress.behind_durable(&[(3, 102), (7, 0)]));
         assert!(!progress.is_dirty());
     }
 

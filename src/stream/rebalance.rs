@@ -26,6 +26,8 @@ pub trait PartitionHandler {
     );
     /// After `assigned` come: restore their users as of the committed positions.
     fn assign<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, assigned: &[i32]);
+    /// The group's committed offsets as librdkafka last saw them (assigned partitions with a commit).
+    fn committed_seen(&mut self, _committed: &[(i32, i64)]) {}
 }
 
 /// The consumer's callbacks: drain and commit before partitions go, restore state when they come.
@@ -65,7 +67,7 @@ impl<H> GroupContext<H> {
     }
 }
 
-impl<H: Send + 'static> ClientContext for GroupContext<H> {
+impl<H: PartitionHandler + Send + 'static> ClientContext for GroupContext<H> {
     fn stats(&self, statistics: Statistics) {
         let lags: Vec<(i32, i64)> = statistics
             .topics
@@ -85,6 +87,25 @@ impl<H: Send + 'static> ClientContext for GroupContext<H> {
             .consumer_lag
             .set(lags.iter().map(|(_, lag)| lag).sum());
         self.metrics.set_partition_lags(&lags);
+        // The result of an asynchronous commit is not reliably reported back (librdkafka answers it on
+        // the main queue; in the failover test no callback ever arrived, and a commit refused during a
+        // rebalance left the survivor's positions uncommitted for good). The statistics carry what the
+        // group really has committed: the processor compares it with what it believes is durable.
+        let committed: Vec<(i32, i64)> = statistics
+            .topics
+            .get(&self.input_topic)
+            .map(|topic| {
+                topic
+                    .partitions
+                    .values()
+                    .filter(|p| p.partition >= 0 && p.desired && p.committed_offset >= 0)
+                    .map(|p| (p.partition, p.committed_offset))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !committed.is_empty() {
+            lock(&self.handler).committed_seen(&committed);
+        }
     }
 }
 
@@ -117,6 +138,7 @@ impl<H: PartitionHandler + Send + 'static> ConsumerContext for GroupContext<H> {
     ) {
         // librdkafka reports a commit whose partitions failed one by one with per-partition errors,
         // not always with an overall one.
+        tracing::debug!(?result, offsets = ?offsets.elements().iter().map(|e| (e.partition(), e.offset(), e.error().err())).collect::<Vec<_>>(), "offset commit result");
         let failed_partitions: Vec<i32> = offsets
             .elements()
             .iter()

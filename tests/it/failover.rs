@@ -168,6 +168,14 @@ fn start_processor(dir: &Path, config: &Path, database: &str, instance: Option<&
                 instance.unwrap_or_default().to_owned(),
             ),
             ("GEOPROMO__METRICS__LISTEN", "127.0.0.1:0".to_owned()),
+            // FAILOVER_LOGS=1 also shows every offset commit and its result.
+            (
+                "RUST_LOG",
+                match std::env::var_os("FAILOVER_LOGS") {
+                    Some(_) => "info,geopromo::stream=debug".to_owned(),
+                    None => "info".to_owned(),
+                },
+            ),
         ],
     )
 }
@@ -464,6 +472,13 @@ fn a_broker_loss_and_a_killed_processor_lose_no_eligibility_event() {
         "the survivor saw the group change:\n{text}"
     );
     assert!(lag_peak > 0.0, "the lag rose during the failover");
+    // And recovered: the group's committed offsets reach the partition ends once the stream stops (a
+    // commit refused during the rebalance after the takeover used to leave them behind for good).
+    assert!(
+        behind.iter().all(|&(_, records)| records == 0),
+        "committed offsets still behind the partition ends: {behind:?}"
+    );
+    assert_eq!(lag_end, 0.0, "the lag metric drained");
     eprintln!(
         "FAILOVER REPORT: {} events ({} via the API, {refused_posts} posts refused and retried) in {:.1} s; \
          {} eligibility events expected, all arrived, {duplicates} duplicates; output flowing again {:?} after \

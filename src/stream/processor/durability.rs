@@ -32,7 +32,9 @@ impl<C: ConsumerContext> CommitOffsets for GroupCommit<'_, C> {
         for &(partition, next) in positions {
             offsets.add_partition_offset(self.topic, partition, Offset::Offset(next))?;
         }
-        self.consumer.commit(&offsets, self.mode)
+        let result = self.consumer.commit(&offsets, self.mode);
+        tracing::debug!(?positions, mode = ?self.mode, ?result, "offset commit sent");
+        result
     }
 }
 
@@ -224,6 +226,15 @@ impl Core {
 }
 
 impl PartitionHandler for Core {
+    fn committed_seen(&mut self, committed: &[(i32, i64)]) {
+        if self.progress.behind_durable(committed) {
+            tracing::warn!(
+                ?committed,
+                "the group's committed offsets are behind what was committed; committing again"
+            );
+        }
+    }
+
     /// Partitions are being revoked: checkpoint what they processed (unless the assignment is already
     /// lost, when the next owner replays it), then forget them.
     fn revoke<C: ConsumerContext>(
