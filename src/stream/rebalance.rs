@@ -51,10 +51,10 @@ impl<H> GroupContext<H> {
         }
     }
 
-    /// Whether an asynchronous commit failed since the last call. The result of an asynchronous commit
-    /// arrives later, inside `poll`: the processor could not know otherwise that positions it counted
-    /// as committed (a commit during a rebalance, a coordinator away) are not, and a stream that went
-    /// quiet would keep its stale committed offsets (lag that never drains; a replay on restart).
+    /// Whether an asynchronous commit was reported failed since the last call. Where librdkafka
+    /// delivers commit results to the consumer's poll, this catches a failed commit at once; it is not
+    /// relied on (in the mock-cluster failover test no result ever arrived): `committed_seen`, from the
+    /// statistics, is what makes a lost commit be sent again.
     pub fn take_commit_failure(&self) -> bool {
         self.commit_failed.swap(false, Ordering::Relaxed)
     }
