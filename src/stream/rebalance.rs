@@ -69,20 +69,24 @@ impl<H> GroupContext<H> {
 
 impl<H: PartitionHandler + Send + 'static> ClientContext for GroupContext<H> {
     fn stats(&self, statistics: Statistics) {
-        let lags: Vec<(i32, i64)> = statistics
+        // librdkafka keeps reporting partitions it gave up (with their last lag): only the ones
+        // assigned now count.
+        let assigned: Vec<&rdkafka::statistics::Partition> = statistics
             .topics
             .get(&self.input_topic)
             .map(|topic| {
                 topic
                     .partitions
                     .values()
-                    // librdkafka keeps reporting partitions it gave up (with their last lag): only the
-                    // ones assigned now count.
-                    .filter(|p| p.partition >= 0 && p.desired && p.consumer_lag >= 0)
-                    .map(|p| (p.partition, p.consumer_lag))
+                    .filter(|p| p.partition >= 0 && p.desired)
                     .collect()
             })
             .unwrap_or_default();
+        let lags: Vec<(i32, i64)> = assigned
+            .iter()
+            .filter(|p| p.consumer_lag >= 0)
+            .map(|p| (p.partition, p.consumer_lag))
+            .collect();
         self.metrics
             .consumer_lag
             .set(lags.iter().map(|(_, lag)| lag).sum());
@@ -91,18 +95,11 @@ impl<H: PartitionHandler + Send + 'static> ClientContext for GroupContext<H> {
         // the main queue; in the failover test no callback ever arrived, and a commit refused during a
         // rebalance left the survivor's positions uncommitted for good). The statistics carry what the
         // group really has committed: the processor compares it with what it believes is durable.
-        let committed: Vec<(i32, i64)> = statistics
-            .topics
-            .get(&self.input_topic)
-            .map(|topic| {
-                topic
-                    .partitions
-                    .values()
-                    .filter(|p| p.partition >= 0 && p.desired && p.committed_offset >= 0)
-                    .map(|p| (p.partition, p.committed_offset))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let committed: Vec<(i32, i64)> = assigned
+            .iter()
+            .filter(|p| p.committed_offset >= 0)
+            .map(|p| (p.partition, p.committed_offset))
+            .collect();
         if !committed.is_empty() {
             lock(&self.handler).committed_seen(&committed);
         }
