@@ -15,8 +15,9 @@ pub(super) struct RecordTrace {
     /// The record's incoming trace context (empty without a `traceparent`); the span's own context is
     /// built from it only when something needs it (outputs are rare next to records).
     parent: Context,
-    /// What an unsampled root passes on instead of a span.
-    unsampled: Option<SpanContext>,
+    /// The trace id of an unsampled root; its (not-sampled) span context is only made when an output
+    /// needs a `traceparent`, which few records do.
+    unsampled: Option<opentelemetry::trace::TraceId>,
 }
 
 impl RecordTrace {
@@ -37,7 +38,7 @@ impl RecordTrace {
                 return Self {
                     span: None,
                     parent,
-                    unsampled: Some(otel::unsampled_context(trace_id)),
+                    unsampled: Some(trace_id),
                 };
             }
         }
@@ -136,7 +137,7 @@ impl RecordTrace {
     pub(super) fn span_context(&self) -> SpanContext {
         match (&self.span, &self.unsampled) {
             (Some(span), _) => span.span_context().clone(),
-            (None, Some(unsampled)) => unsampled.clone(),
+            (None, Some(trace_id)) => otel::unsampled_context(*trace_id),
             (None, None) => SpanContext::empty_context(),
         }
     }
