@@ -85,9 +85,9 @@ impl RasterGrid {
         (key << bits) | (u64::from(inside) << (bits - 1)) | u64::from(id)
     }
 
-    /// (key, inside, id) of a packed record.
-    fn unpack(self, record: u64) -> (u64, bool, u32) {
-        let bits = self.status_bits();
+    /// (key, inside, id) of a packed record; `bits` is [`Self::status_bits`], computed once by the caller
+    /// (this runs for every record of a build).
+    fn unpack(record: u64, bits: u32) -> (u64, bool, u32) {
         let id_mask = (1u64 << (bits - 1)) - 1;
         (
             record >> bits,
@@ -296,6 +296,7 @@ impl Raster {
         let k = 1usize << shift;
         let m = n >> shift;
         let blocks_wide = grid.blocks_wide() as u64;
+        let status_bits = grid.status_bits();
         let mut raster = Self {
             inv_step: n as f64,
             n,
@@ -312,7 +313,9 @@ impl Raster {
         let mut block_entries: Vec<u32> = Vec::with_capacity(k * k);
         let (mut ci, mut bi) = (0, 0);
         loop {
-            let next_cell_block = cells.get(ci).map(|&c| grid.unpack(c).0 >> 6);
+            let next_cell_block = cells
+                .get(ci)
+                .map(|&c| RasterGrid::unpack(c, status_bits).0 >> 6);
             let next_block = blocks.get(bi).map(|b| b.0);
             let block = match (next_cell_block, next_block) {
                 (None, None) => break,
@@ -338,7 +341,7 @@ impl Raster {
                     boundary.clone_from(&whole_band);
                 }
                 while let Some(&record) = cells.get(ci) {
-                    let (key, is_inside, id) = grid.unpack(record);
+                    let (key, is_inside, id) = RasterGrid::unpack(record, status_bits);
                     if key >> 6 != block {
                         break;
                     }
