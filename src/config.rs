@@ -92,6 +92,14 @@ pub struct ApiSettings {
     pub listen: String,
     /// Largest request body (GeoJSON uploads are the big ones).
     pub max_body_bytes: usize,
+    /// `/v1/events/stream` and `/v1/activity/*` cover this many minutes of the output topic (1 to 60):
+    /// the resume window and the activity counts' reach.
+    pub events_window_minutes: u32,
+    /// At most this many events are kept for resumption, whatever the window.
+    pub events_retained: usize,
+    /// A stream client more than this many events behind the feed is dropped (with the reason).
+    pub events_reader_lag: usize,
+    pub console: ConsoleSettings,
 }
 
 impl Default for ApiSettings {
@@ -99,8 +107,37 @@ impl Default for ApiSettings {
         Self {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 32 * 1024 * 1024,
+            events_window_minutes: 60,
+            events_retained: 50_000,
+            events_reader_lag: 1024,
+            console: ConsoleSettings::default(),
         }
     }
+}
+
+impl ApiSettings {
+    /// The live hub's limits these settings ask for.
+    #[must_use]
+    pub fn hub_limits(&self) -> crate::live::HubLimits {
+        crate::live::HubLimits {
+            retained_events: self.events_retained.max(1),
+            window_ms: i64::from(self.events_window_minutes.clamp(1, 60)) * 60_000,
+            reader_lag: self.events_reader_lag.max(1),
+        }
+    }
+}
+
+/// The ops console at `/console` (see docs/console.md).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleSettings {
+    /// A raster tile URL template (`https://tiles.example/{z}/{x}/{y}.png`) drawn under the fences.
+    /// Empty (the default): the bundled country outlines only, so the console works offline.
+    pub raster_tiles: String,
+    /// Attribution shown for `raster_tiles`.
+    pub attribution: String,
+    /// A MapLibre style URL (vector tiles); wins over `raster_tiles` when set.
+    pub style_url: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 //!
 //! - [`geofence`]: pure core: fences from GeoJSON, validation, the raster/H3/R-tree index, matching.
 //! - [`promo`]: pure core: promotions, per-user enter/exit state, the input and output event contracts.
+//! - [`live`]: pure core: the resumable window of live eligibility events and activity counts.
 //! - [`stream`]: Kafka adapter: the consume → match → rules → produce processor, dead letters, state
 //!   changelog, the embedded dev broker and the traffic simulator.
 //! - [`store`]: sqlx store (SQLite or PostgreSQL): fences, promotions, users, eligibility.
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod geofence;
+pub mod live;
 pub mod otel;
 pub mod promo;
 pub mod store;

@@ -36,8 +36,12 @@ impl Require for Identity {
 
 /// The bearer token of a request, or 401.
 pub fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    let value = parts
-        .headers
+    bearer_token(&parts.headers)
+}
+
+/// The bearer token in `headers`, or 401.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
+    let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <access token>"))?;
     let value = value

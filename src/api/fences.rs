@@ -1,11 +1,13 @@
 //! Fences: upload GeoJSON (all or nothing, every problem reported), list, read, replace, delete.
 
+use std::collections::HashMap;
+
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -13,7 +15,7 @@ use super::docs;
 use super::extract::{Caller, Ops, Page};
 use super::{ApiError, ApiJson, ApiPath, ApiState};
 use crate::geofence::geojson::parse_fences_value;
-use crate::geofence::ParseOptions;
+use crate::geofence::{draw, ParseOptions};
 use crate::promo::EpochMs;
 use crate::store::StoredFence;
 
@@ -22,6 +24,135 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(list_fences, upload_fences))
         .routes(routes!(get_fence, replace_fence, delete_fence))
+        .routes(routes!(fence_outlines))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct UploadQuery {
+    /// Validate only: answer 200 with the report of every feature and store nothing.
+    dry_run: Option<bool>,
+}
+
+/// One problem of one feature, placed where it is when it has a place.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlacedProblem {
+    /// The feature's position in the upload.
+    feature: usize,
+    /// The feature's id, when it has one.
+    id: Option<String>,
+    /// Stable machine-readable code (`self_intersection`, `ring_not_closed`, ...).
+    code: &'static str,
+    message: String,
+    /// `[lon, lat]` of the problem (the crossing, the bad vertex, the ring), when it has one.
+    at: Option<[f64; 2]>,
+}
+
+/// What an upload would store: every feature's problems and the valid fences to preview.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ValidationReport {
+    features: usize,
+    valid: usize,
+    invalid: usize,
+    problems: Vec<PlacedProblem>,
+    repairs: Vec<String>,
+    /// The valid fences, as they would be stored, outlined for a map (see `GET /v1/map/fences`).
+    #[schema(value_type = Object)]
+    preview: serde_json::Value,
+}
+
+fn validation_report(body: serde_json::Value) -> Result<ValidationReport, ApiError> {
+    let originals: Vec<serde_json::Value> = match body.get("type").and_then(|t| t.as_str()) {
+        Some("FeatureCollection") => body
+            .get("features")
+            .and_then(|f| f.as_array())
+            .cloned()
+            .unwrap_or_default(),
+        _ => vec![body.clone()],
+    };
+    let parsed = parse_fences_value(body, &ParseOptions::default().skip_invalid(true))
+        .map_err(ApiError::invalid_geojson)?;
+    let problems: Vec<PlacedProblem> = parsed
+        .skipped
+        .iter()
+        .flat_map(|rejected| {
+            let geometry = originals
+                .get(rejected.feature.index)
+                .and_then(|f| f.get("geometry"));
+            rejected.problems.iter().map(move |problem| PlacedProblem {
+                feature: rejected.feature.index,
+                id: rejected.feature.id.clone(),
+                code: problem.code(),
+                message: problem.to_string(),
+                at: draw::problem_position(problem, geometry),
+            })
+        })
+        .collect();
+    Ok(ValidationReport {
+        features: originals.len(),
+        valid: parsed.fences.len(),
+        invalid: parsed.skipped.len(),
+        problems,
+        repairs: parsed.repairs.iter().map(ToString::to_string).collect(),
+        preview: outline_collection(&parsed.fences, &HashMap::new()),
+    })
+}
+
+/// Fences as one compact FeatureCollection for a map: id, name, tolerance, the latitude to draw the band
+/// at, the promotions targeting each, and the outline rounded to about a metre.
+fn outline_collection(
+    fences: &[crate::geofence::Fence],
+    promotions: &HashMap<String, Vec<String>>,
+) -> serde_json::Value {
+    let features: Vec<serde_json::Value> = fences
+        .iter()
+        .map(|fence| {
+            serde_json::json!({
+                "type": "Feature",
+                "id": fence.id,
+                "properties": {
+                    "id": fence.id,
+                    "name": fence.name,
+                    "tolerance_m": fence.tolerance_m,
+                    "band_lat": (draw::band_latitude(fence) * 1e3).round() / 1e3,
+                    "vertices": fence.vertex_count(),
+                    "radius_m": fence.circle.map(|c| c.radius_m),
+                    "promotions": promotions.get(&fence.id).cloned().unwrap_or_default(),
+                },
+                "geometry": draw::outline_geometry(fence),
+            })
+        })
+        .collect();
+    serde_json::json!({"type": "FeatureCollection", "features": features})
+}
+
+/// `GET /v1/map/fences`: every fence outlined for a map in one compact GeoJSON FeatureCollection (the
+/// console draws it; MapLibre simplifies it per zoom level on the client).
+#[utoipa::path(get, path = "/v1/map/fences", tag = "fences",
+    responses(
+        (status = 200, description = "Every fence: properties `id`, `name`, `tolerance_m`, `band_lat`, `vertices`, `radius_m`, `promotions`; MultiPolygon outlines", body = serde_json::Value, content_type = "application/geo+json"),
+        (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn fence_outlines(
+    State(state): State<ApiState>,
+    _: Caller<Ops>,
+) -> Result<Response, ApiError> {
+    let fences = state.store.load_fences().await?;
+    let mut by_fence: HashMap<String, Vec<String>> = HashMap::new();
+    for promotion in state.store.load_promotions().await? {
+        for fence in &promotion.fence_ids {
+            by_fence
+                .entry(fence.to_string())
+                .or_default()
+                .push(promotion.id.to_string());
+        }
+    }
+    let body =
+        tokio::task::spawn_blocking(move || outline_collection(&fences, &by_fence).to_string())
+            .await?;
+    Ok(([(header::CONTENT_TYPE, "application/geo+json")], body).into_response())
 }
 
 /// What a fence upload stored.
@@ -174,12 +305,15 @@ async fn get_fence(
 }
 
 /// Stores every feature of a GeoJSON Feature or FeatureCollection (insert or replace by id), or none:
-/// invalid features give 422 with each feature's problems. The body is read up to `api.max_body_bytes`
-/// and parsed on a blocking thread, so a large upload does not stall other requests.
-#[utoipa::path(post, path = "/v1/fences", tag = "fences",
+/// invalid features give 422 with each feature's problems. With `dry_run=true`, stores nothing and
+/// answers 200 with the validation report (each problem placed at its coordinate, the valid fences
+/// outlined). The body is read up to `api.max_body_bytes` and parsed on a blocking thread, so a large
+/// upload does not stall other requests.
+#[utoipa::path(post, path = "/v1/fences", tag = "fences", params(UploadQuery),
     request_body(content = docs::FenceUpload, description = "GeoJSON Feature or FeatureCollection of Polygon/MultiPolygon; `id` (or `properties.id`), `properties.name`, `properties.tolerance_m`"),
     responses(
         (status = 201, description = "Every feature stored", body = UploadResult),
+        (status = 200, description = "`dry_run=true`: the validation report; nothing stored", body = ValidationReport),
         (status = 413, description = "Over `api.max_body_bytes`", body = ApiError, content_type = "application/problem+json"),
         (status = 422, description = "Invalid features, each with its problems", body = ApiError, content_type = "application/problem+json"),
         (status = "default", description = "Error", body = ApiError, content_type = "application/problem+json"),
@@ -188,8 +322,14 @@ async fn get_fence(
 async fn upload_fences(
     State(state): State<ApiState>,
     _: Caller<Ops>,
+    query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
     ApiJson(body): ApiJson<serde_json::Value>,
-) -> Result<(StatusCode, Json<UploadResult>), ApiError> {
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if query.dry_run == Some(true) {
+        let report = tokio::task::spawn_blocking(move || validation_report(body)).await??;
+        return Ok(Json(report).into_response());
+    }
     let parsed =
         tokio::task::spawn_blocking(move || parse_fences_value(body, &ParseOptions::default()))
             .await?
@@ -205,7 +345,8 @@ async fn upload_fences(
             catalog_version,
             repairs: parsed.repairs.iter().map(ToString::to_string).collect(),
         }),
-    ))
+    )
+        .into_response())
 }
 
 #[utoipa::path(delete, path = "/v1/fences/{id}", tag = "fences",

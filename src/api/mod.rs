@@ -8,14 +8,18 @@
 //! - [`extract`]: the verified caller and the roles a route admits, the peer address, paging.
 //! - [`problem`]: problem+json errors, the JSON/path extractors that answer with them.
 //! - [`fences`], [`promotions`], [`locations`], [`results`]: the `/v1` resources.
+//! - [`events`]: the live enter/exit stream (SSE) and activity counts.
 //! - [`auth`], [`admin`]: sessions and tokens; users and keys.
 //! - [`access`]: the request id, the access log line and the request metrics of every answer.
+//! - [`console`]: the ops console's page and vendored assets (`/console`).
 //! - [`ops`]: health, readiness, metrics. [`docs`]: the OpenAPI document and the docs page.
 
 pub mod access;
 pub mod admin;
 pub mod auth;
+pub mod console;
 pub mod docs;
+pub mod events;
 pub mod extract;
 pub mod fences;
 pub mod locations;
@@ -56,6 +60,12 @@ pub struct ApiState {
     pub registry: Arc<Registry>,
     /// Request counts and latencies, registered in `registry`.
     pub http_metrics: crate::telemetry::HttpMetrics,
+    /// Live eligibility events and activity counts (`/v1/events/stream`, `/v1/activity/*`).
+    pub live: Arc<crate::live::LiveHub>,
+    /// Cancelled when the server stops: endless responses (event streams) end with it.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// The console's settings (`/console`).
+    pub console: Arc<crate::config::ConsoleSettings>,
 }
 
 /// Produces posted locations to the input topic.
@@ -92,6 +102,7 @@ fn api_routes(upload_limit_bytes: usize) -> OpenApiRouter<ApiState> {
         .merge(promotions::routes())
         .merge(locations::routes())
         .merge(results::routes())
+        .merge(events::routes())
         .merge(auth::routes())
         .merge(auth::with_token_layers(admin::routes()))
         .merge(docs::routes())
@@ -108,6 +119,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: ApiState) -> Router {
     let (routes, _) = api_routes(state.max_body_bytes).split_for_parts();
     routes
+        .merge(console::router())
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY_BYTES))

@@ -10,7 +10,8 @@ use utoipa_axum::routes;
 use super::extract::Require;
 use super::{ApiError, ApiPath, ApiState};
 use crate::auth::{Identity, Role};
-use crate::geofence::GeoPoint;
+use crate::geofence::geojson::parse_fences_value;
+use crate::geofence::{draw, GeoPoint, ParseOptions};
 use crate::promo::{EpochMs, PointMatch};
 
 /// Any verified caller may probe a point and read their own eligibility; ops and consumers read anyone's.
@@ -30,6 +31,8 @@ struct MatchQuery {
     /// Longitude, WGS84 degrees.
     #[param(minimum = -180, maximum = 180)]
     lon: f64,
+    /// Also give each match's nearest boundary point (`nearest`, `[lon, lat]`): for maps; slower.
+    nearest: Option<bool>,
 }
 
 /// `GET /v1/match?lat=&lon=`: the fences the point is inside or within tolerance of, and the promotions
@@ -49,7 +52,25 @@ async fn match_point(
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let point = GeoPoint::new(query.lat, query.lon)
         .map_err(|e| ApiError::unprocessable(e.to_string(), Vec::new()))?;
-    Ok(Json(state.catalog.load().match_at(point, EpochMs::now())))
+    let mut matches = state.catalog.load().match_at(point, EpochMs::now());
+    if query.nearest == Some(true) {
+        for found in &mut matches {
+            if let Some(stored) = state.store.get_fence(&found.fence_id).await? {
+                let feature = serde_json::json!({
+                    "type": "Feature", "id": stored.id,
+                    "properties": {"tolerance_m": stored.tolerance_m},
+                    "geometry": serde_json::from_str::<serde_json::Value>(&stored.geometry)
+                        .map_err(ApiError::internal)?,
+                });
+                let fence = parse_fences_value(feature, &ParseOptions::default())
+                    .map_err(ApiError::internal)?
+                    .fences
+                    .pop();
+                found.nearest = fence.and_then(|f| draw::nearest_boundary_point(&f, point));
+            }
+        }
+    }
+    Ok(Json(matches))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -41,6 +41,9 @@ pub struct ApiParts {
     pub max_body_bytes: usize,
     /// Served at `/metrics`, with the HTTP request metrics added.
     pub registry: Registry,
+    /// The live events the API streams (fed by [`crate::stream::feed::run_live_feed`]).
+    pub live: Arc<crate::live::LiveHub>,
+    pub console: crate::config::ConsoleSettings,
 }
 
 /// A running HTTP API.
@@ -104,7 +107,11 @@ pub async fn start_api(parts: ApiParts, shutdown: &CancellationToken) -> anyhow:
     let refresher = auth.spawn_refresher();
     let mut registry = parts.registry;
     auth.register_metrics(&mut registry);
+    let shutdown = shutdown.child_token();
     let app = crate::api::router(ApiState {
+        live: parts.live,
+        shutdown: shutdown.clone(),
+        console: Arc::new(parts.console),
         store: parts.store,
         auth: auth.clone(),
         max_body_bytes: parts.max_body_bytes,
@@ -113,7 +120,6 @@ pub async fn start_api(parts: ApiParts, shutdown: &CancellationToken) -> anyhow:
         http_metrics: HttpMetrics::registered(&mut registry),
         registry: Arc::new(registry),
     });
-    let shutdown = shutdown.child_token();
     let stopped = shutdown.clone();
     let server = tokio::spawn(async move {
         if let Err(error) = crate::api::serve(listener, app, stopped.cancelled_owned()).await {

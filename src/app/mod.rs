@@ -122,6 +122,7 @@ impl Application {
                 .as_deref()
                 .map(|brokers| http::locations_sink(&settings.kafka, brokers))
                 .transpose()?;
+            let live = Arc::new(crate::live::LiveHub::new(settings.api.hub_limits()));
             let registry = if options.api_only {
                 let mut registry = Registry::with_prefix("geopromo");
                 metrics.register_catalog(&mut registry);
@@ -138,10 +139,20 @@ impl Application {
                     auth: settings.auth.clone(),
                     max_body_bytes: settings.api.max_body_bytes,
                     registry,
+                    live: live.clone(),
+                    console: settings.api.console.clone(),
                 },
                 &shutdown,
             )
             .await?;
+            if let Some(brokers) = &brokers {
+                tokio::spawn(crate::stream::feed::run_live_feed(
+                    settings.kafka.clone(),
+                    brokers.clone(),
+                    live,
+                    shutdown.clone(),
+                ));
+            }
             tracing::info!(address = %server.address, "HTTP API at http://{}/v1 (docs at /docs)", server.address);
             http::print_first_admin_hint(&store).await;
             Some(server)

@@ -2,6 +2,7 @@
 //! validated into [`Fence`]s, and are indexed into a [`FenceIndex`] that matches points.
 
 mod cover;
+pub mod draw;
 pub mod fence;
 pub mod geojson;
 pub mod index;

@@ -49,6 +49,9 @@ pub struct PointMatch {
     pub inside: bool,
     pub distance_m: f64,
     pub promotions: Vec<String>,
+    /// `[lon, lat]` of the fence boundary's point nearest to the probe (only when asked for: `nearest`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nearest: Option<[f64; 2]>,
 }
 
 /// One immutable snapshot of fences and promotions, with the index the processor matches against. Swapped
@@ -204,6 +207,7 @@ impl Catalog {
                         .filter(|p| p.is_valid_at(at))
                         .map(|p| p.id.to_string())
                         .collect(),
+                    nearest: None,
                 }
             })
             .collect()

@@ -85,7 +85,7 @@ pub fn check_topics(
 }
 
 /// Sets each property the operator did not set.
-fn set_defaults(config: &mut ClientConfig, defaults: &[(&str, &str)]) {
+pub(crate) fn set_defaults(config: &mut ClientConfig, defaults: &[(&str, &str)]) {
     for (key, value) in defaults {
         if config.get(key).is_none() {
             config.set(*key, *value);

@@ -3,7 +3,8 @@
 //! The processor ([`processor`]) is a shell around the pure core ([`crate::promo`]): [`client`] configures
 //! the librdkafka clients, [`output`] produces with backpressure and tracks deliveries, [`dead_letter`]
 //! shapes refused inputs, [`checkpoint`] decides what to commit and where to rewind, [`changelog`] keeps
-//! per-user state, and [`rebalance`] reacts to the group.
+//! per-user state, and [`rebalance`] reacts to the group. [`feed`] reads the output topic back for the
+//! API's live stream.
 
 pub mod changelog;
 pub mod checkpoint;
@@ -11,6 +12,7 @@ pub mod client;
 pub mod dead_letter;
 pub mod embedded;
 pub mod error;
+pub mod feed;
 pub mod output;
 pub mod processor;
 pub mod rebalance;
