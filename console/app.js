@@ -79,6 +79,7 @@ function refresh() {
 
 async function login(event) {
   event.preventDefault();
+  state.timings.signInAt = performance.now();
   const form = new FormData(event.target);
   const message = $("#login-message");
   message.textContent = "";
@@ -157,7 +158,8 @@ map.addControl(new maplibregl.ScaleControl({ unit: "metric" }), "bottom-right");
 const mapReady = new Promise((resolve) => map.on("load", resolve));
 
 // A tolerance band is a line `tolerance` metres wide, offset by half that to the outside of the outline
-// (the server winds rings so that the outside is on the right), with round joins: the outer half of the
+// (the server winds rings so that the outside is on the right on the ground; the screen's y axis points
+// down, which mirrors it, hence the negative offset), with round joins: the outer half of the
 // boundary's buffer. Pixels per metre at zoom z and latitude φ: 512·2^z / (C·cos φ). It is opaque: a
 // translucent wide line shows its own overlaps at corners.
 function bandWidthAtZoom0(properties) {
@@ -167,7 +169,7 @@ function bandWidthAtZoom0(properties) {
 const scaled = (factor) => ["interpolate", ["exponential", 2], ["zoom"],
   0, ["*", ["get", "band_w0"], factor], 24, ["*", ["get", "band_w0"], factor * 2 ** 24]];
 const bandWidth = scaled(1);
-const bandOffset = scaled(0.5);
+const bandOffset = scaled(-0.5);
 
 function withBands(collection) {
   for (const feature of collection.features) feature.properties.band_w0 = bandWidthAtZoom0(feature.properties);
@@ -178,12 +180,18 @@ const empty = () => ({ type: "FeatureCollection", features: [] });
 
 async function setUpLayers() {
   await mapReady;
-  map.addSource("fences", { type: "geojson", data: empty(), promoteId: "id", tolerance: 0.5 });
-  map.addSource("preview", { type: "geojson", data: empty() });
+  // Simplified per zoom on the worker (geojson-vt): 1 px tolerance, small tile buffers, so 3,000+ county
+  // outlines stay cheap to pan and zoom.
+  map.addSource("fences", { type: "geojson", data: empty(), promoteId: "id", tolerance: 1, buffer: 32 });
+  // Bands are wide lines drawn from the tiles their outline lies in: their own source, with tile-wide
+  // buffers so that a band up to a tile wide (1 km up to zoom ~15) is not cut at tile edges; from zoom 7,
+  // below which a band of a few kilometres is a pixel or two (and the wide buffers would cost the most).
+  map.addSource("fence-bands", { type: "geojson", data: empty(), tolerance: 1, buffer: 512 });
+  map.addSource("preview", { type: "geojson", data: empty(), buffer: 512 });
   map.addSource("problems", { type: "geojson", data: empty() });
   map.addSource("probe", { type: "geojson", data: empty() });
   map.addSource("live", { type: "geojson", data: empty() });
-  map.addLayer({ id: "fence-band", type: "line", source: "fences", layout: { "line-join": "round", "line-cap": "round" },
+  map.addLayer({ id: "fence-band", type: "line", source: "fence-bands", minzoom: 7, layout: { "line-join": "round", "line-cap": "round" },
     paint: { "line-color": "#f6d9a8", "line-width": bandWidth, "line-offset": bandOffset } });
   map.addLayer({ id: "fence-fill", type: "fill", source: "fences",
     paint: { "fill-color": ["case", ["boolean", ["feature-state", "selected"], false], "#1d6fd1", "#3d7fb8"],
@@ -226,11 +234,13 @@ async function loadFences() {
   state.fences = withBands(collection);
   await mapReady;
   map.getSource("fences").setData(state.fences);
+  map.getSource("fence-bands").setData(state.fences);
   $("#fence-count").textContent = state.fences.features.length;
   renderFenceList();
   map.once("idle", () => {
     state.timings.fencesDrawnMs = performance.now() - t0;
     state.timings.firstRenderMs ??= performance.now() - started;
+    state.timings.signInToDrawnMs ??= performance.now() - state.timings.signInAt;
     document.body.dataset.fencesDrawn = String(state.fences.features.length);
   });
 }

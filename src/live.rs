@@ -575,7 +575,7 @@ mod tests {
             &hub,
             0,
             2,
-            event("a", TransitionKind::Exit, "f", now - 300_000),
+            event("a", TransitionKind::Exit, "f", now - 240_000),
         );
         push(&hub, 0, 3, event("b", TransitionKind::Enter, "f", now));
         push(&hub, 0, 4, event("c", TransitionKind::Enter, "g", now));

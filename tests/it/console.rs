@@ -142,6 +142,8 @@ fn ops_console_flow_in_chromium() {
         "stored",
         "probe",
         "live",
+        "edit",
+        "deactivate",
         "logout",
     ] {
         assert!(results.contains_key(step), "step {step} did not report");
@@ -168,14 +170,23 @@ fn ops_console_draws_three_thousand_counties() {
     let counties = repo().join("geodata/us-counties.geojson");
     let import = geopromo(
         dir.path(),
-        &["fences", "import", counties.to_str().unwrap()],
+        &[
+            "fences",
+            "import",
+            counties.to_str().unwrap(),
+            "--skip-invalid",
+        ],
         "",
         &env,
     );
+    // Exit 1: imported, with the 22 counties that do not validate reported and left out.
+    let (said, report) = (
+        String::from_utf8_lossy(&import.stdout),
+        String::from_utf8_lossy(&import.stderr),
+    );
     assert!(
-        import.status.success(),
-        "{}",
-        String::from_utf8_lossy(&import.stderr)
+        import.status.code() == Some(1) && said.contains("imported 3209 fences"),
+        "{said}{report}"
     );
     let serve = Running::start(dir.path(), &["serve"], &env);
     let results = run_script(
