@@ -202,7 +202,9 @@ async function setUpLayers() {
     paint: { "line-color": "#cde8d3", "line-width": bandWidth, "line-offset": bandOffset } });
   map.addLayer({ id: "preview-line", type: "line", source: "preview",
     paint: { "line-color": "#1b7f3b", "line-width": 2, "line-dasharray": [2, 1] } });
-  map.addLayer({ id: "problem-points", type: "circle", source: "problems",
+  map.addLayer({ id: "problem-shapes", type: "line", source: "problems", filter: ["==", ["geometry-type"], "LineString"],
+    paint: { "line-color": "#b3261e", "line-width": 1.5, "line-dasharray": [2, 1] } });
+  map.addLayer({ id: "problem-points", type: "circle", source: "problems", filter: ["==", ["geometry-type"], "Point"],
     paint: { "circle-radius": 7, "circle-color": "#b3261e", "circle-stroke-color": "#fff", "circle-stroke-width": 2 } });
   map.addLayer({ id: "probe-lines", type: "line", source: "probe", filter: ["==", ["geometry-type"], "LineString"],
     paint: { "line-color": "#6a1b9a", "line-width": 2, "line-dasharray": [1, 1] } });
@@ -391,13 +393,22 @@ function showReport() {
   $("#repair-list").replaceChildren(
     ...report.repairs.map((repair) => Object.assign(document.createElement("li"), { textContent: repair })),
   );
+  // The invalid features as they came, outlined in red, with a marker on each problem.
+  const uploaded = JSON.parse(state.upload.text);
+  const features = uploaded.type === "FeatureCollection" ? uploaded.features : [uploaded];
+  const shapes = [...byFeature.keys()].flatMap((index) => {
+    const geometry = features[index]?.geometry;
+    const polygons = geometry?.type === "Polygon" ? [geometry.coordinates] : geometry?.type === "MultiPolygon" ? geometry.coordinates : [];
+    return polygons.flat().filter((ring) => Array.isArray(ring) && ring.every((p) => Array.isArray(p) && p.length >= 2 && p.every(Number.isFinite)))
+      .map((ring) => ({ type: "Feature", properties: {}, geometry: { type: "LineString", coordinates: ring } }));
+  });
   map.getSource("problems").setData({
     type: "FeatureCollection",
-    features: report.problems.filter((p) => p.at).map((p) => ({
+    features: [...shapes, ...report.problems.filter((p) => p.at).map((p) => ({
       type: "Feature",
       properties: { code: p.code, message: p.message },
       geometry: { type: "Point", coordinates: p.at },
-    })),
+    }))],
   });
   map.getSource("preview").setData(withBands(report.preview));
   const confirm = $("#upload-confirm");
