@@ -838,6 +838,36 @@ async fn rbac_matrix_covers_every_route_and_role() {
         ("GET", "/.well-known/jwks.json", None, false, public),
         ("GET", "/v1/fences", None, false, [401, 403, 200, 403, 403]),
         (
+            "GET",
+            "/v1/map/fences",
+            None,
+            false,
+            [401, 403, 200, 403, 403],
+        ),
+        (
+            "GET",
+            "/v1/activity/fences",
+            None,
+            false,
+            [401, 403, 200, 200, 403],
+        ),
+        (
+            "GET",
+            "/v1/activity/promotions",
+            None,
+            false,
+            [401, 403, 200, 200, 403],
+        ),
+        // Another user's events: refused to mobile and admin callers (their own only); ops and
+        // consumers pass that check and get 400 for the bad resume id (a 200 would stream forever).
+        (
+            "GET",
+            "/v1/events/stream?user_id=someone-else&after=bad",
+            None,
+            false,
+            [401, 403, 400, 400, 403],
+        ),
+        (
             "POST",
             "/v1/fences",
             Some("{}"),
