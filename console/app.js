@@ -417,6 +417,7 @@ function showReport() {
   const everything = new maplibregl.LngLatBounds();
   for (const f of report.preview.features) everything.extend(boundsOf(f.geometry));
   for (const p of report.problems) if (p.at) everything.extend(p.at);
+  for (const shape of shapes) everything.extend(boundsOf(shape.geometry));
   if (!everything.isEmpty()) map.fitBounds(everything, { padding: 80, maxZoom: 13, duration: 600 });
 }
 
