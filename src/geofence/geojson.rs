@@ -482,6 +482,7 @@ fn validate_polygons(
     problems: &mut Vec<FenceProblem>,
     repairs: &mut Vec<String>,
 ) -> Option<Vec<Polygon>> {
+    let raw = super::polar::clip_to_supported_latitudes(raw, repairs);
     let multi = raw.len() > 1;
     let mut polygons = Vec::with_capacity(raw.len());
     let mut dropped_members = Vec::new();

@@ -9,6 +9,7 @@ pub mod index;
 pub mod metric;
 pub mod part;
 pub mod point;
+mod polar;
 mod raster;
 pub mod sample;
 mod validate;

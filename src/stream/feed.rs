@@ -94,6 +94,15 @@ async fn start(
         if partitions.is_empty() {
             return Err(format!("topic {topic} does not exist (yet)"));
         }
+        // High watermarks first: a partition with no record newer than the window start resumes from
+        // here, so records produced while the lookups run are read, not skipped.
+        let mut high = std::collections::HashMap::new();
+        for &partition in &partitions {
+            let (_, end) = consumer
+                .fetch_watermarks(&topic, partition, LOOKUP_TIMEOUT)
+                .map_err(|e| format!("cannot read watermarks: {}", error_chain(&e)))?;
+            high.insert(partition, end);
+        }
         let since = EpochMs::now().as_millis() - window_ms;
         let mut wanted = TopicPartitionList::new();
         for &partition in &partitions {
@@ -106,15 +115,10 @@ async fn start(
             .map_err(|e| format!("cannot look up offsets by time: {}", error_chain(&e)))?;
         let mut assignment = TopicPartitionList::new();
         for element in found.elements() {
-            // No record newer than the window start: read from the end.
             let offset = match element.offset() {
-                Offset::Offset(offset) => offset,
-                _ => {
-                    let (_, high) = consumer
-                        .fetch_watermarks(&topic, element.partition(), LOOKUP_TIMEOUT)
-                        .map_err(|e| format!("cannot read watermarks: {}", error_chain(&e)))?;
-                    high
-                }
+                Offset::Offset(offset) if offset >= 0 => offset,
+                // No record newer than the window start when looked up.
+                _ => high.get(&element.partition()).copied().unwrap_or(0),
             };
             hub.start_partition(element.partition(), offset);
             assignment

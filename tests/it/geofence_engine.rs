@@ -217,19 +217,34 @@ mod validation {
     }
 
     #[test]
-    fn polar_fences_are_rejected_and_antimeridian_crossings_repaired() {
+    fn polar_fences_are_clipped_and_antimeridian_crossings_repaired() {
+        // Wholly beyond 85°: nothing to keep, refused with the reason.
         let polar = problems_of(feature("n", polygon(json!([square(0.0, 85.5, 1.0)]))));
         assert_eq!(codes(&polar)[0], "beyond_supported_latitude");
-        // A ring round the globe never comes back to its first longitude: it encloses a pole.
-        let round = problems_of(feature(
+        // A ring round the globe encloses a pole: closed through it and clipped at 85°N.
+        let round = json!({"type": "FeatureCollection", "features": [feature(
             "r",
             polygon(json!([[[0, 70], [120, 70], [-120, 70], [0, 75], [0, 70]]])),
-        ));
+        )]});
+        let parsed = parse_fences(round.to_string().as_bytes(), &ParseOptions::default()).unwrap();
         assert!(
-            round[0].to_string().contains("goes round the globe"),
-            "{}",
-            round[0]
+            parsed.repairs.iter().any(|r| r.what.contains("north pole")),
+            "{:?}",
+            parsed.repairs
         );
+        let index = FenceIndex::build(&parsed.fences, IndexOptions::default());
+        assert_eq!(matches_everywhere(&index, 80.0, 100.0).len(), 1);
+        assert_eq!(matches_everywhere(&index, 80.0, -100.0).len(), 1);
+        assert!(matches_everywhere(&index, 60.0, 0.0).is_empty());
+        // A square reaching past 85°N is cut at 85°N.
+        let cut = json!({"type": "FeatureCollection", "features": [feature(
+            "c",
+            polygon(json!([square(10.0, 84.0, 2.0)])),
+        )]});
+        let parsed = parse_fences(cut.to_string().as_bytes(), &ParseOptions::default()).unwrap();
+        assert!(parsed.repairs.iter().any(|r| r.what.contains("clipped")));
+        let ring = &parsed.fences[0].polygons[0].rings[0];
+        assert!(ring.iter().all(|p| p[1] <= 85.0) && ring.iter().any(|p| p[1] == 85.0));
         // A triangle written with an edge from 170° to -170°: 20° wide across the antimeridian.
         let fc = json!({"type": "FeatureCollection", "features": [feature(
             "w",
@@ -733,16 +748,23 @@ mod world {
     }
 
     #[test]
-    fn russia_and_fiji_are_kept_whole_across_the_antimeridian_and_only_antarctica_is_refused() {
+    fn russia_and_fiji_are_kept_whole_across_the_antimeridian_and_antarctica_is_clipped_at_85_south(
+    ) {
         let parsed = load(5000.0);
-        assert_eq!(parsed.fences.len(), 240);
-        let refused: Vec<_> = parsed
-            .skipped
+        assert!(parsed.skipped.is_empty(), "{:?}", parsed.skipped);
+        assert_eq!(parsed.fences.len(), 241);
+        let antarctica: Vec<_> = parsed
+            .repairs
             .iter()
-            .map(|s| s.feature.id.clone().unwrap())
+            .filter(|r| r.feature.id.as_deref() == Some("010"))
+            .map(|r| r.what.clone())
             .collect();
-        assert_eq!(refused, ["010"], "Antarctica only");
-        assert_eq!(parsed.repairs.len(), 3, "{:?}", parsed.repairs);
+        assert!(
+            antarctica.iter().any(|r| r.contains("south pole"))
+                && antarctica.iter().any(|r| r.contains("wholly beyond"))
+                && antarctica.iter().any(|r| r.contains("clipped")),
+            "{antarctica:?}"
+        );
         let index = FenceIndex::build(&parsed.fences, IndexOptions::default());
         let name = |lat: f64, lon: f64| -> Vec<String> {
             matches_everywhere(&index, lat, lon)
@@ -755,6 +777,15 @@ mod world {
         assert_eq!(name(68.0, -179.5), ["Russia"]);
         assert_eq!(name(-16.8, -179.97), ["Fiji"]);
         assert_eq!(name(-16.8, 179.99), ["Fiji"]);
+        // Antarctica: the interior, either side of the antimeridian, and up to (not beyond) 85°S.
+        // (Natural Earth's Antarctica leaves the Ross Ice Shelf out: at the antimeridian its coast is the
+        // grounding line at 84.35°S.)
+        assert_eq!(name(-80.0, 0.0), ["Antarctica"]);
+        assert_eq!(name(-84.6, 179.9), ["Antarctica"]);
+        assert_eq!(name(-84.6, -179.9), ["Antarctica"]);
+        assert_eq!(name(-84.9, 90.0), ["Antarctica"]);
+        assert!(name(-86.0, 90.0).is_empty());
+        assert!(name(-60.0, -120.0).is_empty(), "the Southern Ocean");
     }
 
     #[test]

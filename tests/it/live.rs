@@ -23,7 +23,12 @@ use common::http::{
 struct SseClient {
     reader: BufReader<TcpStream>,
     buffer: String,
+    /// Keep-alives arrive every 15 s: without a deadline a stream that never delivers would wait forever.
+    deadline: Instant,
 }
+
+/// How long a test waits for one event.
+const EVENT_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Default)]
 struct SseEvent {
@@ -82,6 +87,7 @@ fn open_stream(
     let client = (status == 200).then_some(SseClient {
         reader,
         buffer: String::new(),
+        deadline: Instant::now() + EVENT_WAIT,
     });
     (status, content_type, client)
 }
@@ -105,6 +111,10 @@ impl SseClient {
                 if !event.event.is_empty() || !event.data.is_empty() {
                     return Some(event);
                 }
+                assert!(
+                    Instant::now() < self.deadline,
+                    "no event within {EVENT_WAIT:?}"
+                );
                 continue;
             }
             // One HTTP/1.1 chunk: hex size line, the bytes, CRLF.
@@ -125,6 +135,7 @@ impl SseClient {
 
     /// The next event (the socket's read timeout bounds the wait).
     fn expect_event(&mut self) -> SseEvent {
+        self.deadline = Instant::now() + EVENT_WAIT;
         tokio::task::block_in_place(|| self.next_event()).expect("the stream ended early")
     }
 }
