@@ -264,6 +264,8 @@ struct HubState {
     by_fence: Activity,
     by_promotion: Activity,
     newest_minute: i64,
+    /// Set once the feed has its partitions.
+    reading: bool,
 }
 
 /// The fan-out point between the feed and the API's readers.
@@ -315,6 +317,7 @@ impl LiveHub {
     /// Where the feed starts reading `partition`: readers behind it have a gap.
     pub fn start_partition(&self, partition: i32, offset: i64) {
         let mut state = self.lock();
+        state.reading = true;
         if offset > 0 {
             state.floor.advance(partition, offset - 1);
             state.position.advance(partition, offset - 1);
@@ -407,6 +410,12 @@ impl LiveHub {
             .collect();
         recent.reverse();
         recent
+    }
+
+    /// Whether a feed has started reading into this hub (readiness, and tests that must not race it).
+    #[must_use]
+    pub fn reading(&self) -> bool {
+        self.lock().reading
     }
 
     /// The position after the newest event (the id a reader starting now would resume from).

@@ -184,9 +184,19 @@ async fn app_with_feed(limits: HubLimits) -> (TestApp, tokio_util::sync::Cancell
     tokio::spawn(geopromo::stream::feed::run_live_feed(
         geopromo::config::KafkaSettings::default(),
         app.brokers.clone(),
-        hub,
+        hub.clone(),
         stop.clone(),
     ));
+    // The mock cluster answers a lookup by time with the end offset, so records produced before the
+    // feed has its partitions would be behind it: wait for it (a real broker back-fills the window).
+    let started = Instant::now();
+    while !hub.reading() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the live feed did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     (app, stop)
 }
 
