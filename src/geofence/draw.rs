@@ -112,13 +112,10 @@ pub fn nearest_boundary_point(fence: &Fence, point: GeoPoint) -> Option<[f64; 2]
         }
     }
     best.map(|(_, (x, y))| {
-        let mut lon = point.lon() + x / metric.m_per_deg_lon;
-        if lon > 180.0 {
-            lon -= 360.0;
-        } else if lon < -180.0 {
-            lon += 360.0;
-        }
-        [lon, point.lat() + y / metric.m_per_deg_lat]
+        [
+            wrap_lon_delta(point.lon() + x / metric.m_per_deg_lon),
+            point.lat() + y / metric.m_per_deg_lat,
+        ]
     })
 }
 

@@ -257,16 +257,7 @@ fn clip(ring: &Ring, limit: f64) -> Vec<Ring> {
 /// Longitudes back into [-180, 180] (validation continues them past ±180 again where a ring needs it).
 fn wrap_ring(ring: Ring) -> Ring {
     ring.into_iter()
-        .map(|[lon, lat]| {
-            let lon = if lon > 180.0 {
-                lon - 360.0
-            } else if lon < -180.0 {
-                lon + 360.0
-            } else {
-                lon
-            };
-            [lon, lat]
-        })
+        .map(|[lon, lat]| [wrap_delta(lon), lat])
         .collect()
 }
 

@@ -15,8 +15,7 @@ use geopromo::promo::{EligibilityEvent, EpochMs, TransitionKind};
 
 use crate::common;
 use common::http::{
-    call, embedded_broker, fresh_store, spawn_app_on, spawn_app_with_hub, test_auth_settings,
-    Backend, TestApp,
+    call, embedded_broker, fresh_store, spawn_app_with_hub, test_auth_settings, Backend, TestApp,
 };
 
 /// A Server-Sent Events client over a plain socket: dechunks the body and yields whole events.
@@ -166,20 +165,25 @@ fn eligibility(
     (user.to_owned(), serde_json::to_vec(&event).unwrap())
 }
 
-/// One SQLite-backed app whose live hub is fed by the real feed consumer from the broker's output topic.
-async fn app_with_feed(limits: HubLimits) -> (TestApp, tokio_util::sync::CancellationToken) {
+/// One SQLite-backed app on its own embedded broker, streaming from `hub`.
+async fn sqlite_app(hub: Arc<LiveHub>) -> TestApp {
     let broker = Rc::new(embedded_broker());
     let (store, dir) = fresh_store(Backend::Sqlite).await;
-    let hub = Arc::new(LiveHub::new(limits));
-    let app = spawn_app_with_hub(
+    spawn_app_with_hub(
         store,
         dir,
         Backend::Sqlite,
         broker,
         test_auth_settings(),
-        hub.clone(),
+        hub,
     )
-    .await;
+    .await
+}
+
+/// One SQLite-backed app whose live hub is fed by the real feed consumer from the broker's output topic.
+async fn app_with_feed(limits: HubLimits) -> (TestApp, tokio_util::sync::CancellationToken) {
+    let hub = Arc::new(LiveHub::new(limits));
+    let app = sqlite_app(hub.clone()).await;
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(geopromo::stream::feed::run_live_feed(
         geopromo::config::KafkaSettings::default(),
@@ -305,9 +309,7 @@ async fn the_stream_delivers_output_records_resumes_and_filters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_before_streaming() {
-    let broker = Rc::new(embedded_broker());
-    let (store, dir) = fresh_store(Backend::Sqlite).await;
-    let app = spawn_app_on(store, dir, Backend::Sqlite, broker, test_auth_settings()).await;
+    let app = sqlite_app(Arc::new(LiveHub::default())).await;
     let (status, content_type, _) =
         open_stream(app.address, &app.tokens["ops"], "", Some("not-an-id"));
     assert_eq!(
@@ -329,21 +331,11 @@ async fn bad_requests_are_refused_before_streaming() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_is_dropped_with_the_reason_and_can_resume() {
-    let broker = Rc::new(embedded_broker());
-    let (store, dir) = fresh_store(Backend::Sqlite).await;
     let hub = Arc::new(LiveHub::new(HubLimits {
         reader_lag: 8,
         ..HubLimits::default()
     }));
-    let app = spawn_app_with_hub(
-        store,
-        dir,
-        Backend::Sqlite,
-        broker,
-        test_auth_settings(),
-        hub.clone(),
-    )
-    .await;
+    let app = sqlite_app(hub.clone()).await;
     let (_, _, reader) = open_stream(app.address, &app.tokens["ops"], "", None);
     let mut reader = reader.unwrap();
     // Wait until the server has subscribed this reader (the first push reaches it), then flood it
@@ -402,9 +394,7 @@ async fn a_slow_reader_is_dropped_with_the_reason_and_can_resume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_session_ends_its_stream() {
-    let broker = Rc::new(embedded_broker());
-    let (store, dir) = fresh_store(Backend::Sqlite).await;
-    let app = spawn_app_on(store, dir, Backend::Sqlite, broker, test_auth_settings()).await;
+    let app = sqlite_app(Arc::new(LiveHub::default())).await;
     let (_, _, reader) = open_stream(app.address, &app.tokens["consumer"], "", None);
     let mut reader = reader.unwrap();
     let logout = call(&app, "POST", "/v1/auth/logout", Some("consumer"), None).await;
