@@ -189,7 +189,13 @@ struct Activity {
 
 impl Activity {
     fn record(&mut self, key: &str, minute: i64, kind: TransitionKind, user: u64) {
-        let buckets = self.by_key.entry(key.to_owned()).or_default();
+        // Looked up before inserting: a key is allocated once, not per event.
+        if !self.by_key.contains_key(key) {
+            self.by_key.insert(key.to_owned(), VecDeque::new());
+        }
+        let Some(buckets) = self.by_key.get_mut(key) else {
+            return;
+        };
         // Events arrive nearly in time order; an older one joins the bucket of its minute if kept.
         let index = match buckets.iter().rposition(|b| b.minute <= minute) {
             Some(i) if buckets[i].minute == minute => i,
@@ -369,7 +375,8 @@ impl LiveHub {
         let _ = self.sender.send(live);
     }
 
-    /// Starts a reader after `after` (from the start of the window when `None`).
+    /// Starts a reader after `after`: the retained events after it, then live ones; live ones only when
+    /// `None`.
     #[must_use]
     pub fn subscribe(&self, after: Option<&FeedPosition>) -> Subscription {
         let state = self.lock();
