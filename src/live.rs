@@ -105,7 +105,9 @@ pub struct LiveEvent {
     pub event: EligibilityEvent,
     /// The record's JSON as it was on the topic: streamed unchanged.
     pub json: String,
-    /// The feed position after this record: its SSE id.
+    /// The feed position after this record...
+    pub position: FeedPosition,
+    /// ...as its SSE id, formatted once for every reader.
     pub id: String,
 }
 
@@ -355,6 +357,7 @@ impl LiveHub {
             partition,
             offset,
             id: state.position.to_string(),
+            position: state.position.clone(),
             event,
             json,
         });

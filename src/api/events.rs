@@ -113,7 +113,8 @@ async fn event_stream(
         backlog: subscription.backlog.into_iter(),
         live: subscription.live,
         gap: subscription.gap,
-        position: resume.unwrap_or_default(),
+        resume: resume.unwrap_or_default(),
+        last: None,
         finished: false,
         recheck: tokio::time::interval(TOKEN_RECHECK),
     };
@@ -135,8 +136,11 @@ struct Reader {
     backlog: std::vec::IntoIter<Arc<LiveEvent>>,
     live: tokio::sync::broadcast::Receiver<Arc<LiveEvent>>,
     gap: bool,
-    /// What this client has been sent: a live event it already got from the backlog is skipped.
-    position: FeedPosition,
+    /// Where this client started, until it is sent an event...
+    resume: FeedPosition,
+    /// ...then the last event it passed (sent or filtered out): a live event it already got from the
+    /// backlog is skipped. The hub's own position, shared, not parsed back from the id.
+    last: Option<Arc<LiveEvent>>,
     finished: bool,
     recheck: tokio::time::Interval,
 }
@@ -153,7 +157,7 @@ impl Reader {
             ));
         }
         for event in self.backlog.by_ref() {
-            self.position = event.id.parse().unwrap_or_default();
+            self.last = Some(event.clone());
             if self.filter.admits(&event.event) {
                 return Some(sse_event(&event));
             }
@@ -174,10 +178,10 @@ impl Reader {
             };
             match received {
                 Ok(event) => {
-                    if self.position.covers(event.partition, event.offset) {
+                    if self.position().covers(event.partition, event.offset) {
                         continue;
                     }
-                    self.position = event.id.parse().unwrap_or_default();
+                    self.last = Some(event.clone());
                     if self.filter.admits(&event.event) {
                         return Some(sse_event(&event));
                     }
@@ -186,7 +190,7 @@ impl Reader {
                     let reason = format!(
                         "this client fell {missed} events behind the feed (the bound is {}); reconnect with Last-Event-ID {} to resume",
                         self.state.live.limits().reader_lag,
-                        self.position
+                        self.position()
                     );
                     return self.finish("dropped", &reason);
                 }
@@ -195,6 +199,10 @@ impl Reader {
                 }
             }
         }
+    }
+
+    fn position(&self) -> &FeedPosition {
+        self.last.as_ref().map_or(&self.resume, |e| &e.position)
     }
 
     fn finish(&mut self, kind: &str, reason: &str) -> Option<Event> {

@@ -99,24 +99,18 @@ fn ops_console_flow_in_chromium() {
         c = lon + 0.12,
         d = lat + 0.02
     );
-    let invalid = dir.path().join("invalid.geojson");
-    let fixed = dir.path().join("fixed.geojson");
-    std::fs::write(
-        &invalid,
-        format!(
-            r#"{{"type":"FeatureCollection","features":[{},{bowtie}]}}"#,
-            square("console-square", lon, lat)
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        &fixed,
-        format!(
+    let collection = |name: &str, features: &[&str]| {
+        let path = dir.path().join(name);
+        let body = format!(
             r#"{{"type":"FeatureCollection","features":[{}]}}"#,
-            square("console-square", lon, lat)
-        ),
-    )
-    .unwrap();
+            features.join(",")
+        );
+        std::fs::write(&path, body).unwrap();
+        path
+    };
+    let square = square("console-square", lon, lat);
+    let invalid = collection("invalid.geojson", &[&square, &bowtie]);
+    let fixed = collection("fixed.geojson", &[&square]);
 
     let serve = Running::start(dir.path(), &["serve"], &env);
     let address = serve.api_address();
