@@ -201,6 +201,112 @@ mod build {
     }
 }
 
+/// Changing one fence in a set of 100,000 (store-zone-sized polygons of 24–96 vertices spread over the
+/// continental US, 200 m tolerance): the time from handing the change to the index to matching a point
+/// with the new snapshot. The base is built once; every iteration starts from it (or from it with 256
+/// changes already in the overlay, close to the worst case before a compaction).
+mod fence_changes {
+    use super::*;
+    use geopromo::geofence::sample::SampleRng;
+    use geopromo::geofence::{FenceChange, LayeredIndex};
+
+    fn zones(count: usize) -> Vec<Fence> {
+        let centres = uniform_points(CONUS_BOUNDS, count, 11);
+        let mut rng = SampleRng::new(12);
+        centres
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Fence {
+                id: format!("zone-{i}"),
+                name: format!("zone {i}"),
+                tolerance_m: 200.0,
+                polygons: vec![wobbly_polygon(
+                    p.lat(),
+                    p.lon(),
+                    rng.range(300.0, 1500.0),
+                    24 + rng.below(73),
+                    i as u64,
+                )],
+                circle: None,
+            })
+            .collect()
+    }
+
+    pub fn one_change_in_100k(c: &mut Criterion) {
+        let fences = zones(100_000);
+        let started = std::time::Instant::now();
+        let base = LayeredIndex::build(fences.clone(), IndexOptions::default());
+        eprintln!(
+            "100k zones: {} vertices, base built in {:.2} s",
+            base.base_stats().vertices,
+            started.elapsed().as_secs_f64()
+        );
+        let county = counties()
+            .into_iter()
+            .max_by_key(Fence::vertex_count)
+            .unwrap();
+        let county_vertices = county.vertex_count();
+        let [lon, lat] = county.polygons[0].rings[0][0];
+        let probe = GeoPoint::new(lat, lon).unwrap();
+        let mut moved = fences[500].clone();
+        for position in moved.polygons[0].rings[0].iter_mut() {
+            position[1] += 0.01;
+        }
+        let busy = base.apply((0..256).map(|i| {
+            let mut f = fences[i * 7].clone();
+            f.name = format!("renamed {i}");
+            FenceChange::Upsert(f)
+        }));
+
+        let mut group = c.benchmark_group("fence_change_in_100k");
+        let mut out = Vec::new();
+        // The probe sits on the changed fence's first vertex: matched when the fence is there.
+        let mut run = |name: &str, from: &LayeredIndex, change: FenceChange, probe: GeoPoint| {
+            let expect_match = matches!(change, FenceChange::Upsert(_));
+            group.bench_function(name, |b| {
+                b.iter(|| {
+                    let next = from.apply([change.clone()]);
+                    next.match_point(probe, &mut out);
+                    assert_eq!(!out.is_empty(), expect_match);
+                    next
+                })
+            });
+        };
+        eprintln!("added fence: {county_vertices} vertices");
+        let first_vertex = |f: &Fence| {
+            let [lon, lat] = f.polygons[0].rings[0][0];
+            GeoPoint::new(lat, lon).unwrap()
+        };
+        let zone_42 = first_vertex(&fences[42]);
+        let moved_probe = first_vertex(&moved);
+        run(
+            "add_county",
+            &base,
+            FenceChange::Upsert(county.clone()),
+            probe,
+        );
+        run(
+            "replace_zone",
+            &base,
+            FenceChange::Upsert(moved),
+            moved_probe,
+        );
+        run(
+            "delete_zone",
+            &base,
+            FenceChange::Delete("zone-42".into()),
+            zone_42,
+        );
+        run(
+            "add_county_overlay_256",
+            &busy,
+            FenceChange::Upsert(county),
+            probe,
+        );
+        group.finish();
+    }
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(20)
@@ -212,6 +318,7 @@ criterion_group! {
     name = benches;
     config = config();
     targets = match_point::uniform_conus, match_point::near_boundary, match_point::polygon_10k_vertices,
-        match_point::circles, build::counties_index, build::world_index_by_tolerance, build::counties_parse
+        match_point::circles, build::counties_index, build::world_index_by_tolerance, build::counties_parse,
+        fence_changes::one_change_in_100k
 }
 criterion_main!(benches);

@@ -335,8 +335,8 @@ impl<'a> MatchWriter<'a> {
             .map(|f| {
                 format!(
                     "{{\"fence\":{},\"name\":{},",
-                    serde_json::Value::from(f.id.as_str()),
-                    serde_json::Value::from(f.name.as_str())
+                    serde_json::Value::from(&*f.id),
+                    serde_json::Value::from(&*f.name)
                 )
             })
             .collect();

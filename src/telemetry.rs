@@ -59,6 +59,11 @@ pub struct PipelineMetrics {
     pub catalog_version: Gauge,
     /// Stored rows left out of that catalog (quarantined).
     pub catalog_quarantined: Gauge,
+    /// Catalog swaps by how they were made: `applied` (changes into the layered index), `reloaded`
+    /// (everything read and built again), `compacted` (a background rebuild of the index swapped in).
+    catalog_updates: Family<Labels, Counter>,
+    /// Fences in the layered index's overlay (changed since its last compaction).
+    pub fence_overlay_fences: Gauge,
     pub rebalances: Counter,
     pub checkpoints: Counter,
     pub rewinds: Counter,
@@ -97,6 +102,8 @@ impl Default for PipelineMetrics {
             last_checkpoint_timestamp_seconds: Gauge::default(),
             catalog_version: Gauge::default(),
             catalog_quarantined: Gauge::default(),
+            catalog_updates: Family::default(),
+            fence_overlay_fences: Gauge::default(),
             rebalances: Counter::default(),
             checkpoints: Counter::default(),
             rewinds: Counter::default(),
@@ -143,6 +150,22 @@ impl PipelineMetrics {
             "Stored rows left out of the catalog in use because they cannot be used (see /readyz)",
             self.catalog_quarantined.clone(),
         );
+        registry.register(
+            "catalog_updates",
+            "Catalog swaps by how they were made: applied (changed fences only), reloaded, compacted",
+            self.catalog_updates.clone(),
+        );
+        registry.register(
+            "fence_overlay_fences",
+            "Fences changed since the fence index's last compaction (held in its overlay)",
+            self.fence_overlay_fences.clone(),
+        );
+    }
+
+    /// A catalog swap, by how it was made (`applied`, `reloaded`, `compacted`), with the overlay size after.
+    pub fn catalog_updated(&self, how: &str, overlay_fences: usize) {
+        self.catalog_updates.get_or_create(&label("how", how)).inc();
+        self.fence_overlay_fences.set(overlay_fences as i64);
     }
 
     /// The catalog now in use.

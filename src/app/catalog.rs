@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::geofence::IndexOptions;
+use crate::geofence::{FenceChange, IndexOptions, LayeredIndex};
 use crate::promo::{Catalog, SharedCatalog};
 use crate::store::Store;
 use crate::telemetry::PipelineMetrics;
@@ -29,7 +29,7 @@ pub async fn catalog_from_store(
     let cells = settings.fences.cells_per_degree;
     let catalog = tokio::task::spawn_blocking(move || {
         Catalog::build(
-            &parts.fences,
+            parts.fences,
             parts.promotions,
             rules,
             IndexOptions::default().cells_per_degree(cells),
@@ -48,9 +48,47 @@ pub async fn catalog_from_store(
     Ok((catalog, version))
 }
 
-/// Keeps `catalog` in step with the store: polls the version and swaps in a rebuilt catalog when it
-/// changes (readers keep matching against the old one until the swap). A change that does not build is
-/// logged and the current catalog stays. Stops when `shutdown` is cancelled.
+/// Applies what changed in the store since `current` was loaded at version `from`: fence changes go into
+/// the layered index (work for the changed fences only), promotions are replaced. `None` when the changes
+/// need a full reload instead (an unusable row to quarantine, or a promotion naming a fence that is not
+/// there): the full load sorts those out.
+async fn changed_catalog(
+    store: &Store,
+    current: Arc<Catalog>,
+    from: i64,
+) -> anyhow::Result<Option<(Catalog, i64, Vec<FenceChange>)>> {
+    let changes = store.catalog_changes_since(from).await?;
+    if !changes.quarantined.is_empty() || !current.quarantined().is_empty() {
+        return Ok(None);
+    }
+    let to = changes.to;
+    let fence_changes: Vec<FenceChange> = changes
+        .deleted
+        .into_iter()
+        .map(FenceChange::Delete)
+        .chain(changes.upserted.into_iter().map(FenceChange::Upsert))
+        .collect();
+    let applied = fence_changes.clone();
+    let promotions = changes.promotions;
+    let built =
+        tokio::task::spawn_blocking(move || current.with_changes(fence_changes, Some(promotions)))
+            .await
+            .context("catalog update panicked")?;
+    Ok(built.ok().map(|catalog| (catalog, to, applied)))
+}
+
+/// A compaction of the catalog's index running on a blocking thread, and the fence changes applied to
+/// the served catalog since the snapshot it compacts (re-applied to its result).
+struct Compaction {
+    task: tokio::task::JoinHandle<LayeredIndex>,
+    since: Vec<FenceChange>,
+}
+
+/// Keeps `catalog` in step with the store: polls the version and, when it changes, swaps in a catalog
+/// with the changes applied (readers keep matching against the old one until the swap). Fence changes
+/// are applied to the layered index incrementally; when its overlay has grown, a full rebuild runs in the
+/// background and is swapped in when done, with the changes made meanwhile re-applied. A change that does
+/// not build is logged and the current catalog stays. Stops when `shutdown` is cancelled.
 pub async fn follow_catalog(
     store: Store,
     settings: Settings,
@@ -64,32 +102,104 @@ pub async fn follow_catalog(
         settings.database.poll_interval_ms.max(50),
     ));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut compaction: Option<Compaction> = None;
     loop {
+        let compacted = async {
+            match compaction.as_mut() {
+                Some(running) => Some((&mut running.task).await),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = shutdown.cancelled() => return,
+            done = compacted => {
+                let Some(Compaction { since, .. }) = compaction.take() else { continue };
+                match done {
+                    Some(Ok(index)) => {
+                        let started = std::time::Instant::now();
+                        let current = catalog.load_full();
+                        let index = index.apply(since);
+                        match current.with_index(index) {
+                            Ok(fresh) => {
+                                let overlay = fresh.index().overlay_size().0;
+                                catalog.store(Arc::new(fresh));
+                                metrics.catalog_updated("compacted", overlay);
+                                tracing::info!(
+                                    catalog_version = version,
+                                    swap_ms = started.elapsed().as_secs_f64() * 1e3,
+                                    "fence index compacted in the background; swapped in"
+                                );
+                            }
+                            Err(error) => tracing::error!("compacted fence index does not fit the catalog: {error}"),
+                        }
+                    }
+                    Some(Err(error)) => tracing::error!("fence index compaction failed: {error}"),
+                    None => {}
+                }
+                continue;
+            }
             _ = interval.tick() => {}
         }
-        match store.catalog_version().await {
-            Ok(current) if current != version => {
-                match catalog_from_store(&store, &settings).await {
-                    Ok((fresh, loaded)) => {
-                        metrics.catalog_in_use(loaded, fresh.quarantined().len());
-                        catalog.store(Arc::new(fresh));
-                        tracing::info!(
-                            from = version,
-                            to = loaded,
-                            "catalog changed in the store; swapped in"
-                        );
-                        version = loaded;
-                    }
-                    Err(error) => {
-                        tracing::error!("catalog version {current} does not build, keeping {version}: {error:#}");
-                        version = current;
-                    }
-                }
+        let current = match store.catalog_version().await {
+            Ok(current) if current != version => current,
+            Ok(_) => continue,
+            Err(error) => {
+                tracing::warn!(%error, "cannot poll the catalog version");
+                continue;
             }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "cannot poll the catalog version"),
+        };
+        let started = std::time::Instant::now();
+        match changed_catalog(&store, catalog.load_full(), version).await {
+            Ok(Some((fresh, loaded, applied))) => {
+                let index = Arc::clone(fresh.index());
+                catalog.store(Arc::new(fresh));
+                metrics.catalog_in_use(loaded, 0);
+                metrics.catalog_updated("applied", index.overlay_size().0);
+                tracing::info!(
+                    from = version,
+                    to = loaded,
+                    fence_changes = applied.len(),
+                    apply_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "catalog changed in the store; applied"
+                );
+                version = loaded;
+                if let Some(running) = compaction.as_mut() {
+                    running.since.extend(applied);
+                } else if index.wants_compaction() {
+                    compaction = Some(Compaction {
+                        task: tokio::task::spawn_blocking(move || index.compacted()),
+                        since: Vec::new(),
+                    });
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!("cannot apply the catalog changes, reloading it whole: {error:#}")
+            }
+        }
+        // A full reload supersedes any compaction in flight.
+        if let Some(running) = compaction.take() {
+            running.task.abort();
+        }
+        match catalog_from_store(&store, &settings).await {
+            Ok((fresh, loaded)) => {
+                metrics.catalog_in_use(loaded, fresh.quarantined().len());
+                metrics.catalog_updated("reloaded", 0);
+                catalog.store(Arc::new(fresh));
+                tracing::info!(
+                    from = version,
+                    to = loaded,
+                    "catalog changed in the store; reloaded and swapped in"
+                );
+                version = loaded;
+            }
+            Err(error) => {
+                tracing::error!(
+                    "catalog version {current} does not build, keeping {version}: {error:#}"
+                );
+                version = current;
+            }
         }
     }
 }

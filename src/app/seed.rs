@@ -63,7 +63,7 @@ pub fn load_catalog(settings: &Settings) -> anyhow::Result<Catalog> {
     let fences = load_fence_file(settings)?;
     let promotions = load_promotion_file(settings)?;
     let catalog = Catalog::build(
-        &fences,
+        fences,
         promotions,
         settings.rules.to_options(),
         IndexOptions::default().cells_per_degree(settings.fences.cells_per_degree),

@@ -29,7 +29,7 @@ use super::raster::{rasterize_part, PartRaster, Raster, RasterGrid};
 pub const ON_BOUNDARY_M: f64 = 0.001;
 
 /// How the index is built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 #[must_use]
 pub struct IndexOptions {
     /// Raster cells per degree (both axes). Finer means fewer points need exact work, and more memory.
@@ -38,6 +38,9 @@ pub struct IndexOptions {
     pub h3_resolution: Option<Resolution>,
     /// Resolutions between the H3 coarse level (first lookup) and the fine one.
     pub h3_levels: u8,
+    /// Matches reach this much further than each fence's tolerance (the promotion rules' exit
+    /// hysteresis): [`FenceInfo::tolerance_m`] stays the fence's own, so callers compare against it.
+    pub extra_reach_m: f64,
 }
 
 impl Default for IndexOptions {
@@ -46,6 +49,7 @@ impl Default for IndexOptions {
             cells_per_degree: 64,
             h3_resolution: None,
             h3_levels: 4,
+            extra_reach_m: 0.0,
         }
     }
 }
@@ -58,6 +62,16 @@ impl IndexOptions {
 
     pub fn h3_resolution(mut self, res: Option<Resolution>) -> Self {
         self.h3_resolution = res;
+        self
+    }
+
+    /// Negative or non-finite values count as 0.
+    pub fn extra_reach_m(mut self, metres: f64) -> Self {
+        self.extra_reach_m = if metres.is_finite() {
+            metres.max(0.0)
+        } else {
+            0.0
+        };
         self
     }
 
@@ -82,8 +96,9 @@ pub enum Strategy {
 /// What results refer to: a fence's identity, name and tolerance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FenceInfo {
-    pub id: String,
-    pub name: String,
+    pub id: std::sync::Arc<str>,
+    pub name: std::sync::Arc<str>,
+    /// The fence's own tolerance; the index reaches [`IndexOptions::extra_reach_m`] further.
     pub tolerance_m: f64,
     pub vertex_count: usize,
 }
@@ -128,6 +143,8 @@ type PartBox = GeomWithData<Rectangle<[f64; 2]>, u32>;
 #[derive(Debug)]
 pub struct FenceIndex {
     fences: Vec<FenceInfo>,
+    /// How far from its boundary each fence matches: tolerance + [`IndexOptions::extra_reach_m`].
+    reach_m: Vec<f64>,
     parts: Vec<PreparedPart>,
     /// Entry 0 is empty: nothing near.
     entries: Vec<CellEntry>,
@@ -209,11 +226,15 @@ impl FenceIndex {
         let infos: Vec<FenceInfo> = fences
             .iter()
             .map(|f| FenceInfo {
-                id: f.id.clone(),
-                name: f.name.clone(),
+                id: f.id.as_str().into(),
+                name: f.name.as_str().into(),
                 tolerance_m: f.tolerance_m,
                 vertex_count: f.vertex_count(),
             })
+            .collect();
+        let reach: Vec<f64> = fences
+            .iter()
+            .map(|f| f.tolerance_m + options.extra_reach_m)
             .collect();
         let owners: Vec<(u32, Shape<'_>)> = fences
             .iter()
@@ -228,14 +249,14 @@ impl FenceIndex {
         let parts: Vec<PreparedPart> = owners
             .par_iter()
             .map(|&(fence, shape)| {
-                let reach = fences[fence as usize].tolerance_m.max(ON_BOUNDARY_M);
+                let reach = reach[fence as usize].max(ON_BOUNDARY_M);
                 match shape {
                     Shape::Polygon(polygon) => PreparedPart::new(fence, polygon, reach),
                     Shape::Circle(circle) => PreparedPart::circle(fence, circle, reach),
                 }
             })
             .collect();
-        let rtree = build_rtree(&parts, &infos);
+        let rtree = build_rtree(&parts, &reach);
         let mut interner = Interner::new(&parts);
 
         let grid = RasterGrid {
@@ -250,9 +271,7 @@ impl FenceIndex {
         let rasters: Vec<PartRaster> = parts
             .par_iter()
             .enumerate()
-            .map(|(i, part)| {
-                rasterize_part(grid, part, i as u32, infos[part.fence as usize].tolerance_m)
-            })
+            .map(|(i, part)| rasterize_part(grid, part, i as u32, reach[part.fence as usize]))
             .collect();
         let mut cells = Vec::with_capacity(rasters.iter().map(|r| r.cells.len()).sum());
         let mut blocks = Vec::with_capacity(rasters.iter().map(|r| r.blocks.len()).sum());
@@ -268,7 +287,7 @@ impl FenceIndex {
             let coarse = options.h3_coarse_resolution(fine);
             let covers: Vec<PartCover> = parts
                 .par_iter()
-                .map(|part| cover_part(part, infos[part.fence as usize].tolerance_m, fine, coarse))
+                .map(|part| cover_part(part, reach[part.fence as usize], fine, coarse))
                 .collect();
             build_h3_table(&mut interner, covers, fine, coarse)
         });
@@ -302,6 +321,7 @@ impl FenceIndex {
         };
         Self {
             fences: infos,
+            reach_m: reach,
             parts,
             entries,
             raster,
@@ -330,19 +350,64 @@ impl FenceIndex {
     /// so one buffer can serve a whole stream without allocating.
     pub fn match_point(&self, point: GeoPoint, out: &mut Vec<FenceMatch>) {
         out.clear();
+        self.collect_raster(point, out, 0);
+    }
+
+    /// Appends the matches of `point` through `strategy` to `out`, with fence positions shifted by
+    /// `offset` and sorted among themselves: lets a layered index put an overlay's matches after its base's.
+    pub(crate) fn collect(
+        &self,
+        strategy: Strategy,
+        point: GeoPoint,
+        out: &mut Vec<FenceMatch>,
+        offset: u32,
+    ) {
+        match strategy {
+            Strategy::Raster => self.collect_raster(point, out, offset),
+            Strategy::H3 => {
+                if self.collect_h3(point, out, offset).is_none() {
+                    self.collect_rtree(point, out, offset);
+                }
+            }
+            Strategy::RTree => self.collect_rtree(point, out, offset),
+        }
+    }
+
+    /// Appends what [`Self::match_point_brute_force`] finds, shifted by `offset`.
+    pub(crate) fn collect_brute_force(
+        &self,
+        point: GeoPoint,
+        out: &mut Vec<FenceMatch>,
+        offset: u32,
+    ) {
+        let start = out.len();
+        let mut metric = None;
+        for part in 0..self.parts.len() as u32 {
+            self.resolve_part(part, point, &mut metric, out, start, offset);
+        }
+        out[start..].sort_unstable_by_key(|m| m.fence);
+    }
+
+    fn collect_raster(&self, point: GeoPoint, out: &mut Vec<FenceMatch>, offset: u32) {
         let entry = self.raster.entry_at(point.lat(), point.lon());
         if entry != 0 {
-            self.resolve_entry(&self.entries[entry as usize], point, out);
-            if out.len() > 1 {
-                out.sort_unstable_by_key(|m| m.fence);
+            let start = out.len();
+            self.resolve_entry(&self.entries[entry as usize], point, out, offset);
+            if out.len() - start > 1 {
+                out[start..].sort_unstable_by_key(|m| m.fence);
             }
         }
     }
 
     /// Same answer as [`Self::match_point`] through the H3 cover; `None` when the index was built without one.
     pub fn match_point_h3(&self, point: GeoPoint, out: &mut Vec<FenceMatch>) -> Option<()> {
-        let h3 = self.h3.as_ref()?;
         out.clear();
+        self.collect_h3(point, out, 0)
+    }
+
+    fn collect_h3(&self, point: GeoPoint, out: &mut Vec<FenceMatch>, offset: u32) -> Option<()> {
+        let h3 = self.h3.as_ref()?;
+        let start = out.len();
         let ll = LatLng::new(point.lat(), point.lon()).ok()?;
         let cell = ll.to_cell(h3.fine);
         let mask = cell
@@ -357,12 +422,12 @@ impl FenceIndex {
                 .ok()
                 .and_then(|r| cell.parent(r));
             if let Some(&entry) = key.and_then(|k| h3.table.get(&k)) {
-                self.resolve_entry(&self.entries[entry as usize], point, out);
+                self.resolve_entry(&self.entries[entry as usize], point, out, offset);
                 break;
             }
         }
-        if out.len() > 1 {
-            out.sort_unstable_by_key(|m| m.fence);
+        if out.len() - start > 1 {
+            out[start..].sort_unstable_by_key(|m| m.fence);
         }
         Some(())
     }
@@ -396,15 +461,8 @@ impl FenceIndex {
 
     /// Matches through the chosen lookup path.
     pub fn match_with(&self, strategy: Strategy, point: GeoPoint, out: &mut Vec<FenceMatch>) {
-        match strategy {
-            Strategy::Raster => self.match_point(point, out),
-            Strategy::H3 => {
-                if self.match_point_h3(point, out).is_none() {
-                    self.match_point_rtree(point, out);
-                }
-            }
-            Strategy::RTree => self.match_point_rtree(point, out),
-        }
+        out.clear();
+        self.collect(strategy, point, out, 0);
     }
 
     /// Convenience form of [`Self::match_point`] that allocates.
@@ -418,36 +476,44 @@ impl FenceIndex {
     /// Same answer as [`Self::match_point`], with candidates from the R-tree and exact tests for each.
     pub fn match_point_rtree(&self, point: GeoPoint, out: &mut Vec<FenceMatch>) {
         out.clear();
+        self.collect_rtree(point, out, 0);
+    }
+
+    fn collect_rtree(&self, point: GeoPoint, out: &mut Vec<FenceMatch>, offset: u32) {
+        let start = out.len();
         let mut metric = None;
         for candidate in self.rtree.locate_all_at_point(&[point.lon(), point.lat()]) {
-            self.resolve_part(candidate.data, point, &mut metric, out);
+            self.resolve_part(candidate.data, point, &mut metric, out, start, offset);
         }
-        out.sort_unstable_by_key(|m| m.fence);
+        out[start..].sort_unstable_by_key(|m| m.fence);
     }
 
     /// Same answer as [`Self::match_point`], testing every part: the reference for tests.
     pub fn match_point_brute_force(&self, point: GeoPoint, out: &mut Vec<FenceMatch>) {
         out.clear();
-        let mut metric = None;
-        for part in 0..self.parts.len() as u32 {
-            self.resolve_part(part, point, &mut metric, out);
-        }
-        out.sort_unstable_by_key(|m| m.fence);
+        self.collect_brute_force(point, out, 0);
     }
 
-    fn resolve_entry(&self, entry: &CellEntry, point: GeoPoint, out: &mut Vec<FenceMatch>) {
+    fn resolve_entry(
+        &self,
+        entry: &CellEntry,
+        point: GeoPoint,
+        out: &mut Vec<FenceMatch>,
+        offset: u32,
+    ) {
+        let start = out.len();
         let mut metric = None;
         out.extend(entry.inside.iter().map(|&fence| FenceMatch {
-            fence,
+            fence: fence + offset,
             inside: true,
             distance_m: 0.0,
         }));
         for &part in entry.boundary.iter() {
-            self.resolve_part(part, point, &mut metric, out);
+            self.resolve_part(part, point, &mut metric, out, start, offset);
         }
     }
 
-    /// Exact test of one part; merges into `out` (a fence matches by its nearest part).
+    /// Exact test of one part; merges into `out[start..]` (a fence matches by its nearest part).
     /// `metric` is the point's local metric, computed by the first part that needs it.
     fn resolve_part(
         &self,
@@ -455,9 +521,15 @@ impl FenceIndex {
         point: GeoPoint,
         metric: &mut Option<LocalMetric>,
         out: &mut Vec<FenceMatch>,
+        start: usize,
+        offset: u32,
     ) {
         let part = &self.parts[part_index as usize];
-        let existing = out.iter().position(|m| m.fence == part.fence);
+        let fence = part.fence + offset;
+        let existing = out[start..]
+            .iter()
+            .position(|m| m.fence == fence)
+            .map(|i| i + start);
         if existing.is_some_and(|i| out[i].inside) {
             return;
         }
@@ -465,15 +537,15 @@ impl FenceIndex {
         let found = if part.contains(point.lat(), lon) {
             Some(0.0)
         } else {
-            let tolerance = self.fences[part.fence as usize].tolerance_m;
+            let reach = self.reach_m[part.fence as usize];
             let metric = metric.get_or_insert_with(|| LocalMetric::at_latitude(point.lat()));
-            part.boundary_distance_within_at(point.lat(), lon, tolerance.max(ON_BOUNDARY_M), metric)
+            part.boundary_distance_within_at(point.lat(), lon, reach.max(ON_BOUNDARY_M), metric)
                 .map(|d| if d <= ON_BOUNDARY_M { 0.0 } else { d })
-                .filter(|&d| d <= tolerance)
+                .filter(|&d| d <= reach)
         };
         let Some(distance_m) = found else { return };
         let candidate = FenceMatch {
-            fence: part.fence,
+            fence,
             inside: distance_m == 0.0,
             distance_m,
         };
@@ -492,13 +564,12 @@ enum Shape<'a> {
     Circle(super::fence::Circle),
 }
 
-fn build_rtree(parts: &[PreparedPart], fences: &[FenceInfo]) -> RTree<PartBox> {
+fn build_rtree(parts: &[PreparedPart], reach_m: &[f64]) -> RTree<PartBox> {
     let mut boxes = Vec::with_capacity(parts.len());
     for (i, part) in parts.iter().enumerate() {
         let b = part.bounds;
-        let reach = fences[part.fence as usize].tolerance_m.max(ON_BOUNDARY_M) * 1.01
-            + 1.0
-            + part.cover_margin_m();
+        let reach =
+            reach_m[part.fence as usize].max(ON_BOUNDARY_M) * 1.01 + 1.0 + part.cover_margin_m();
         let (dlat, dlon) = degrees_spanned(reach, b.min_lat, b.max_lat);
         let (lo, hi) = (
             [b.min_lon - dlon, b.min_lat - dlat],

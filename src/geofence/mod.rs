@@ -6,6 +6,7 @@ pub mod draw;
 pub mod fence;
 pub mod geojson;
 pub mod index;
+pub mod layered;
 pub mod metric;
 pub mod part;
 pub mod point;
@@ -17,6 +18,7 @@ mod validate;
 pub use fence::{Circle, Fence, FenceProblem, Polygon, RejectedFeature, Repair};
 pub use geojson::{parse_fences, GeoJsonError, ParseOptions, ParsedFences};
 pub use index::{FenceIndex, FenceInfo, FenceMatch, IndexOptions, IndexStats, Strategy};
+pub use layered::{FenceChange, LayeredIndex};
 pub use point::{GeoPoint, PointError};
 
 /// A fence index that can be replaced atomically while readers keep matching against the one they loaded.

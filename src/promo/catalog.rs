@@ -6,7 +6,9 @@ use std::sync::Arc;
 use super::event::reported_distance_m;
 use super::promotion::Promotion;
 use super::timestamp::EpochMs;
-use crate::geofence::{Fence, FenceIndex, IndexOptions};
+use rustc_hash::FxHashMap;
+
+use crate::geofence::{Fence, FenceChange, IndexOptions, LayeredIndex};
 
 /// How points turn into eligibility.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,6 +31,16 @@ impl Default for RuleOptions {
             max_future_skew_ms: 5 * 60 * 1000,
         }
     }
+}
+
+fn check_rules(rules: RuleOptions) -> Result<(), CatalogError> {
+    if !(0.0..=10_000.0).contains(&rules.hysteresis_m) {
+        return Err(CatalogError::BadHysteresis(rules.hysteresis_m));
+    }
+    if !(rules.max_accuracy_m.is_finite() && rules.max_accuracy_m > 0.0) {
+        return Err(CatalogError::BadAccuracy(rules.max_accuracy_m));
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,20 +68,20 @@ pub struct PointMatch {
 
 /// One immutable snapshot of fences and promotions, with the index the processor matches against. Swapped
 /// whole (see [`SharedCatalog`]) so that a reader always sees a consistent pair.
+///
+/// The index is layered ([`LayeredIndex`]): a fence change builds a new catalog sharing the old one's base
+/// ([`Catalog::with_changes`]), a promotion change shares the whole index.
 #[derive(Debug)]
 pub struct Catalog {
-    pub(crate) index: FenceIndex,
-    /// Enter threshold per indexed fence: its own tolerance (the index holds tolerance + hysteresis).
-    pub(crate) enter_tolerance_m: Vec<f64>,
-    pub(crate) fence_ids: Vec<Arc<str>>,
-    pub(crate) fence_names: Vec<Arc<str>>,
+    /// Every fence, reaching tolerance + hysteresis; [`FenceInfo::tolerance_m`] is the enter threshold.
+    ///
+    /// [`FenceInfo::tolerance_m`]: crate::geofence::FenceInfo::tolerance_m
+    pub(crate) index: Arc<LayeredIndex>,
     pub(crate) promotions: Vec<Promotion>,
-    /// Promotions (positions in `promotions`) per indexed fence.
-    pub(crate) by_fence: Vec<Vec<u32>>,
+    /// Promotions (positions in `promotions`) per targeted fence position; fences nobody targets are absent.
+    pub(crate) by_fence: FxHashMap<u32, Vec<u32>>,
     pub(crate) by_id: HashMap<Arc<str>, u32>,
     pub(crate) rules: RuleOptions,
-    /// All fences, targeted or not, for lookups by id.
-    all_fences: usize,
     /// Stored rows left out of this catalog, and why (see `Store::load_catalog_parts`).
     quarantined: Vec<String>,
 }
@@ -77,51 +89,69 @@ pub struct Catalog {
 pub type SharedCatalog = arc_swap::ArcSwap<Catalog>;
 
 impl Catalog {
-    /// Builds the matcher: every fence, grown by the hysteresis, with the promotions targeting it.
+    /// Builds the matcher: every fence, reaching tolerance + hysteresis, with the promotions targeting it.
     pub fn build(
-        fences: &[Fence],
+        fences: Vec<Fence>,
         promotions: Vec<Promotion>,
         rules: RuleOptions,
         index_options: IndexOptions,
     ) -> Result<Self, CatalogError> {
-        if !(0.0..=10_000.0).contains(&rules.hysteresis_m) {
-            return Err(CatalogError::BadHysteresis(rules.hysteresis_m));
-        }
-        if !(rules.max_accuracy_m.is_finite() && rules.max_accuracy_m > 0.0) {
-            return Err(CatalogError::BadAccuracy(rules.max_accuracy_m));
-        }
-        let fence_position: HashMap<&str, usize> = fences
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.id.as_str(), i))
-            .collect();
+        check_rules(rules)?;
         // Every fence is indexed (so `/v1/match` can answer for any of them); untargeted fences simply have
         // no promotions and cost only their share of the raster.
-        let indexed: Vec<usize> = (0..fences.len()).collect();
-        let mut by_fence: Vec<Vec<u32>> = vec![Vec::new(); fences.len()];
+        let index = LayeredIndex::build(fences, index_options.extra_reach_m(rules.hysteresis_m));
+        Self::assemble(Arc::new(index), promotions, rules)
+    }
+
+    /// This catalog with fences added, replaced or deleted, and the promotions replaced when `promotions`
+    /// is given: costs the changed fences (see [`LayeredIndex::apply`]), not a rebuild.
+    pub fn with_changes(
+        &self,
+        fence_changes: Vec<FenceChange>,
+        promotions: Option<Vec<Promotion>>,
+    ) -> Result<Self, CatalogError> {
+        let index = if fence_changes.is_empty() {
+            Arc::clone(&self.index)
+        } else {
+            Arc::new(self.index.apply(fence_changes))
+        };
+        let promotions = promotions.unwrap_or_else(|| self.promotions.clone());
+        Self::assemble(index, promotions, self.rules)
+            .map(|catalog| catalog.with_quarantined(self.quarantined.clone()))
+    }
+
+    /// This catalog over another index holding the same fences (a compaction of this one's).
+    pub fn with_index(&self, index: LayeredIndex) -> Result<Self, CatalogError> {
+        Self::assemble(Arc::new(index), self.promotions.clone(), self.rules)
+            .map(|catalog| catalog.with_quarantined(self.quarantined.clone()))
+    }
+
+    /// The index this catalog matches with (to compact it in the background).
+    #[must_use]
+    pub fn index(&self) -> &Arc<LayeredIndex> {
+        &self.index
+    }
+
+    fn assemble(
+        index: Arc<LayeredIndex>,
+        promotions: Vec<Promotion>,
+        rules: RuleOptions,
+    ) -> Result<Self, CatalogError> {
+        let mut by_fence: FxHashMap<u32, Vec<u32>> = FxHashMap::default();
         for (p, promotion) in promotions.iter().enumerate() {
             for fence_id in &promotion.fence_ids {
-                let Some(&f) = fence_position.get(&**fence_id) else {
+                let Some(f) = index.position(fence_id) else {
                     return Err(CatalogError::UnknownFence {
                         promotion: promotion.id.to_string(),
                         fence: fence_id.to_string(),
                     });
                 };
-                let list = &mut by_fence[f];
+                let list = by_fence.entry(f).or_default();
                 if !list.contains(&(p as u32)) {
                     list.push(p as u32);
                 }
             }
         }
-        let grown: Vec<Fence> = indexed
-            .iter()
-            .map(|&f| {
-                let mut fence = fences[f].clone();
-                fence.tolerance_m += rules.hysteresis_m;
-                fence
-            })
-            .collect();
-        let index = FenceIndex::build(&grown, index_options);
         let by_id = promotions
             .iter()
             .enumerate()
@@ -129,20 +159,10 @@ impl Catalog {
             .collect();
         Ok(Self {
             index,
-            enter_tolerance_m: indexed.iter().map(|&f| fences[f].tolerance_m).collect(),
-            fence_ids: indexed
-                .iter()
-                .map(|&f| Arc::from(fences[f].id.as_str()))
-                .collect(),
-            fence_names: indexed
-                .iter()
-                .map(|&f| Arc::from(fences[f].name.as_str()))
-                .collect(),
             promotions,
             by_fence,
             by_id,
             rules,
-            all_fences: fences.len(),
             quarantined: Vec::new(),
         })
     }
@@ -179,10 +199,12 @@ impl Catalog {
     /// Fences loaded / fences some promotion targets.
     #[must_use]
     pub fn fence_counts(&self) -> (usize, usize) {
-        (
-            self.all_fences,
-            self.by_fence.iter().filter(|p| !p.is_empty()).count(),
-        )
+        (self.index.len(), self.by_fence.len())
+    }
+
+    /// The promotions targeting the fence at `position` (none for an untargeted fence).
+    pub(crate) fn promotions_of(&self, position: u32) -> &[u32] {
+        self.by_fence.get(&position).map_or(&[], Vec::as_slice)
     }
 
     /// What matches a point at `at`: every fence the point is inside or within the fence's tolerance of,
@@ -193,15 +215,16 @@ impl Catalog {
         self.index.match_point(point, &mut found);
         found
             .iter()
-            .filter(|m| m.inside || m.distance_m <= self.enter_tolerance_m[m.fence as usize])
+            .filter(|m| m.inside || m.distance_m <= self.index.fence(m.fence).tolerance_m)
             .map(|m| {
-                let f = m.fence as usize;
+                let fence = self.index.fence(m.fence);
                 PointMatch {
-                    fence_id: self.fence_ids[f].to_string(),
-                    fence_name: self.fence_names[f].to_string(),
+                    fence_id: fence.id.to_string(),
+                    fence_name: fence.name.to_string(),
                     inside: m.inside,
                     distance_m: reported_distance_m(m.distance_m),
-                    promotions: self.by_fence[f]
+                    promotions: self
+                        .promotions_of(m.fence)
                         .iter()
                         .map(|&p| &self.promotions[p as usize])
                         .filter(|p| p.is_valid_at(at))

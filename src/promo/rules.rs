@@ -107,7 +107,7 @@ impl Catalog {
         scratch
             .matches
             .iter()
-            .map(|m| self.index.fence(m.fence).id.as_str())
+            .map(|m| &*self.index.fence(m.fence).id)
     }
 
     /// The whole decision for one point: applies it to the user's state and appends the output events it
@@ -166,9 +166,12 @@ impl Catalog {
         scratch.candidates.clear();
         self.index.match_point(event.point, &mut scratch.matches);
         for m in &scratch.matches {
-            let fence = m.fence as usize;
-            let can_enter = m.inside || m.distance_m <= self.enter_tolerance_m[fence];
-            for &p in &self.by_fence[fence] {
+            let promotions = self.promotions_of(m.fence);
+            if promotions.is_empty() {
+                continue;
+            }
+            let can_enter = m.inside || m.distance_m <= self.index.fence(m.fence).tolerance_m;
+            for &p in promotions {
                 if !self.promotions[p as usize].is_valid_at(ts) {
                     continue;
                 }
@@ -198,18 +201,15 @@ impl Catalog {
                 continue;
             }
             standing.eligible = false;
-            let fence = self
-                .fence_ids
-                .iter()
-                .position(|id| *id == standing.fence_id);
-            let found = fence.and_then(|f| scratch.matches.iter().find(|m| m.fence as usize == f));
+            let fence = self.index.position(&standing.fence_id);
+            let found = fence.and_then(|f| scratch.matches.iter().find(|m| m.fence == f));
             transitions.push(Transition {
                 kind: TransitionKind::Exit,
                 promotion_id: standing.promotion_id.clone(),
                 fence_id: standing.fence_id.clone(),
                 fence_name: fence.map_or_else(
                     || standing.fence_id.clone(),
-                    |f| self.fence_names[f].clone(),
+                    |f| self.index.fence(f).name.clone(),
                 ),
                 inside: found.is_some_and(|m| m.inside),
                 distance_m: found.map(|m| m.distance_m),
@@ -231,10 +231,10 @@ impl Catalog {
                     continue;
                 }
             }
-            let fence = m.fence as usize;
+            let fence = self.index.fence(m.fence);
             let fresh = PromotionStanding {
                 promotion_id: promotion.id.clone(),
-                fence_id: self.fence_ids[fence].clone(),
+                fence_id: fence.id.clone(),
                 eligible: true,
                 last_enter: ts,
             };
@@ -245,8 +245,8 @@ impl Catalog {
             transitions.push(Transition {
                 kind: TransitionKind::Enter,
                 promotion_id: promotion.id.clone(),
-                fence_id: self.fence_ids[fence].clone(),
-                fence_name: self.fence_names[fence].clone(),
+                fence_id: fence.id.clone(),
+                fence_name: fence.name.clone(),
                 inside: m.inside,
                 distance_m: Some(m.distance_m),
             });
@@ -315,9 +315,9 @@ mod tests {
 
     /// Fence `a` at 106.80 E, 6.20 S and fence `b` 0.5° east; promotions as given.
     fn catalog(promotions: Vec<Promotion>) -> Catalog {
-        let fences = [square("a", 106.80, -6.20), square("b", 107.30, -6.20)];
+        let fences = vec![square("a", 106.80, -6.20), square("b", 107.30, -6.20)];
         Catalog::build(
-            &fences,
+            fences,
             promotions,
             RuleOptions::default(),
             IndexOptions::default(),

@@ -151,7 +151,7 @@ impl Store {
             .await
             .map_err(query_error("starting a transaction"))?;
         // First, so that concurrent catalog changes queue behind this one (the version row is locked).
-        bump_version(&mut tx).await?;
+        let version = bump_version(&mut tx).await?;
         let promotions = promotions_targeting(&mut tx, id).await?;
         if !promotions.is_empty() {
             return Err(StoreError::FenceInUse {
@@ -169,6 +169,12 @@ impl Store {
             // Nothing changed: do not publish a new catalog version.
             return Ok(false);
         }
+        sqlx::query("INSERT INTO fence_deletions (id, version) VALUES ($1, $2)")
+            .bind(id)
+            .bind(version)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error("recording a fence deletion"))?;
         tx.commit()
             .await
             .map_err(query_error("committing a fence deletion"))?;

@@ -15,7 +15,7 @@ mod fences;
 mod promotions;
 
 pub use audit::AuditEntry;
-pub use catalog::CatalogParts;
+pub use catalog::{CatalogChanges, CatalogParts};
 pub use eligibility::{Eligibility, EligibilityChange};
 pub use fences::StoredFence;
 pub use promotions::promotion_from_spec;

@@ -420,7 +420,7 @@ mod matching {
         // 0.01° (1.1 km) north of a, 0.01° south of b: only b's 5 km tolerance reaches.
         let m = matches_everywhere(&index, 1.01, 0.5);
         assert_eq!(m.len(), 1);
-        assert_eq!(index.fence(m[0].fence).id, "b");
+        assert_eq!(&*index.fence(m[0].fence).id, "b");
     }
 
     #[test]
@@ -728,7 +728,7 @@ mod counties {
             .count();
         assert!(matched > 6000, "{matched}");
         let sf = index.matches(GeoPoint::new(37.7793, -122.4193).unwrap());
-        assert_eq!(index.fence(sf[0].fence).name, "San Francisco");
+        assert_eq!(&*index.fence(sf[0].fence).name, "San Francisco");
     }
 }
 
@@ -769,7 +769,7 @@ mod world {
         let name = |lat: f64, lon: f64| -> Vec<String> {
             matches_everywhere(&index, lat, lon)
                 .iter()
-                .map(|m| index.fence(m.fence).name.clone())
+                .map(|m| index.fence(m.fence).name.to_string())
                 .collect()
         };
         // Chukotka, on both sides of the line; Taveuni (Fiji), which the line crosses.

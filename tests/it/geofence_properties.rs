@@ -2,7 +2,10 @@
 //! points near boundaries and points on vertices, over random fences with holes and varied tolerances.
 
 use geopromo::geofence::sample::wobbly_polygon;
-use geopromo::geofence::{Fence, FenceIndex, GeoPoint, IndexOptions, Polygon, Strategy as Lookup};
+use geopromo::geofence::{
+    Fence, FenceChange, FenceIndex, GeoPoint, IndexOptions, LayeredIndex, Polygon,
+    Strategy as Lookup,
+};
 use h3o::Resolution;
 use proptest::prelude::*;
 
@@ -140,6 +143,84 @@ proptest! {
                 let tolerance = index.fence(m.fence).tolerance_m;
                 prop_assert!(m.distance_m >= 0.0 && m.distance_m <= tolerance, "{:?} tol {}", m, tolerance);
                 prop_assert_eq!(m.inside, m.distance_m == 0.0);
+            }
+        }
+    }
+}
+
+/// A change to fence `f{id}` for ids 0..6: an upsert of a new random town, or a delete.
+fn change_strategy() -> impl Strategy<Value = FenceChange> {
+    (0usize..6, any::<bool>()).prop_flat_map(|(id, delete)| {
+        if delete {
+            Just(FenceChange::Delete(format!("f{id}"))).boxed()
+        } else {
+            fence_strategy(id).prop_map(FenceChange::Upsert).boxed()
+        }
+    })
+}
+
+/// (id, inside, distance) per match, by id: positions differ between a layered index and a fresh build.
+fn by_id(
+    matches: &[geopromo::geofence::FenceMatch],
+    id_of: impl Fn(u32) -> String,
+) -> Vec<(String, bool, f64)> {
+    let mut named: Vec<_> = matches
+        .iter()
+        .map(|m| (id_of(m.fence), m.inside, m.distance_m))
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// A layered index after any sequence of changes (in one or several snapshots, compacted or not)
+    /// answers exactly what a fresh build over the resulting fence set answers, on every lookup path.
+    #[test]
+    fn layered_changes_equal_a_rebuild(
+        initial in fences_strategy(),
+        changes in prop::collection::vec(change_strategy(), 1..8),
+        split in 0usize..8,
+        compact in any::<bool>(),
+        extra_reach_m in prop_oneof![Just(0.0), 1.0f64..500.0],
+        jitter in prop::collection::vec((-0.08f64..0.08, -0.08f64..0.08), 16),
+    ) {
+        let options = IndexOptions::default().extra_reach_m(extra_reach_m);
+        let mut expected_set: Vec<Fence> = initial.clone();
+        for change in &changes {
+            match change {
+                FenceChange::Upsert(fence) => match expected_set.iter_mut().find(|f| f.id == fence.id) {
+                    Some(existing) => *existing = fence.clone(),
+                    None => expected_set.push(fence.clone()),
+                },
+                FenceChange::Delete(id) => expected_set.retain(|f| &f.id != id),
+            }
+        }
+        let split = split.min(changes.len());
+        let mut layered = LayeredIndex::build(initial.clone(), options)
+            .apply(changes[..split].iter().cloned());
+        if compact {
+            layered = layered.compacted();
+        }
+        let layered = layered.apply(changes[split..].iter().cloned());
+        prop_assert_eq!(layered.len(), expected_set.len());
+        let fresh = FenceIndex::build(&expected_set, options);
+        let mut everything = initial.clone();
+        everything.extend(changes.iter().filter_map(|c| match c {
+            FenceChange::Upsert(f) => Some(f.clone()),
+            FenceChange::Delete(_) => None,
+        }));
+        let (mut expected, mut actual) = (Vec::new(), Vec::new());
+        for point in probe_points(&everything, &jitter) {
+            fresh.match_point_brute_force(point, &mut expected);
+            let expected = by_id(&expected, |p| fresh.fence(p).id.to_string());
+            layered.match_point_brute_force(point, &mut actual);
+            prop_assert_eq!(&by_id(&actual, |p| layered.fence(p).id.to_string()), &expected, "brute force at {}", point);
+            for strategy in [Lookup::Raster, Lookup::RTree] {
+                layered.match_with(strategy, point, &mut actual);
+                prop_assert!(actual.windows(2).all(|w| w[0].fence < w[1].fence), "ordered by position");
+                prop_assert_eq!(&by_id(&actual, |p| layered.fence(p).id.to_string()), &expected, "{:?} at {}", strategy, point);
             }
         }
     }

@@ -71,6 +71,88 @@ async fn fences_round_trip_and_every_change_bumps_the_version() {
     }
 }
 
+/// Followers apply what changed since their version; the result answers as a full reload does.
+#[tokio::test]
+async fn changes_since_a_version_rebuild_the_same_catalog() {
+    use geopromo::geofence::{FenceChange, GeoPoint, IndexOptions};
+    use geopromo::promo::{Catalog, RuleOptions};
+    for (store, _guard) in stores().await {
+        let fences = parse_fences(FENCES.as_bytes(), &ParseOptions::default())
+            .unwrap()
+            .fences;
+        let v1 = store.upsert_fences(&fences, 1000).await.unwrap();
+        let start = store.load_catalog_parts().await.unwrap();
+        let build = |fences, promotions| {
+            Catalog::build(
+                fences,
+                promotions,
+                RuleOptions::default(),
+                IndexOptions::default(),
+            )
+            .unwrap()
+        };
+        let old = build(start.fences, start.promotions);
+
+        // Move the square 1° east, delete the islands, and target the moved square with a promotion.
+        let mut moved = fences[0].clone();
+        for ring in &mut moved.polygons[0].rings {
+            for position in ring.iter_mut() {
+                position[0] += 1.0;
+            }
+        }
+        store
+            .upsert_fences(std::slice::from_ref(&moved), 2000)
+            .await
+            .unwrap();
+        assert!(store.delete_fence("islands").await.unwrap());
+        let promotions =
+            parse_promotions(br#"{"promotions":[{"id":"coffee","fences":["square"]}]}"#).unwrap();
+        store.upsert_promotions(&promotions, 3000).await.unwrap();
+
+        let changes = store.catalog_changes_since(v1).await.unwrap();
+        assert_eq!((changes.from, changes.to), (v1, v1 + 3));
+        assert_eq!(changes.upserted.len(), 1, "{:?}", store.backend());
+        assert_eq!(changes.upserted[0].id, "square");
+        assert_eq!(changes.deleted, ["islands"]);
+        assert_eq!(changes.promotions.len(), 1);
+        assert!(changes.quarantined.is_empty());
+        let nothing_new = store.catalog_changes_since(changes.to).await.unwrap();
+        assert!(nothing_new.upserted.is_empty() && nothing_new.deleted.is_empty());
+
+        let fence_changes = changes
+            .deleted
+            .into_iter()
+            .map(FenceChange::Delete)
+            .chain(changes.upserted.into_iter().map(FenceChange::Upsert))
+            .collect();
+        let applied = old
+            .with_changes(fence_changes, Some(changes.promotions))
+            .unwrap();
+        let full = store.load_catalog_parts().await.unwrap();
+        let reloaded = build(full.fences, full.promotions);
+        assert_eq!(applied.fence_counts(), (1, 1));
+        assert_eq!(applied.fence_counts(), reloaded.fence_counts());
+        let at = geopromo::promo::EpochMs::from_millis(5000);
+        for (lat, lon) in [
+            (-6.09, 107.01),
+            (-6.09, 106.01),
+            (-7.05, 110.05),
+            (-6.05, 107.05),
+            (-6.1, 107.105),
+        ] {
+            let point = GeoPoint::new(lat, lon).unwrap();
+            assert_eq!(
+                applied.match_at(point, at),
+                reloaded.match_at(point, at),
+                "({lat}, {lon})"
+            );
+        }
+        let inside = applied.match_at(GeoPoint::new(-6.09, 107.01).unwrap(), at);
+        assert_eq!(inside.len(), 1);
+        assert_eq!(inside[0].promotions, ["coffee"]);
+    }
+}
+
 #[tokio::test]
 async fn fences_list_by_cursor_and_name() {
     for (store, _guard) in stores().await {

@@ -63,7 +63,7 @@ fn match_catalog() -> Arc<SharedCatalog> {
     let promotions =
         parse_promotions(br#"{"promotions":[{"id":"coffee","fences":["square"]}]}"#).unwrap();
     let catalog = Catalog::build(
-        &fences,
+        fences,
         promotions,
         RuleOptions::default(),
         IndexOptions::default(),

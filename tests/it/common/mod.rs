@@ -40,7 +40,7 @@ pub fn catalog(promotions: &str) -> Arc<SharedCatalog> {
         .fences;
     let promotions = parse_promotions(promotions.as_bytes()).unwrap();
     let catalog = Catalog::build(
-        &fences,
+        fences,
         promotions,
         RuleOptions::default(),
         IndexOptions::default(),
