@@ -88,6 +88,14 @@ mod match_point {
         let fences = counties();
         let points = near_boundary_points(&fences, BATCH, 1500.0, 2);
         strategies(c, "match_near_boundary", &fences, &points);
+        let hot: Vec<GeoPoint> = points
+            .iter()
+            .take(200)
+            .cycle()
+            .take(BATCH)
+            .copied()
+            .collect();
+        strategies(c, "match_near_boundary_hot", &fences, &hot);
     }
 
     pub fn polygon_10k_vertices(c: &mut Criterion) {

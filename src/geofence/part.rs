@@ -1,5 +1,5 @@
 //! One polygon of a fence, prepared for exact work: point-in-polygon through latitude slabs and
-//! nearest-boundary distance through a grid of edges grown by the tolerance. A circle is a part too: its
+//! nearest-boundary distance through a grid of edge chains grown by the tolerance. A circle is a part too: its
 //! ring (a fine polygon, widened by the chords' gap) builds the covers, and exact answers come from the
 //! geodesic distance to the centre.
 //!
@@ -9,7 +9,6 @@
 
 use super::fence::{Circle, Polygon};
 use super::metric::{degrees_spanned, distance_m, wrap_lon_delta, LocalMetric};
-use super::validate::crossing_lon;
 
 /// Margin on approximate (local-metric) distances before the exact evaluation decides: the local metric is
 /// within 1% of the ellipsoidal one inside a 100 km radius below 85° latitude.
@@ -59,6 +58,22 @@ impl Buckets {
     }
 }
 
+/// Consecutive edges `first..first + len` (indexes into `edges`) and their bounds, in degrees.
+#[derive(Debug, Clone, Copy)]
+struct Chain {
+    min_lon: f64,
+    min_lat: f64,
+    max_lon: f64,
+    max_lat: f64,
+    first: u32,
+    len: u32,
+}
+
+/// At most this many edges per chain…
+const CHAIN_EDGES: usize = 16;
+/// …and no wider than this share of the tolerance, so that a chain's box stays a tight bound.
+const CHAIN_EXTENT_OF_REACH: f64 = 0.25;
+
 /// A polygon (exterior + holes) ready for point-in-polygon and distance queries.
 #[derive(Debug, Clone)]
 pub struct PreparedPart {
@@ -68,6 +83,9 @@ pub struct PreparedPart {
     vertices: Vec<[f64; 2]>,
     /// Edge `e` runs from `vertices[e]` to `vertices[e + 1]`.
     edges: Vec<u32>,
+    /// Per vertex index `e` of an edge start: d(lon)/d(lat) along edge `e` (0 for a parallel), so that
+    /// point-in-polygon multiplies instead of dividing.
+    slopes: Vec<f64>,
     pub bounds: Bounds,
     center_lon: f64,
     slab_lat0: f64,
@@ -81,7 +99,11 @@ pub struct PreparedPart {
     grid_inv_h: f64,
     grid_nx: usize,
     grid_ny: usize,
+    /// Chains per grid cell.
     grid: Buckets,
+    /// Runs of consecutive edges of one ring with their bounds: distance queries measure a chain's edges
+    /// only when its box could hold something nearer than what was found already.
+    chains: Vec<Chain>,
     /// Set for a circle: exact answers come from it, the polygon above only approximates it for covers.
     circle: Option<Circle>,
     /// How much further than the tolerance covers must reach so that every point within the tolerance of
@@ -116,10 +138,19 @@ impl PreparedPart {
             bounds.min_lat = bounds.min_lat.min(lat);
             bounds.max_lat = bounds.max_lat.max(lat);
         }
+        let slopes = (0..vertices.len())
+            .map(|i| match vertices.get(i + 1) {
+                Some(b) if b[1] != vertices[i][1] => {
+                    (b[0] - vertices[i][0]) / (b[1] - vertices[i][1])
+                }
+                _ => 0.0,
+            })
+            .collect();
         let mut part = Self {
             fence,
             vertices,
             edges,
+            slopes,
             bounds,
             center_lon: 0.5 * (bounds.min_lon + bounds.max_lon),
             slab_lat0: bounds.min_lat,
@@ -133,6 +164,7 @@ impl PreparedPart {
             grid_nx: 1,
             grid_ny: 1,
             grid: Buckets::default(),
+            chains: Vec::new(),
             circle: None,
             cover_margin_m: 0.0,
         };
@@ -176,13 +208,14 @@ impl PreparedPart {
     /// Bytes held by this part's vertices and indexes (for capacity reports).
     #[must_use]
     pub fn heap_bytes(&self) -> usize {
-        self.vertices.len() * 16
+        self.vertices.len() * 24
             + self.edges.len() * 4
             + (self.slabs.len()
                 + self.slabs.offsets.len()
                 + self.grid.len()
                 + self.grid.offsets.len())
                 * 4
+            + self.chains.len() * std::mem::size_of::<Chain>()
     }
 
     fn segment(&self, edge: u32) -> ([f64; 2], [f64; 2]) {
@@ -221,14 +254,62 @@ impl PreparedPart {
         });
     }
 
+    /// Cuts each ring into chains of consecutive edges, no longer than [`CHAIN_EDGES`] and no wider than
+    /// a quarter of the tolerance (in either axis) unless a single edge is.
+    fn build_chains(&mut self, dlon: f64, dlat: f64) {
+        let (max_w, max_h) = (dlon * CHAIN_EXTENT_OF_REACH, dlat * CHAIN_EXTENT_OF_REACH);
+        let mut chains = Vec::with_capacity(self.edges.len() / 4 + 1);
+        let mut current: Option<Chain> = None;
+        for (i, &e) in self.edges.iter().enumerate() {
+            let (a, c) = self.segment(e);
+            let grown = current.filter(|chain| {
+                // Edges of one ring are consecutive in `edges` and share a vertex with the chain's last.
+                let continues = self.edges[(chain.first + chain.len - 1) as usize] + 1 == e;
+                let min_lon = chain.min_lon.min(a[0]).min(c[0]);
+                let max_lon = chain.max_lon.max(a[0]).max(c[0]);
+                let min_lat = chain.min_lat.min(a[1]).min(c[1]);
+                let max_lat = chain.max_lat.max(a[1]).max(c[1]);
+                continues
+                    && (chain.len as usize) < CHAIN_EDGES
+                    && max_lon - min_lon <= max_w
+                    && max_lat - min_lat <= max_h
+            });
+            current = Some(match grown {
+                Some(chain) => Chain {
+                    min_lon: chain.min_lon.min(a[0]).min(c[0]),
+                    max_lon: chain.max_lon.max(a[0]).max(c[0]),
+                    min_lat: chain.min_lat.min(a[1]).min(c[1]),
+                    max_lat: chain.max_lat.max(a[1]).max(c[1]),
+                    first: chain.first,
+                    len: chain.len + 1,
+                },
+                None => {
+                    chains.extend(current);
+                    Chain {
+                        min_lon: a[0].min(c[0]),
+                        max_lon: a[0].max(c[0]),
+                        min_lat: a[1].min(c[1]),
+                        max_lat: a[1].max(c[1]),
+                        first: i as u32,
+                        len: 1,
+                    }
+                }
+            });
+        }
+        chains.extend(current);
+        self.chains = chains;
+    }
+
     fn build_grid(&mut self) {
         let b = self.bounds;
         let (dlat, dlon) = degrees_spanned(self.reach_m * APPROX_SLACK + 1.0, b.min_lat, b.max_lat);
+        self.build_chains(dlon, dlat);
         let (lon0, lat0) = (b.min_lon - dlon, b.min_lat - dlat);
         let width = b.max_lon - b.min_lon + 2.0 * dlon;
         let height = b.max_lat - b.min_lat + 2.0 * dlat;
-        // About two edges per cell, but cells no smaller than the tolerance box so an edge lands in few cells.
-        let ideal = (width * height / (2.0 * self.edges.len() as f64)).sqrt();
+        // About two chains per cell, but cells no smaller than the tolerance box so a chain lands in few
+        // cells.
+        let ideal = (width * height / (2.0 * self.chains.len() as f64)).sqrt();
         let cell_w = ideal.max(dlon).max(width / 2048.0);
         let cell_h = ideal.max(dlat).max(height / 2048.0);
         let nx = ((width / cell_w).ceil() as usize).max(1);
@@ -237,17 +318,16 @@ impl PreparedPart {
         let cell = |v: f64, origin: f64, inv: f64, n: usize| {
             (((v - origin) * inv).max(0.0) as usize).min(n - 1)
         };
-        let (edges, vertices) = (&self.edges, &self.vertices);
+        let chains = &self.chains;
         self.grid = Buckets::build(nx * ny, |put| {
-            for &e in edges {
-                let (a, c) = (vertices[e as usize], vertices[e as usize + 1]);
-                let x0 = cell(a[0].min(c[0]) - dlon, lon0, inv_w, nx);
-                let x1 = cell(a[0].max(c[0]) + dlon, lon0, inv_w, nx);
-                let y0 = cell(a[1].min(c[1]) - dlat, lat0, inv_h, ny);
-                let y1 = cell(a[1].max(c[1]) + dlat, lat0, inv_h, ny);
+            for (i, chain) in chains.iter().enumerate() {
+                let x0 = cell(chain.min_lon - dlon, lon0, inv_w, nx);
+                let x1 = cell(chain.max_lon + dlon, lon0, inv_w, nx);
+                let y0 = cell(chain.min_lat - dlat, lat0, inv_h, ny);
+                let y1 = cell(chain.max_lat + dlat, lat0, inv_h, ny);
                 for y in y0..=y1 {
                     for x in x0..=x1 {
-                        put(y * nx + x, e);
+                        put(y * nx + x, i as u32);
                     }
                 }
             }
@@ -277,7 +357,17 @@ impl PreparedPart {
         if lat < b.min_lat || lat > b.max_lat || lon < b.min_lon || lon > b.max_lon {
             return false;
         }
-        self.slab_crossings(lat).filter(|&x| lon < x).count() % 2 == 1
+        // Branch-free: whether an edge crosses the parallel east of the point is as likely as not, and a
+        // mispredicted branch per edge costs more than the arithmetic.
+        let mut east = 0u32;
+        for &e in self.slab_edges(lat) {
+            let e = e as usize;
+            let (a, b_lat) = (self.vertices[e], self.vertices[e + 1][1]);
+            let crosses = (a[1] > lat) != (b_lat > lat);
+            let x = a[0] + (lat - a[1]) * self.slopes[e];
+            east += u32::from(crosses & (lon < x));
+        }
+        east % 2 == 1
     }
 
     /// Longitudes where the boundary crosses the parallel at `lat` (unsorted), for scanline fills.
@@ -290,13 +380,20 @@ impl PreparedPart {
         out.extend(self.slab_crossings(lat));
     }
 
-    /// Crossings of the parallel at `lat` by the edges of its slab; `lat` must be within the bounds.
-    fn slab_crossings(&self, lat: f64) -> impl Iterator<Item = f64> + '_ {
+    /// The edges of the slab holding `lat`, which must be within the bounds.
+    fn slab_edges(&self, lat: f64) -> &[u32] {
         let slab_count = self.slabs.offsets.len() - 1;
         let slab = (((lat - self.slab_lat0) * self.slab_inv_height) as usize).min(slab_count - 1);
-        self.slabs.get(slab).iter().filter_map(move |&e| {
-            let (a, c) = self.segment(e);
-            crossing_lon(a, c, lat)
+        self.slabs.get(slab)
+    }
+
+    /// Crossings of the parallel at `lat` by the edges of its slab (the same arithmetic as
+    /// [`Self::contains`]); `lat` must be within the bounds.
+    fn slab_crossings(&self, lat: f64) -> impl Iterator<Item = f64> + '_ {
+        self.slab_edges(lat).iter().filter_map(move |&e| {
+            let e = e as usize;
+            let (a, b_lat) = (self.vertices[e], self.vertices[e + 1][1]);
+            ((a[1] > lat) != (b_lat > lat)).then(|| a[0] + (lat - a[1]) * self.slopes[e])
         })
     }
 
@@ -336,26 +433,37 @@ impl PreparedPart {
         }
         let bucket = fy as usize * self.grid_nx + fx as usize;
         let (kx, ky) = (metric.m_per_deg_lon, metric.m_per_deg_lat);
-        let mut best = (f64::INFINITY, 0u32, 0.0f64);
-        for &e in self.grid.get(bucket) {
-            let (a, c) = self.segment(e);
-            let (ax, ay) = ((a[0] - lon) * kx, (a[1] - lat) * ky);
-            let (dx, dy) = ((c[0] - a[0]) * kx, (c[1] - a[1]) * ky);
-            let len2 = dx * dx + dy * dy;
-            let t = if len2 > 0.0 {
-                (-(ax * dx + ay * dy) / len2).clamp(0.0, 1.0)
-            } else {
-                0.0
-            };
-            let (qx, qy) = (ax + t * dx, ay + t * dy);
-            let d2 = qx * qx + qy * qy;
-            if d2 < best.0 {
-                best = (d2, e, t);
+        // Nothing beyond the limit is wanted: start from it, so chains whose box lies beyond are skipped
+        // without measuring an edge, and each edge found nearer tightens the bound for the rest.
+        let approx_limit = limit_m * APPROX_SLACK + 1.0;
+        let mut best = (approx_limit * approx_limit, u32::MAX, 0.0f64);
+        for &c in self.grid.get(bucket) {
+            let chain = &self.chains[c as usize];
+            let gx = (chain.min_lon - lon).max(lon - chain.max_lon).max(0.0) * kx;
+            let gy = (chain.min_lat - lat).max(lat - chain.max_lat).max(0.0) * ky;
+            if gx * gx + gy * gy >= best.0 {
+                continue;
+            }
+            let first = chain.first as usize;
+            for &e in &self.edges[first..first + chain.len as usize] {
+                let (a, c) = self.segment(e);
+                let (ax, ay) = ((a[0] - lon) * kx, (a[1] - lat) * ky);
+                let (dx, dy) = ((c[0] - a[0]) * kx, (c[1] - a[1]) * ky);
+                let len2 = dx * dx + dy * dy;
+                let t = if len2 > 0.0 {
+                    (-(ax * dx + ay * dy) / len2).clamp(0.0, 1.0)
+                } else {
+                    0.0
+                };
+                let (qx, qy) = (ax + t * dx, ay + t * dy);
+                let d2 = qx * qx + qy * qy;
+                if d2 < best.0 {
+                    best = (d2, e, t);
+                }
             }
         }
-        let (d2, e, t) = best;
-        let approx_limit = limit_m * APPROX_SLACK + 1.0;
-        if d2 > approx_limit * approx_limit {
+        let (_, e, t) = best;
+        if e == u32::MAX {
             return None;
         }
         let (a, c) = self.segment(e);

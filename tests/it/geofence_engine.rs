@@ -870,4 +870,57 @@ mod swapping {
             assert!(seen.contains("a") && seen.contains("b"), "{seen:?}");
         }
     }
+
+    /// One change at a time into a layered index behind arc-swap: every snapshot has exactly one fence
+    /// over the point (the change deletes one and adds the other together), so a reader that saw a mix
+    /// would find none or two. Readers never wait: they load a snapshot and match.
+    #[test]
+    fn readers_see_each_layered_change_whole() {
+        use geopromo::geofence::{FenceChange, LayeredIndex};
+        let square_named = |id: &str| {
+            fences_of(
+                vec![feature(id, polygon(json!([square(0.0, 0.0, 1.0)])))],
+                0.0,
+            )
+            .remove(0)
+        };
+        let (a, b) = (square_named("a"), square_named("b"));
+        let shared = Arc::new(arc_swap::ArcSwap::from_pointee(LayeredIndex::build(
+            vec![a.clone()],
+            IndexOptions::default(),
+        )));
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let point = GeoPoint::new(0.5, 0.5).unwrap();
+                    let mut seen = std::collections::BTreeSet::new();
+                    let mut out = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let index = shared.load();
+                        index.match_point(point, &mut out);
+                        assert_eq!(out.len(), 1, "a reader never sees half a change");
+                        seen.insert(index.fence(out[0].fence).id.to_string());
+                    }
+                    seen
+                })
+            })
+            .collect();
+        for i in 0..200 {
+            let (gone, added) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+            let next = shared.load().apply([
+                FenceChange::Delete(gone.id.clone()),
+                FenceChange::Upsert(added.clone()),
+            ]);
+            shared.store(Arc::new(next));
+            std::thread::sleep(std::time::Duration::from_micros(500));
+        }
+        stop.store(true, Ordering::Relaxed);
+        for reader in readers {
+            let seen = reader.join().unwrap();
+            assert!(seen.contains("a") && seen.contains("b"), "{seen:?}");
+        }
+        assert_eq!(shared.load().len(), 1);
+    }
 }
