@@ -6,6 +6,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
+use super::fast_json;
 use super::timestamp::{self, EpochMs, TimestampError};
 use crate::geofence::{GeoPoint, PointError};
 
@@ -161,11 +162,24 @@ pub fn decode_gps_event<'a>(
     if payload.is_empty() {
         return Err(DecodeError::Empty);
     }
-    let raw: RawGpsEvent<'a> =
-        serde_json::from_slice(payload).map_err(|err| match err.classify() {
+    let raw: RawGpsEvent<'a> = match fast_json::decode(payload) {
+        Some(fields) => RawGpsEvent {
+            user_id: fast_json::borrowed(fields.user_id),
+            lat: fields.lat,
+            lon: fields.lon,
+            ts: match fields.ts {
+                fast_json::Ts::Text(text) => RawTs::Text(fast_json::borrowed(text)),
+                fast_json::Ts::Number(number) => RawTs::Number(number),
+            },
+            accuracy_m: fields.accuracy_m,
+            event_id: fields.event_id.map(fast_json::borrowed),
+            schema_version: fields.schema_version,
+        },
+        None => serde_json::from_slice(payload).map_err(|err| match err.classify() {
             serde_json::error::Category::Data => DecodeError::Schema(err),
             _ => DecodeError::MalformedJson(err),
-        })?;
+        })?,
+    };
     if let Some(version) = raw.schema_version {
         if version != u64::from(GPS_EVENT_SCHEMA_VERSION) {
             return Err(DecodeError::UnsupportedVersion(version));

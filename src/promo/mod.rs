@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod event;
+mod fast_json;
 pub mod promotion;
 pub mod rules;
 pub mod state;

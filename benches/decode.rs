@@ -1,0 +1,79 @@
+//! Decoding input events: `decode_gps_event` on the simulator's payloads (numeric `ts`, as the pipeline
+//! benchmark sends them) and on payloads with an RFC 3339 `ts`, as many mobile SDKs send them.
+//! Run: `cargo bench --bench decode`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use geopromo::geofence::{parse_fences, ParseOptions};
+use geopromo::promo::decode_gps_event;
+use geopromo::stream::simulate::TrafficModel;
+
+/// 4,096 (key, payload) pairs from the traffic model over the bundled cities.
+fn payloads(rfc3339: bool) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/geodata/cities.geojson"
+    ))
+    .unwrap();
+    let fences = parse_fences(&bytes, &ParseOptions::default())
+        .unwrap()
+        .fences;
+    let mut model = TrafficModel::new(&fences, 1000, 0.0, 1);
+    let now = 1_764_000_000_000i64;
+    (0..4096)
+        .map(|i| {
+            let mut payload = Vec::new();
+            let (key, _) = model.next_event(now + i, &mut payload);
+            let key = key.to_owned();
+            if rfc3339 {
+                let text = String::from_utf8(payload).unwrap();
+                let ts = geopromo::promo::timestamp::format_rfc3339_ms(now + i);
+                payload = text
+                    .replace(&format!("\"ts\":{}", now + i), &format!("\"ts\":\"{ts}\""))
+                    .into_bytes();
+            }
+            (key, payload)
+        })
+        .collect()
+}
+
+mod decode_gps_event {
+    use super::*;
+
+    pub fn simulated(c: &mut Criterion) {
+        let mut group = c.benchmark_group("decode_gps_event");
+        for (name, rfc3339) in [("epoch_ms", false), ("rfc3339", true)] {
+            let inputs = payloads(rfc3339);
+            group.throughput(Throughput::Elements(inputs.len() as u64));
+            group.bench_function(name, |b| {
+                b.iter(|| {
+                    let mut decoded = 0usize;
+                    for (key, payload) in &inputs {
+                        let event =
+                            decode_gps_event(Some(key.as_bytes()), black_box(payload), 4096)
+                                .unwrap();
+                        decoded += event.user_id.len();
+                    }
+                    decoded
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = decode_gps_event::simulated
+}
+criterion_main!(benches);

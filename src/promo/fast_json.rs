@@ -1,0 +1,481 @@
+//! The fast path of input decoding: the GPS event as devices send it, a flat JSON object of numbers and
+//! escape-free strings, scanned in one pass without serde's machinery (about a third of the time).
+//!
+//! It answers only when the answer is certain to be what serde_json would give, and returns `None`
+//! otherwise, so that the caller decodes with serde_json, which also words every error: anything unusual
+//! (escapes, unknown or repeated keys, `true`/`false`, exponents, more than 15 significant digits, a
+//! missing field, trailing bytes) takes that path. Why 15 digits: below 2^53 with a power of ten within
+//! ±22, serde_json's float parsing and Rust's are both exact, so the two paths agree to the bit.
+
+use std::borrow::Cow;
+
+/// A number's text, validated against JSON's grammar, without an exponent, and its digits as an integer
+/// with the count of fraction digits: `-12.345` is mantissa 12345, 3 fraction digits, negative.
+struct Number {
+    integer: bool,
+    mantissa: u64,
+    fraction_digits: usize,
+    negative: bool,
+}
+
+const POWERS_OF_TEN: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
+impl Number {
+    /// Exact: the mantissa (at most 15 digits) and the power of ten are both exact doubles, so the one
+    /// division rounds correctly, as `str::parse` and serde_json both do (Clinger's fast path).
+    fn to_f64(&self) -> f64 {
+        let magnitude = self.mantissa as f64 / POWERS_OF_TEN[self.fraction_digits];
+        if self.negative {
+            -magnitude
+        } else {
+            magnitude
+        }
+    }
+}
+
+/// The value of one field, as far as the fast path understands values.
+enum Value<'a> {
+    Str(&'a str),
+    Num(Number),
+    Null,
+}
+
+/// The fields of a GPS event, as serde would deserialize them (see `RawGpsEvent`).
+pub(super) struct Fields<'a> {
+    pub user_id: &'a str,
+    pub lat: f64,
+    pub lon: f64,
+    pub ts: Ts<'a>,
+    pub accuracy_m: Option<f64>,
+    pub event_id: Option<&'a str>,
+    pub schema_version: Option<u64>,
+}
+
+pub(super) enum Ts<'a> {
+    Text(&'a str),
+    Number(f64),
+}
+
+/// Bytes that end an escape-free string's contents: the closing quote, a backslash, control characters.
+const ENDS_PLAIN_STRING: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
+struct Scanner<'a> {
+    /// The whole payload, validated as UTF-8 once: every slice between ASCII delimiters is then a `str`
+    /// without validating each string on its own.
+    text: &'a str,
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn skip_whitespace(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes.get(self.at) {
+            self.at += 1;
+        }
+    }
+
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        self.skip_whitespace();
+        (self.bytes.get(self.at) == Some(&byte)).then(|| self.at += 1)
+    }
+
+    /// A string without escapes or control characters.
+    fn string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.at;
+        let rest = &self.bytes[start..];
+        let len = rest
+            .iter()
+            .position(|&b| ENDS_PLAIN_STRING[usize::from(b)])?;
+        if rest[len] != b'"' {
+            return None;
+        }
+        self.at = start + len + 1;
+        self.text.get(start..start + len)
+    }
+
+    /// A JSON number without exponent and with at most 15 digits.
+    fn number(&mut self) -> Option<Number> {
+        let start = self.at;
+        let b = self.bytes;
+        let mut i = start;
+        let negative = b.get(i) == Some(&b'-');
+        if negative {
+            i += 1;
+        }
+        let mut mantissa = 0u64;
+        let int_start = i;
+        while let Some(&d) = b.get(i).filter(|d| d.is_ascii_digit()) {
+            mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
+            i += 1;
+        }
+        let int_digits = i - int_start;
+        // JSON: at least one digit, and no leading zero before another digit.
+        if int_digits == 0 || (int_digits > 1 && b[int_start] == b'0') {
+            return None;
+        }
+        let mut frac_digits = 0;
+        let integer = b.get(i) != Some(&b'.');
+        if !integer {
+            i += 1;
+            let frac_start = i;
+            while let Some(&d) = b.get(i).filter(|d| d.is_ascii_digit()) {
+                mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
+                i += 1;
+            }
+            frac_digits = i - frac_start;
+            if frac_digits == 0 {
+                return None;
+            }
+        }
+        if matches!(b.get(i), Some(b'e' | b'E')) {
+            return None;
+        }
+        if int_digits + frac_digits > 15 {
+            return None;
+        }
+        self.at = i;
+        // Fifteen digits at most (checked above): the wrapping arithmetic never wrapped.
+        Some(Number {
+            integer,
+            mantissa,
+            fraction_digits: frac_digits,
+            negative,
+        })
+    }
+
+    fn value(&mut self) -> Option<Value<'a>> {
+        self.skip_whitespace();
+        match self.bytes.get(self.at)? {
+            b'"' => self.string().map(Value::Str),
+            b'-' | b'0'..=b'9' => self.number().map(Value::Num),
+            b'n' if self.bytes[self.at..].starts_with(b"null") => {
+                self.at += 4;
+                Some(Value::Null)
+            }
+            _ => None,
+        }
+    }
+}
+
+fn float(value: Value<'_>) -> Option<f64> {
+    match value {
+        Value::Num(n) => Some(n.to_f64()),
+        _ => None,
+    }
+}
+
+/// Decodes the common shape, or `None` for the caller's full decoder to handle.
+pub(super) fn decode(payload: &[u8]) -> Option<Fields<'_>> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut s = Scanner {
+        text,
+        bytes: payload,
+        at: 0,
+    };
+    s.eat(b'{')?;
+    let (mut user_id, mut lat, mut lon, mut ts) = (None, None, None, None);
+    let (mut accuracy_m, mut event_id, mut schema_version) = (None, None, None);
+    let mut seen = 0u8;
+    let mut first = true;
+    loop {
+        if s.eat(b'}').is_some() {
+            break;
+        }
+        if !first {
+            s.eat(b',')?;
+        }
+        first = false;
+        let key = s.string()?;
+        s.eat(b':')?;
+        let value = s.value()?;
+        let bit = match key {
+            "user_id" => {
+                let Value::Str(text) = value else { return None };
+                user_id = Some(text);
+                1
+            }
+            "lat" => {
+                lat = Some(float(value)?);
+                2
+            }
+            "lon" => {
+                lon = Some(float(value)?);
+                4
+            }
+            "ts" => {
+                ts = Some(match value {
+                    Value::Str(text) => Ts::Text(text),
+                    // serde_json hands integers over as i64/u64 and the visitor converts with `as`.
+                    Value::Num(n) if n.integer => {
+                        let magnitude = n.mantissa as f64;
+                        Ts::Number(if n.negative { -magnitude } else { magnitude })
+                    }
+                    Value::Num(n) => Ts::Number(n.to_f64()),
+                    Value::Null => return None,
+                });
+                8
+            }
+            "accuracy_m" => {
+                accuracy_m = match value {
+                    Value::Null => None,
+                    other => Some(float(other)?),
+                };
+                16
+            }
+            "event_id" => {
+                event_id = match value {
+                    Value::Null => None,
+                    Value::Str(text) => Some(text),
+                    Value::Num(_) => return None,
+                };
+                32
+            }
+            "schema_version" => {
+                schema_version = match value {
+                    Value::Null => None,
+                    Value::Num(n) if n.integer && !n.negative => Some(n.mantissa),
+                    _ => return None,
+                };
+                64
+            }
+            _ => return None,
+        };
+        if seen & bit != 0 {
+            return None;
+        }
+        seen |= bit;
+    }
+    s.skip_whitespace();
+    if s.at != payload.len() {
+        return None;
+    }
+    Some(Fields {
+        user_id: user_id?,
+        lat: lat?,
+        lon: lon?,
+        ts: ts?,
+        accuracy_m,
+        event_id,
+        schema_version,
+    })
+}
+
+/// Borrowed text as the `Cow` the event types hold.
+pub(super) fn borrowed(text: &str) -> Cow<'_, str> {
+    Cow::Borrowed(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The fields as serde derives them from the same payload, for comparison.
+    #[derive(serde::Deserialize)]
+    struct Reference {
+        user_id: String,
+        lat: f64,
+        lon: f64,
+        ts: serde_json::Value,
+        #[serde(default)]
+        accuracy_m: Option<f64>,
+        #[serde(default)]
+        event_id: Option<String>,
+        #[serde(default)]
+        schema_version: Option<u64>,
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("user_id"),
+            Just("lat"),
+            Just("lon"),
+            Just("ts"),
+            Just("accuracy_m"),
+            Just("event_id"),
+            Just("schema_version"),
+            Just("extra"),
+            Just("u\\u0073er_id"),
+        ]
+        .prop_map(str::to_owned)
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            // Numbers, valid and not.
+            (-180.0f64..180.0).prop_map(|v| format!("{v:.6}")),
+            (-180.0f64..180.0).prop_map(|v| format!("{v}")),
+            (1_000_000_000_000i64..2_000_000_000_000).prop_map(|v| v.to_string()),
+            prop_oneof![
+                Just("0"),
+                Just("-0"),
+                Just("01"),
+                Just("1."),
+                Just("-"),
+                Just(".5"),
+                Just("1e5"),
+                Just("1.5E-3"),
+                Just("12345678901234567"),
+                Just("1234567890.12345"),
+                Just("null"),
+                Just("true"),
+                Just("nul"),
+                Just("[1]"),
+                Just("{}"),
+                Just("1764000000000.5"),
+            ]
+            .prop_map(str::to_owned),
+            // Strings, plain and not.
+            "[a-z0-9-]{0,12}".prop_map(|s| format!("\"{s}\"")),
+            prop_oneof![
+                Just("\"2026-11-22T08:15:00.250Z\""),
+                Just("\"caf\u{e9}\""),
+                Just("\"a\\\"b\""),
+                Just("\"tab\there\""),
+                Just("\"unterminated"),
+                Just("\"\\u00e9\""),
+            ]
+            .prop_map(str::to_owned),
+        ]
+    }
+
+    fn whitespace() -> impl Strategy<Value = String> {
+        prop_oneof![Just(""), Just(""), Just(" "), Just("\n\t "), Just("\r")]
+            .prop_map(str::to_owned)
+    }
+
+    fn payload() -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec((key(), value(), whitespace()), 0..9),
+            whitespace(),
+            prop_oneof![
+                Just(""),
+                Just(""),
+                Just(""),
+                Just("x"),
+                Just("}"),
+                Just(",")
+            ],
+        )
+            .prop_map(|(fields, ws, trailer)| {
+                let body: Vec<String> = fields
+                    .iter()
+                    .map(|(k, v, w)| format!("{w}\"{k}\"{w}:{w}{v}{w}"))
+                    .collect();
+                format!("{ws}{{{}}}{ws}{trailer}", body.join(","))
+            })
+    }
+
+    /// A typical device payload, with the fields in a random order: the fast path must take these.
+    fn typical() -> impl Strategy<Value = String> {
+        (
+            -85.0f64..85.0,
+            -180.0f64..180.0,
+            1_700_000_000_000i64..1_800_000_000_000,
+            0.0f64..100.0,
+            any::<bool>(),
+            Just(()).prop_perturb(|_, mut rng| {
+                let mut order: Vec<usize> = (0..6).collect();
+                for i in (1..order.len()).rev() {
+                    order.swap(i, rng.random_range(0..=i));
+                }
+                order
+            }),
+        )
+            .prop_map(|(lat, lon, ts, accuracy, rfc3339, order)| {
+                let ts = if rfc3339 {
+                    format!("\"{}\"", crate::promo::timestamp::format_rfc3339_ms(ts))
+                } else {
+                    ts.to_string()
+                };
+                let fields = [
+                    "\"user_id\":\"user-0000042\"".to_owned(),
+                    format!("\"lat\":{lat:.6}"),
+                    format!("\"lon\":{lon:.6}"),
+                    format!("\"ts\":{ts}"),
+                    format!("\"accuracy_m\":{accuracy:.1}"),
+                    "\"event_id\":\"user-0000042-17\"".to_owned(),
+                ];
+                let ordered: Vec<&str> = order.iter().map(|&i| fields[i].as_str()).collect();
+                format!("{{{}}}", ordered.join(","))
+            })
+    }
+
+    fn same_as_serde(payload: &str) -> Result<bool, TestCaseError> {
+        let Some(fast) = decode(payload.as_bytes()) else {
+            return Ok(false);
+        };
+        let reference: Reference = serde_json::from_str(payload).map_err(|err| {
+            TestCaseError::fail(format!(
+                "fast path accepted what serde refuses: {payload}: {err}"
+            ))
+        })?;
+        prop_assert_eq!(fast.user_id, reference.user_id.as_str());
+        prop_assert_eq!(fast.lat.to_bits(), reference.lat.to_bits(), "{}", payload);
+        prop_assert_eq!(fast.lon.to_bits(), reference.lon.to_bits(), "{}", payload);
+        match (&fast.ts, &reference.ts) {
+            (Ts::Text(text), serde_json::Value::String(expected)) => {
+                prop_assert_eq!(*text, expected)
+            }
+            (Ts::Number(n), serde_json::Value::Number(expected)) => {
+                prop_assert_eq!(
+                    n.to_bits(),
+                    expected.as_f64().unwrap().to_bits(),
+                    "{}",
+                    payload
+                );
+            }
+            _ => prop_assert!(false, "ts differs: {}", payload),
+        }
+        prop_assert_eq!(
+            fast.accuracy_m.map(f64::to_bits),
+            reference.accuracy_m.map(f64::to_bits)
+        );
+        prop_assert_eq!(fast.event_id, reference.event_id.as_deref());
+        prop_assert_eq!(fast.schema_version, reference.schema_version);
+        Ok(true)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Whatever the fast path accepts, serde accepts with the same values to the bit.
+        #[test]
+        fn agrees_with_serde_or_declines(payload in payload()) {
+            same_as_serde(&payload)?;
+        }
+
+        #[test]
+        fn takes_the_payloads_devices_send(payload in typical()) {
+            prop_assert!(same_as_serde(&payload)?, "declined {}", payload);
+        }
+    }
+
+    #[test]
+    fn declines_what_serde_must_word() {
+        for payload in [
+            r#"{"user_id":"u","lat":1,"lon":2,"ts":1764000000000,"lat":3}"#,
+            r#"{"user_id":"u","lat":1,"lon":2}"#,
+            r#"{"user_id":"u","lat":1e1,"lon":2,"ts":1764000000000}"#,
+            r#"{"user_id":"u\n","lat":1,"lon":2,"ts":1764000000000}"#,
+            r#"{"user_id":"u","lat":1,"lon":2,"ts":1764000000000} x"#,
+            r#"{"user_id":"u","lat":1,"lon":2,"ts":1764000000000,}"#,
+            r#"{"user_id":"u","lat":"1","lon":2,"ts":1764000000000}"#,
+        ] {
+            assert!(decode(payload.as_bytes()).is_none(), "{payload}");
+        }
+    }
+}
