@@ -842,32 +842,55 @@ mod swapping {
             &a,
             IndexOptions::default(),
         )));
-        let stop = Arc::new(AtomicBool::new(false));
-        let readers: Vec<_> = (0..2)
-            .map(|_| {
-                let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
-                std::thread::spawn(move || {
-                    let point = GeoPoint::new(0.5, 0.5).unwrap();
-                    let mut seen = std::collections::BTreeSet::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        let index = shared.load();
-                        let m = index.matches(point);
-                        assert_eq!(m.len(), 1, "a reader never sees a half-built index");
-                        seen.insert(index.fence(m[0].fence).id.clone());
-                    }
-                    seen
-                })
-            })
-            .collect();
+        let readers = Readers::start(&shared, |index: &FenceIndex, point, _| {
+            let m = index.matches(point);
+            assert_eq!(m.len(), 1, "a reader never sees a half-built index");
+            index.fence(m[0].fence).id.to_string()
+        });
         for i in 0..50 {
             let next = if i % 2 == 0 { &b } else { &a };
             shared.store(Arc::new(FenceIndex::build(next, IndexOptions::default())));
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        stop.store(true, Ordering::Relaxed);
-        for reader in readers {
-            let seen = reader.join().unwrap();
-            assert!(seen.contains("a") && seen.contains("b"), "{seen:?}");
+        readers.stop_and_check_both_seen();
+    }
+
+    /// Two threads matching (0.5, 0.5) against whatever `shared` holds until stopped; each records the
+    /// fence ids `read` returns.
+    struct Readers {
+        stop: Arc<AtomicBool>,
+        threads: Vec<std::thread::JoinHandle<std::collections::BTreeSet<String>>>,
+    }
+
+    impl Readers {
+        fn start<T: Send + Sync + 'static>(
+            shared: &Arc<arc_swap::ArcSwap<T>>,
+            read: fn(&T, GeoPoint, &mut Vec<geopromo::geofence::FenceMatch>) -> String,
+        ) -> Self {
+            let stop = Arc::new(AtomicBool::new(false));
+            let threads = (0..2)
+                .map(|_| {
+                    let (shared, stop) = (Arc::clone(shared), Arc::clone(&stop));
+                    std::thread::spawn(move || {
+                        let point = GeoPoint::new(0.5, 0.5).unwrap();
+                        let (mut seen, mut out) = (std::collections::BTreeSet::new(), Vec::new());
+                        while !stop.load(Ordering::Relaxed) {
+                            seen.insert(read(&shared.load(), point, &mut out));
+                        }
+                        seen
+                    })
+                })
+                .collect();
+            Self { stop, threads }
+        }
+
+        /// Both fences were seen by every reader: the swaps happened while they read.
+        fn stop_and_check_both_seen(self) {
+            self.stop.store(true, Ordering::Relaxed);
+            for reader in self.threads {
+                let seen = reader.join().unwrap();
+                assert!(seen.contains("a") && seen.contains("b"), "{seen:?}");
+            }
         }
     }
 
@@ -889,24 +912,11 @@ mod swapping {
             vec![a.clone()],
             IndexOptions::default(),
         )));
-        let stop = Arc::new(AtomicBool::new(false));
-        let readers: Vec<_> = (0..2)
-            .map(|_| {
-                let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
-                std::thread::spawn(move || {
-                    let point = GeoPoint::new(0.5, 0.5).unwrap();
-                    let mut seen = std::collections::BTreeSet::new();
-                    let mut out = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        let index = shared.load();
-                        index.match_point(point, &mut out);
-                        assert_eq!(out.len(), 1, "a reader never sees half a change");
-                        seen.insert(index.fence(out[0].fence).id.to_string());
-                    }
-                    seen
-                })
-            })
-            .collect();
+        let readers = Readers::start(&shared, |index: &LayeredIndex, point, out| {
+            index.match_point(point, out);
+            assert_eq!(out.len(), 1, "a reader never sees half a change");
+            index.fence(out[0].fence).id.to_string()
+        });
         for i in 0..200 {
             let (gone, added) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
             let next = shared.load().apply([
@@ -916,11 +926,7 @@ mod swapping {
             shared.store(Arc::new(next));
             std::thread::sleep(std::time::Duration::from_micros(500));
         }
-        stop.store(true, Ordering::Relaxed);
-        for reader in readers {
-            let seen = reader.join().unwrap();
-            assert!(seen.contains("a") && seen.contains("b"), "{seen:?}");
-        }
+        readers.stop_and_check_both_seen();
         assert_eq!(shared.load().len(), 1);
     }
 }
