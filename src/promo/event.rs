@@ -164,15 +164,15 @@ pub fn decode_gps_event<'a>(
     }
     let raw: RawGpsEvent<'a> = match fast_json::decode(payload) {
         Some(fields) => RawGpsEvent {
-            user_id: fast_json::borrowed(fields.user_id),
+            user_id: Cow::Borrowed(fields.user_id),
             lat: fields.lat,
             lon: fields.lon,
             ts: match fields.ts {
-                fast_json::Ts::Text(text) => RawTs::Text(fast_json::borrowed(text)),
+                fast_json::Ts::Text(text) => RawTs::Text(Cow::Borrowed(text)),
                 fast_json::Ts::Number(number) => RawTs::Number(number),
             },
             accuracy_m: fields.accuracy_m,
-            event_id: fields.event_id.map(fast_json::borrowed),
+            event_id: fields.event_id.map(Cow::Borrowed),
             schema_version: fields.schema_version,
         },
         None => serde_json::from_slice(payload).map_err(|err| match err.classify() {

@@ -7,10 +7,8 @@
 //! missing field, trailing bytes) takes that path. Why 15 digits: below 2^53 with a power of ten within
 //! ±22, serde_json's float parsing and Rust's are both exact, so the two paths agree to the bit.
 
-use std::borrow::Cow;
-
-/// A number's text, validated against JSON's grammar, without an exponent, and its digits as an integer
-/// with the count of fraction digits: `-12.345` is mantissa 12345, 3 fraction digits, negative.
+/// A number that passed JSON's grammar (without an exponent), as its digits read as an integer and the
+/// count of fraction digits: `-12.345` is mantissa 12345, 3 fraction digits, negative.
 struct Number {
     integer: bool,
     mantissa: u64,
@@ -108,9 +106,8 @@ impl<'a> Scanner<'a> {
 
     /// A JSON number without exponent and with at most 15 digits.
     fn number(&mut self) -> Option<Number> {
-        let start = self.at;
         let b = self.bytes;
-        let mut i = start;
+        let mut i = self.at;
         let negative = b.get(i) == Some(&b'-');
         if negative {
             i += 1;
@@ -271,11 +268,6 @@ pub(super) fn decode(payload: &[u8]) -> Option<Fields<'_>> {
         event_id,
         schema_version,
     })
-}
-
-/// Borrowed text as the `Cow` the event types hold.
-pub(super) fn borrowed(text: &str) -> Cow<'_, str> {
-    Cow::Borrowed(text)
 }
 
 #[cfg(test)]
