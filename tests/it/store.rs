@@ -153,6 +153,106 @@ async fn changes_since_a_version_rebuild_the_same_catalog() {
     }
 }
 
+/// A batch of changes big enough to need a compaction: the follower applies it at once, then swaps in a
+/// compacted index in the background; a change made after that applies on top of the new base.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_follower_applies_changes_and_compacts_in_the_background() {
+    use geopromo::app::{catalog_from_store, follow_catalog};
+    use geopromo::config::Settings;
+    use geopromo::geofence::GeoPoint;
+    use geopromo::promo::{EpochMs, SharedCatalog};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    for (store, _guard) in stores().await {
+        let mut settings = Settings::default();
+        settings.database.poll_interval_ms = 50;
+        let fences = parse_fences(FENCES.as_bytes(), &ParseOptions::default())
+            .unwrap()
+            .fences;
+        store.upsert_fences(&fences, 1000).await.unwrap();
+        let (initial, version) = catalog_from_store(&store, &settings).await.unwrap();
+        let catalog = Arc::new(SharedCatalog::from_pointee(initial));
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let metrics = geopromo::telemetry::PipelineMetrics::default();
+        let follower = tokio::spawn(follow_catalog(
+            store.clone(),
+            settings.clone(),
+            Arc::clone(&catalog),
+            version,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        let wait_for = |what: &'static str, done: &dyn Fn(&geopromo::promo::Catalog) -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if done(&catalog.load()) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: not within 30 s ({:?})",
+                    store.backend()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+
+        // 600 small squares in one change: over the overlay's bound of 512 fences.
+        let many: Vec<_> = (0..600)
+            .map(|i| {
+                let mut fence = fences[0].clone();
+                fence.id = format!("shop-{i}");
+                for ring in &mut fence.polygons[0].rings {
+                    for position in ring.iter_mut() {
+                        position[0] += 0.2 * f64::from(i % 30);
+                        position[1] += 0.2 * f64::from(i / 30);
+                    }
+                }
+                fence
+            })
+            .collect();
+        store.upsert_fences(&many, 2000).await.unwrap();
+        tokio::task::block_in_place(|| {
+            wait_for("the 600 fences applied", &|c| c.fence_counts().0 == 602);
+            wait_for("the overlay compacted away", &|c| {
+                c.index().overlay_size().0 == 0
+            });
+        });
+
+        let promotions =
+            parse_promotions(br#"{"promotions":[{"id":"shop","fences":["shop-599"]}]}"#).unwrap();
+        store.upsert_promotions(&promotions, 3000).await.unwrap();
+        assert!(store.delete_fence("islands").await.unwrap());
+        tokio::task::block_in_place(|| {
+            wait_for("the next changes on the new base", &|c| {
+                c.fence_counts() == (601, 1) && c.index().overlay_size().0 == 0
+            });
+        });
+        // shop-599 is square 0 moved 29 × 0.2° east and 19 × 0.2° north.
+        let inside = GeoPoint::new(-6.09 + 3.8, 106.01 + 5.8).unwrap();
+        let found = catalog.load().match_at(inside, EpochMs::from_millis(5000));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            (found[0].fence_id.as_str(), found[0].promotions.as_slice()),
+            ("shop-599", &["shop".to_owned()][..])
+        );
+        // Every swap was incremental or a compaction: nothing paid a full reload.
+        let exposed = geopromo::telemetry::encode_metrics(&metrics.registry());
+        assert!(
+            exposed.contains(r#"geopromo_catalog_updates_total{how="compacted"} 1"#),
+            "{exposed}"
+        );
+        assert!(
+            exposed.contains(r#"geopromo_catalog_updates_total{how="applied"}"#),
+            "{exposed}"
+        );
+        assert!(!exposed.contains(r#"how="reloaded""#), "{exposed}");
+        shutdown.cancel();
+        follower.await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn fences_list_by_cursor_and_name() {
     for (store, _guard) in stores().await {
