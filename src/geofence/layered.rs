@@ -52,6 +52,18 @@ pub struct LayeredIndex {
     removed_count: usize,
     overlay_fences: Vec<Fence>,
     overlay: FenceIndex,
+    /// Id → position among the overlay's fences (the rules look fences up by id on every exit).
+    overlay_positions: FxHashMap<Arc<str>, u32>,
+}
+
+/// Id → position in `index`, the first fence with an id winning.
+fn positions_of(index: &FenceIndex) -> FxHashMap<Arc<str>, u32> {
+    let mut positions = FxHashMap::default();
+    positions.reserve(index.fences().len());
+    for (i, info) in index.fences().iter().enumerate() {
+        positions.entry(info.id.clone()).or_insert(i as u32);
+    }
+    positions
 }
 
 impl LayeredIndex {
@@ -59,11 +71,8 @@ impl LayeredIndex {
     #[must_use]
     pub fn build(fences: Vec<Fence>, options: IndexOptions) -> Self {
         let index = FenceIndex::build(&fences, options);
-        let mut positions = FxHashMap::default();
-        positions.reserve(fences.len());
-        for (i, info) in index.fences().iter().enumerate() {
-            positions.entry(info.id.clone()).or_insert(i as u32);
-        }
+        let positions = positions_of(&index);
+        let overlay = FenceIndex::build(&[], options);
         Self {
             options,
             removed: vec![0; fences.len().div_ceil(64)],
@@ -74,7 +83,8 @@ impl LayeredIndex {
                 positions,
             }),
             overlay_fences: Vec::new(),
-            overlay: FenceIndex::build(&[], options),
+            overlay_positions: positions_of(&overlay),
+            overlay,
         }
     }
 
@@ -116,6 +126,7 @@ impl LayeredIndex {
             removed,
             removed_count,
             overlay_fences,
+            overlay_positions: positions_of(&overlay),
             overlay,
         }
     }
@@ -196,8 +207,8 @@ impl LayeredIndex {
     /// The position of the live fence with this id.
     #[must_use]
     pub fn position(&self, id: &str) -> Option<u32> {
-        if let Some(i) = self.overlay_fences.iter().position(|f| f.id == id) {
-            return Some((self.base.fences.len() + i) as u32);
+        if let Some(&i) = self.overlay_positions.get(id) {
+            return Some(self.base.fences.len() as u32 + i);
         }
         let &p = self.base.positions.get(id)?;
         (!self.is_removed(p)).then_some(p)

@@ -215,23 +215,23 @@ impl Catalog {
         self.index.match_point(point, &mut found);
         found
             .iter()
-            .filter(|m| m.inside || m.distance_m <= self.index.fence(m.fence).tolerance_m)
-            .map(|m| {
+            .filter_map(|m| {
                 let fence = self.index.fence(m.fence);
-                PointMatch {
-                    fence_id: fence.id.to_string(),
-                    fence_name: fence.name.to_string(),
-                    inside: m.inside,
-                    distance_m: reported_distance_m(m.distance_m),
-                    promotions: self
-                        .promotions_of(m.fence)
-                        .iter()
-                        .map(|&p| &self.promotions[p as usize])
-                        .filter(|p| p.is_valid_at(at))
-                        .map(|p| p.id.to_string())
-                        .collect(),
-                    nearest: None,
-                }
+                (m.inside || m.distance_m <= fence.tolerance_m).then_some((m, fence))
+            })
+            .map(|(m, fence)| PointMatch {
+                fence_id: fence.id.to_string(),
+                fence_name: fence.name.to_string(),
+                inside: m.inside,
+                distance_m: reported_distance_m(m.distance_m),
+                promotions: self
+                    .promotions_of(m.fence)
+                    .iter()
+                    .map(|&p| &self.promotions[p as usize])
+                    .filter(|p| p.is_valid_at(at))
+                    .map(|p| p.id.to_string())
+                    .collect(),
+                nearest: None,
             })
             .collect()
     }
