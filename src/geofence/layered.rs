@@ -151,10 +151,6 @@ impl LayeredIndex {
         (self.overlay_fences.len(), self.overlay.stats().vertices)
     }
 
-    pub fn options(&self) -> IndexOptions {
-        self.options
-    }
-
     /// Live fences: base fences not replaced or deleted, in base order, then the overlay's.
     pub fn live_fences(&self) -> impl Iterator<Item = &Fence> + '_ {
         self.base
@@ -175,12 +171,6 @@ impl LayeredIndex {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Positions run from 0 to this (exclusive); some name removed base fences.
-    #[must_use]
-    pub fn positions(&self) -> u32 {
-        (self.base.fences.len() + self.overlay_fences.len()) as u32
     }
 
     /// The live fence at `position`, if that position holds one.
