@@ -1,8 +1,14 @@
 //! `geopromo match`: points in (CSV with a header, NDJSON points or GeoJSON `Point` features, one per line
-//! or as one FeatureCollection), one NDJSON line of matches out per point, in input order. Input is read in blocks; each block is split into chunks that are parsed, matched and
-//! formatted on all cores, then written in order.
+//! or as one FeatureCollection), one NDJSON line of matches out per point, in input order.
+//!
+//! Three stages overlap: the calling thread reads block N+1 and writes the output of block N−1 while a
+//! worker has block N parsed, matched and formatted on all cores (in chunks split at line ends, each told
+//! its first line number by a parallel newline count). The common CSV row (no quotes) is parsed in place
+//! and its id escaped straight into the output; anything else takes the general path, which words the
+//! errors.
 
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Read, Write};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
@@ -11,7 +17,9 @@ use crate::geofence::{FenceIndex, FenceMatch, GeoPoint, Strategy};
 
 /// Bytes read per block: large enough to keep both cores busy, small enough to stream.
 const BLOCK_BYTES: usize = 4 << 20;
-/// Lines per parallel chunk.
+/// Bytes per parallel chunk (cut at a line end).
+const CHUNK_BYTES: usize = 128 << 10;
+/// GeoJSON features per parallel chunk.
 const CHUNK_LINES: usize = 4096;
 
 /// Column names people give latitudes and longitudes (matched case-insensitively).
@@ -319,6 +327,100 @@ fn parse_row(
     }
 }
 
+/// A point's id as it goes into the output.
+#[derive(Debug, Clone, Copy)]
+pub enum RowId<'a> {
+    /// Already JSON (a string with its quotes, or a number).
+    Json(&'a str),
+    /// Text to write as a JSON string.
+    Text(&'a str),
+    /// No id given: the point's line number.
+    Line(u64),
+}
+
+impl RowId<'_> {
+    fn write_json(self, out: &mut Vec<u8>) {
+        match self {
+            Self::Json(json) => out.extend_from_slice(json.as_bytes()),
+            Self::Text(text) => {
+                // JSON escapes only quotes, backslashes and control characters: ids seldom hold any.
+                if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+                    out.push(b'"');
+                    out.extend_from_slice(text.as_bytes());
+                    out.push(b'"');
+                } else {
+                    // Writing a str into a Vec cannot fail.
+                    let _ = serde_json::to_writer(&mut *out, text);
+                }
+            }
+            Self::Line(line) => write_u64(out, line),
+        }
+    }
+}
+
+fn write_u64(out: &mut Vec<u8>, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Metres rounded to the decimetre, written as `f64`'s `Display` writes that rounded value ("12" or
+/// "12.3"), through integers: float formatting was a visible share of the batch profile.
+fn write_decimetres(out: &mut Vec<u8>, metres: f64) {
+    let decimetres = (metres * 10.0).round();
+    if (0.0..1e15).contains(&decimetres) {
+        let decimetres = decimetres as u64;
+        write_u64(out, decimetres / 10);
+        if decimetres % 10 != 0 {
+            out.push(b'.');
+            out.push(b'0' + (decimetres % 10) as u8);
+        }
+    } else {
+        let _ = write!(out, "{}", decimetres / 10.0);
+    }
+}
+
+/// The common CSV row, parsed in place: no quotes, every wanted field present and valid. `None` sends
+/// the row to the general path ([`parse_row`]), which also words what is wrong with it.
+fn fast_csv_row(
+    line: &str,
+    id: Option<usize>,
+    lat: usize,
+    lon: usize,
+) -> Option<(Option<&str>, GeoPoint)> {
+    if line.as_bytes().contains(&b'"') {
+        return None;
+    }
+    let last = lat.max(lon).max(id.unwrap_or(0));
+    let (mut id_field, mut lat_field, mut lon_field) = (None, None, None);
+    for (i, field) in line.split(',').enumerate().take(last + 1) {
+        if Some(i) == id {
+            id_field = Some(field.trim());
+        }
+        if i == lat {
+            lat_field = Some(field);
+        }
+        if i == lon {
+            lon_field = Some(field);
+        }
+    }
+    let parse = |field: Option<&str>| field?.trim().parse::<f64>().ok();
+    let point = GeoPoint::new(parse(lat_field)?, parse(lon_field)?).ok()?;
+    match (id, id_field) {
+        (None, _) => Some((None, point)),
+        (Some(_), Some(id)) if !id.is_empty() => Some((Some(id), point)),
+        _ => None,
+    }
+}
+
 /// Per-fence JSON fragments (`{"fence":"id","name":"name",`), escaped once per index rather than per match.
 pub struct MatchWriter<'a> {
     index: &'a FenceIndex,
@@ -348,9 +450,9 @@ impl<'a> MatchWriter<'a> {
     }
 
     /// Appends one output line for a point.
-    pub fn write_line(&self, out: &mut Vec<u8>, id_json: &str, matches: &[FenceMatch]) {
+    pub fn write_line(&self, out: &mut Vec<u8>, id: RowId<'_>, matches: &[FenceMatch]) {
         out.extend_from_slice(b"{\"id\":");
-        out.extend_from_slice(id_json.as_bytes());
+        id.write_json(out);
         out.extend_from_slice(b",\"matches\":[");
         for (i, m) in matches.iter().enumerate() {
             if i > 0 {
@@ -360,11 +462,34 @@ impl<'a> MatchWriter<'a> {
             if m.inside {
                 out.extend_from_slice(b"\"inside\":true,\"distance_m\":0}");
             } else {
-                let decimetres = (m.distance_m * 10.0).round() / 10.0;
-                let _ = write!(out, "\"inside\":false,\"distance_m\":{decimetres}}}");
+                out.extend_from_slice(b"\"inside\":false,\"distance_m\":");
+                write_decimetres(out, m.distance_m);
+                out.push(b'}');
             }
         }
         out.extend_from_slice(b"]}\n");
+    }
+
+    /// Matches many points through the configured strategy: point `i`'s matches are
+    /// `out[ends[i - 1]..ends[i]]`. The raster matches them as a batch ([`FenceIndex::match_batch`]).
+    pub fn match_points(
+        &self,
+        points: &[GeoPoint],
+        out: &mut Vec<FenceMatch>,
+        ends: &mut Vec<usize>,
+    ) {
+        if self.strategy == Strategy::Raster {
+            self.index.match_batch(points, out, ends);
+            return;
+        }
+        out.clear();
+        ends.clear();
+        let mut one = Vec::new();
+        for &point in points {
+            self.index.match_with(self.strategy, point, &mut one);
+            out.extend_from_slice(&one);
+            ends.push(out.len());
+        }
     }
 
     /// Matches one point through the configured strategy.
@@ -380,20 +505,61 @@ struct ChunkResult {
     matched: u64,
 }
 
+/// A point's id until its line is written.
+enum PendingId<'a> {
+    Text(&'a str),
+    Line(u64),
+    Json(String),
+}
+
+/// Parses, matches and formats the lines of one chunk; `first_line` is the line number of its first.
+/// The chunk's points are matched together ([`MatchWriter::match_points`]), then written in order.
 fn process_chunk(
     writer: &MatchWriter<'_>,
-    lines: &[(u64, &str)],
+    text: &str,
+    first_line: u64,
     format: &PointFormat,
     names: &ColumnNames,
 ) -> ChunkResult {
-    let mut result = ChunkResult::with_capacity(lines.len());
-    let mut matches = Vec::new();
-    for &(line_no, line) in lines {
+    let mut result = ChunkResult::with_capacity(text.len() / 24);
+    let rows = text.len() / 24 + 1;
+    let (mut ids, mut points) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
+    for (line_no, raw) in (first_line..).zip(text.split_terminator('\n')) {
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
         if line.trim().is_empty() {
             continue;
         }
-        let row = parse_row(line, line_no, format, names);
-        result.add(writer, &mut matches, row, RowAt::Line(line_no));
+        if let PointFormat::Csv { id, lat, lon } = *format {
+            if let Some((id, point)) = fast_csv_row(line, id, lat, lon) {
+                ids.push(id.map_or(PendingId::Line(line_no), PendingId::Text));
+                points.push(point);
+                continue;
+            }
+        }
+        match parse_row(line, line_no, format, names) {
+            Ok(row) => {
+                ids.push(PendingId::Json(row.id_json));
+                points.push(row.point);
+            }
+            Err(reason) => result.bad.push(BadRow {
+                at: RowAt::Line(line_no),
+                reason,
+            }),
+        }
+    }
+    let (mut matches, mut ends) = (Vec::new(), Vec::new());
+    writer.match_points(&points, &mut matches, &mut ends);
+    let mut from = 0;
+    for (id, &to) in ids.iter().zip(&ends) {
+        let id = match id {
+            PendingId::Text(text) => RowId::Text(text),
+            PendingId::Line(line) => RowId::Line(*line),
+            PendingId::Json(json) => RowId::Json(json),
+        };
+        result.points += 1;
+        result.matched += u64::from(to > from);
+        writer.write_line(&mut result.output, id, &matches[from..to]);
+        from = to;
     }
     result
 }
@@ -416,14 +582,22 @@ impl ChunkResult {
         at: RowAt,
     ) {
         match row {
-            Ok(row) => {
-                writer.match_point(row.point, matches);
-                self.points += 1;
-                self.matched += u64::from(!matches.is_empty());
-                writer.write_line(&mut self.output, &row.id_json, matches);
-            }
+            Ok(row) => self.add_point(writer, matches, RowId::Json(&row.id_json), row.point),
             Err(reason) => self.bad.push(BadRow { at, reason }),
         }
+    }
+
+    fn add_point(
+        &mut self,
+        writer: &MatchWriter<'_>,
+        matches: &mut Vec<FenceMatch>,
+        id: RowId<'_>,
+        point: GeoPoint,
+    ) {
+        writer.match_point(point, matches);
+        self.points += 1;
+        self.matched += u64::from(!matches.is_empty());
+        writer.write_line(&mut self.output, id, matches);
     }
 }
 
@@ -477,77 +651,242 @@ pub fn run_batch(
 ) -> Result<BatchSummary, BatchError> {
     let started = Instant::now();
     let writer = MatchWriter::new(index, strategy);
-    let mut reader = io::BufReader::with_capacity(1 << 16, input);
+    let mut blocks = BlockReader::new(input);
     let mut summary = BatchSummary::default();
-    let mut format: Option<PointFormat> = None;
-    let mut line_no: u64 = 0;
-    let mut carry: Vec<u8> = Vec::new();
-    let mut block: Vec<u8> = Vec::with_capacity(BLOCK_BYTES + (1 << 16));
-    loop {
-        block.clear();
-        block.append(&mut carry);
-        let mut eof = false;
-        while block.len() < BLOCK_BYTES {
-            let buf = reader.fill_buf().map_err(BatchError::Read)?;
-            if buf.is_empty() {
-                eof = true;
-                break;
+    // The format comes from the first non-blank line; the points start after a CSV header, or at it.
+    let mut lines_before = 0u64;
+    let (format, first, start) = loop {
+        let Some(block) = blocks.next_block()? else {
+            summary.elapsed = started.elapsed();
+            return Ok(summary);
+        };
+        match first_content_line(&block) {
+            None => lines_before += count_lines(&block),
+            Some(found) => {
+                let text = String::from_utf8_lossy(&block[found.start..found.end]);
+                let format = PointFormat::detect(&text, names)?;
+                lines_before += found.lines_before;
+                break (format, block, found);
             }
-            let n = buf.len();
-            block.extend_from_slice(buf);
-            reader.consume(n);
         }
-        if !eof {
-            // Keep the partial last line for the next block.
-            let cut = block.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-            carry.extend_from_slice(&block[cut..]);
-            block.truncate(cut);
-        }
-        let text = String::from_utf8_lossy(&block);
-        let mut lines: Vec<(u64, &str)> = Vec::new();
-        for raw in text.split_terminator('\n') {
-            line_no += 1;
-            let line = raw.strip_suffix('\r').unwrap_or(raw);
-            if format.is_none() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let detected = PointFormat::detect(line, names)?;
-                let is_header = matches!(detected, PointFormat::Csv { .. });
-                let is_document = detected == PointFormat::GeoJson;
-                format = Some(detected);
-                if is_document {
-                    break;
-                }
-                if is_header {
-                    continue;
-                }
-            }
-            lines.push((line_no, line));
-        }
-        if format == Some(PointFormat::GeoJson) {
-            // The first line opened a multi-line document: read it whole from the block's start.
-            drop(text);
-            block.append(&mut carry);
-            reader.read_to_end(&mut block).map_err(BatchError::Read)?;
-            let results = process_document(&writer, &block, names)?;
-            summary.add(results, &mut output)?;
-            break;
-        }
-        if let Some(format) = &format {
-            let results: Vec<ChunkResult> = lines
-                .par_chunks(CHUNK_LINES)
-                .map(|chunk| process_chunk(&writer, chunk, format, names))
-                .collect();
-            summary.add(results, &mut output)?;
-        }
-        if eof && carry.is_empty() {
-            break;
-        }
+    };
+    if format == PointFormat::GeoJson {
+        // The first line opened one multi-line document: read it whole.
+        let mut document = first;
+        document.drain(..start.start);
+        blocks.read_rest(&mut document)?;
+        let results = process_document(&writer, &document, names)?;
+        summary.add(results, &mut output)?;
+    } else {
+        let (skip, first_line) = match format {
+            PointFormat::Csv { .. } => (start.next, lines_before + 2),
+            _ => (start.start, lines_before + 1),
+        };
+        pipeline(
+            &writer,
+            &format,
+            names,
+            &mut blocks,
+            (first, skip, first_line),
+            |results| summary.add(results, &mut output),
+        )?;
     }
     output.flush().map_err(BatchError::Write)?;
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// Reads blocks on this thread, processes each on a worker (which fans out to all cores) and hands the
+/// results to `write` in input order, with at most two blocks in flight behind the one being read.
+fn pipeline<R: Read>(
+    writer: &MatchWriter<'_>,
+    format: &PointFormat,
+    names: &ColumnNames,
+    blocks: &mut BlockReader<R>,
+    (first, skip, first_line): (Vec<u8>, usize, u64),
+    mut write: impl FnMut(Vec<ChunkResult>) -> Result<(), BatchError>,
+) -> Result<(), BatchError> {
+    let (block_tx, block_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(1);
+    let (result_tx, result_rx) = mpsc::channel::<Vec<ChunkResult>>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut line = first_line;
+            for (block, skip) in block_rx {
+                let (results, lines) = process_block(writer, &block[skip..], line, format, names);
+                line += lines;
+                if result_tx.send(results).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut in_flight = 0usize;
+        let mut next = Some((first, skip));
+        while let Some(block) = next {
+            // A send fails only when the worker is gone, and then the results below tell why.
+            if block_tx.send(block).is_err() {
+                break;
+            }
+            in_flight += 1;
+            next = blocks.next_block()?.map(|block| (block, 0));
+            if in_flight >= 2 {
+                in_flight -= 1;
+                write(result_rx.recv().map_err(|_| worker_gone())?)?;
+            }
+        }
+        drop(block_tx);
+        for _ in 0..in_flight {
+            write(result_rx.recv().map_err(|_| worker_gone())?)?;
+        }
+        Ok(())
+    })
+}
+
+fn worker_gone() -> BatchError {
+    BatchError::Read(io::Error::other("the matching worker stopped"))
+}
+
+/// Splits a block into chunks at line ends, counts their lines in parallel (so each knows its first
+/// line number), then parses, matches and formats them in parallel. Returns the results in order and
+/// the number of lines in the block.
+fn process_block(
+    writer: &MatchWriter<'_>,
+    block: &[u8],
+    first_line: u64,
+    format: &PointFormat,
+    names: &ColumnNames,
+) -> (Vec<ChunkResult>, u64) {
+    let mut chunks = Vec::with_capacity(block.len() / CHUNK_BYTES + 1);
+    let mut rest = block;
+    while !rest.is_empty() {
+        let cut = if rest.len() <= CHUNK_BYTES {
+            rest.len()
+        } else {
+            rest[CHUNK_BYTES..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(rest.len(), |i| CHUNK_BYTES + i + 1)
+        };
+        let (chunk, tail) = rest.split_at(cut);
+        chunks.push(chunk);
+        rest = tail;
+    }
+    let lines: Vec<u64> = chunks.par_iter().map(|chunk| count_lines(chunk)).collect();
+    let mut starts = Vec::with_capacity(chunks.len());
+    let mut line = first_line;
+    for n in lines {
+        starts.push(line);
+        line += n;
+    }
+    let results = chunks
+        .par_iter()
+        .zip(starts)
+        .map(|(chunk, start)| {
+            // Chunks end at line ends, so no character is split between two of them.
+            let text = String::from_utf8_lossy(chunk);
+            process_chunk(writer, &text, start, format, names)
+        })
+        .collect();
+    (results, line - first_line)
+}
+
+fn count_lines(bytes: &[u8]) -> u64 {
+    bytes.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
+/// Where the first non-blank line of a block is.
+struct FirstLine {
+    /// Its first byte, and the end of its text (without the line end).
+    start: usize,
+    end: usize,
+    /// The first byte after its line end.
+    next: usize,
+    /// Lines before it in the block.
+    lines_before: u64,
+}
+
+fn first_content_line(block: &[u8]) -> Option<FirstLine> {
+    let mut start = 0;
+    let mut lines_before = 0;
+    while start < block.len() {
+        let (end, next) = match block[start..].iter().position(|&b| b == b'\n') {
+            Some(i) => (start + i, start + i + 1),
+            None => (block.len(), block.len()),
+        };
+        if !String::from_utf8_lossy(&block[start..end])
+            .trim()
+            .is_empty()
+        {
+            return Some(FirstLine {
+                start,
+                end,
+                next,
+                lines_before,
+            });
+        }
+        lines_before += 1;
+        start = next;
+    }
+    None
+}
+
+/// Reads the input in blocks of whole lines.
+struct BlockReader<R> {
+    reader: R,
+    carry: Vec<u8>,
+    eof: bool,
+}
+
+impl<R: Read> BlockReader<R> {
+    fn new(reader: R) -> Self {
+        Self {
+            reader,
+            carry: Vec::new(),
+            eof: false,
+        }
+    }
+
+    /// The next block: about [`BLOCK_BYTES`] ending at a line end (longer when one line is longer), or
+    /// whatever is left at the end of the input.
+    fn next_block(&mut self) -> Result<Option<Vec<u8>>, BatchError> {
+        let mut block = Vec::with_capacity(BLOCK_BYTES + (64 << 10));
+        block.append(&mut self.carry);
+        let mut want = BLOCK_BYTES;
+        let mut searched = 0;
+        loop {
+            while !self.eof && block.len() < want {
+                let limit = (want - block.len()) as u64;
+                let read = (&mut self.reader)
+                    .take(limit)
+                    .read_to_end(&mut block)
+                    .map_err(BatchError::Read)?;
+                self.eof = read == 0;
+            }
+            if self.eof {
+                break;
+            }
+            match block[searched..].iter().rposition(|&b| b == b'\n') {
+                Some(i) => {
+                    let cut = searched + i + 1;
+                    self.carry.extend_from_slice(&block[cut..]);
+                    block.truncate(cut);
+                    break;
+                }
+                None => {
+                    // One line longer than a block: read on until it ends.
+                    searched = block.len();
+                    want += BLOCK_BYTES;
+                }
+            }
+        }
+        Ok((!block.is_empty()).then_some(block))
+    }
+
+    /// Appends everything left, the carried partial line first.
+    fn read_rest(&mut self, into: &mut Vec<u8>) -> Result<(), BatchError> {
+        into.append(&mut self.carry);
+        self.reader.read_to_end(into).map_err(BatchError::Read)?;
+        Ok(())
+    }
 }
 
 impl BatchSummary {
@@ -644,6 +983,93 @@ mod tests {
         .unwrap();
         assert_eq!(row.id_json, "\"u\"");
         assert_eq!((row.point.lat(), row.point.lon()), (1.0, 2.0));
+    }
+
+    fn cities() -> FenceIndex {
+        let bytes = include_bytes!("../geodata/cities.geojson");
+        let fences =
+            crate::geofence::parse_fences(bytes, &crate::geofence::ParseOptions::default())
+                .unwrap()
+                .fences;
+        FenceIndex::build(&fences, crate::geofence::IndexOptions::default())
+    }
+
+    fn run(input: &[u8]) -> (BatchSummary, Vec<serde_json::Value>) {
+        let mut out = Vec::new();
+        let summary = run_batch(&cities(), Strategy::Raster, &usual(), input, &mut out).unwrap();
+        let lines = out
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        (summary, lines)
+    }
+
+    #[test]
+    fn input_over_many_blocks_keeps_order_and_line_numbers() {
+        // Blank lines before the header count; about 3 blocks of points; one bad row near the end.
+        let mut input = b"\n\nlat,lon\n".to_vec();
+        let rows = 3 * BLOCK_BYTES / 12;
+        for i in 0..rows {
+            let lat = if i % 2 == 0 { "-6.2000" } else { "-50.000" };
+            input.extend_from_slice(format!("{lat},106.8\n").as_bytes());
+        }
+        input.extend_from_slice(b"x,1\n-6.2,106.8");
+        let (summary, lines) = run(&input);
+        assert_eq!(summary.points, rows as u64 + 1);
+        assert_eq!(lines.len(), rows + 1);
+        // The first point is on line 4; points are named by their line and come out in input order.
+        assert_eq!(lines[0]["id"], 4);
+        assert_eq!(lines[0]["matches"][0]["fence"], "jakarta");
+        assert_eq!(lines[1]["matches"], serde_json::json!([]));
+        assert_eq!(lines[rows - 1]["id"], rows as u64 + 3);
+        assert_eq!(lines[rows]["id"], rows as u64 + 5);
+        assert_eq!(
+            summary.bad_rows,
+            vec![BadRow {
+                at: RowAt::Line(rows as u64 + 4),
+                reason: "lat \"x\" is not a number".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_line_longer_than_a_block_is_read_whole() {
+        let long_id = "a".repeat(BLOCK_BYTES + 10);
+        let input = format!("id,lat,lon\n{long_id},-6.2,106.8\nshort,-6.2,106.8\n");
+        let (summary, lines) = run(input.as_bytes());
+        assert_eq!(summary.points, 2);
+        assert_eq!(lines[0]["id"], long_id.as_str());
+        assert_eq!(lines[1]["id"], "short");
+    }
+
+    #[test]
+    fn ids_that_need_escaping_are_escaped() {
+        let (_, lines) =
+            run("id,lat,lon\ntab\there,-6.2,106.8\nback\\slash,-6.2,106.8\n".as_bytes());
+        assert_eq!(lines[0]["id"], "tab\there");
+        assert_eq!(lines[1]["id"], "back\\slash");
+    }
+
+    #[test]
+    fn distances_are_written_as_display_writes_the_rounded_value() {
+        for metres in [
+            0.0,
+            0.04,
+            0.05,
+            0.96,
+            1.0,
+            12.34,
+            818.149,
+            999.95,
+            123_456.789,
+            1e16,
+        ] {
+            let mut out = Vec::new();
+            write_decimetres(&mut out, metres);
+            let expected = ((metres * 10.0_f64).round() / 10.0).to_string();
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "{metres}");
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ use super::fence::Fence;
 use super::metric::{degrees_spanned, LocalMetric};
 use super::part::PreparedPart;
 use super::point::GeoPoint;
-use super::raster::{rasterize_part, PartRaster, Raster, RasterGrid};
+use super::raster::{rasterize_part, CellLookup, PartRaster, Raster, RasterGrid};
 
 /// A point this close to a boundary (metres) counts as on it, and boundaries belong to their fence.
 pub const ON_BOUNDARY_M: f64 = 0.001;
@@ -162,6 +162,10 @@ struct H3Table {
     levels_below: FxHashMap<CellIndex, u16>,
     table: FxHashMap<CellIndex, u32>,
 }
+
+/// Points per group in [`FenceIndex::match_batch`]: enough independent loads to keep the memory system
+/// busy, few enough for the group's lookups to stay in registers and L1.
+const BATCH_GROUP: usize = 16;
 
 /// Deduplicates cell entries: most cells share one of a few thousand combinations. Keyed by the entry
 /// flattened into one slice (`[inside count, inside..., boundary...]`) so that lookups borrow instead of
@@ -351,6 +355,53 @@ impl FenceIndex {
     pub fn match_point(&self, point: GeoPoint, out: &mut Vec<FenceMatch>) {
         out.clear();
         self.collect_raster(point, out, 0);
+    }
+
+    /// The matches of many points, each exactly as [`Self::match_point`] gives it: appended to `out`, point
+    /// `i`'s in `out[ends[i - 1]..ends[i]]` (from 0 for the first). Faster than one by one on points spread
+    /// wide, whose raster lookups miss the cache: the lookups of a group of points go one array level at a
+    /// time across the group, so their misses overlap instead of following each other.
+    pub fn match_batch(
+        &self,
+        points: &[GeoPoint],
+        out: &mut Vec<FenceMatch>,
+        ends: &mut Vec<usize>,
+    ) {
+        out.clear();
+        ends.clear();
+        let mut lookups = [CellLookup::default(); BATCH_GROUP];
+        for group in points.chunks(BATCH_GROUP) {
+            let lookups = &mut lookups[..group.len()];
+            for (lookup, point) in lookups.iter_mut().zip(group) {
+                *lookup = self.raster.lookup_tile(point.lat(), point.lon());
+            }
+            for lookup in lookups.iter_mut() {
+                self.raster.descend(lookup);
+            }
+            for lookup in lookups.iter_mut() {
+                self.raster.descend(lookup);
+            }
+            // Bring the group's entries and their first part into cache together as well.
+            let mut touched = 0u32;
+            for lookup in lookups.iter() {
+                let entry = &self.entries[lookup.value as usize];
+                touched ^= entry.inside.first().copied().unwrap_or(0);
+                if let Some(&part) = entry.boundary.first() {
+                    touched ^= self.parts[part as usize].fence;
+                }
+            }
+            std::hint::black_box(touched);
+            for (lookup, &point) in lookups.iter().zip(group) {
+                if lookup.value != 0 {
+                    let start = out.len();
+                    self.resolve_entry(&self.entries[lookup.value as usize], point, out, 0);
+                    if out.len() - start > 1 {
+                        out[start..].sort_unstable_by_key(|m| m.fence);
+                    }
+                }
+                ends.push(out.len());
+            }
+        }
     }
 
     /// Appends the matches of `point` through `strategy` to `out`, with fence positions shifted by

@@ -260,6 +260,18 @@ pub(crate) fn rasterize_part(
     out
 }
 
+/// A cell lookup taken one array at a time (tile, block, cell), so that a batch of points can have the
+/// loads of many in flight at once instead of waiting out each point's chain of three misses in turn.
+/// `value` is an entry once no dense bit is left in it (cells never carry one).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CellLookup {
+    cx: u32,
+    cy: u32,
+    pub(crate) value: u32,
+    /// `value` is a tile's (the next step reads a block), not a block's (the next reads a cell).
+    in_tile: bool,
+}
+
 /// The built raster: tile → entry (uniform tile) or block array; block → entry (uniform block) or cell
 /// array.
 #[derive(Debug)]
@@ -410,26 +422,48 @@ impl Raster {
     /// The entry of the cell holding (lat, lon); 0 when no fence is near.
     #[inline]
     pub(crate) fn entry_at(&self, lat: f64, lon: f64) -> u32 {
+        let mut lookup = self.lookup_tile(lat, lon);
+        self.descend(&mut lookup);
+        self.descend(&mut lookup);
+        lookup.value
+    }
+
+    /// The first step of a lookup: the point's tile. [`Self::descend`] twice finishes it.
+    #[inline]
+    pub(crate) fn lookup_tile(&self, lat: f64, lon: f64) -> CellLookup {
         let n = self.n;
         let gx = (((lon + 180.0) * self.inv_step) as usize).min(TILES_X * n - 1);
         let gy = (((lat + 90.0) * self.inv_step) as usize).min(TILES_Y * n - 1);
         let (tx, cx) = (gx / n, gx % n);
         let (ty, cy) = (gy / n, gy % n);
-        let tile = self.tiles[ty * TILES_X + tx];
-        if tile & DENSE_BIT == 0 {
-            return tile;
+        CellLookup {
+            cx: cx as u32,
+            cy: cy as u32,
+            value: self.tiles[ty * TILES_X + tx],
+            in_tile: true,
         }
+    }
+
+    /// One level down, when the value found so far is a dense tile or block: one load.
+    #[inline]
+    pub(crate) fn descend(&self, lookup: &mut CellLookup) {
+        let value = lookup.value;
+        if value & DENSE_BIT == 0 {
+            return;
+        }
+        let (cx, cy) = (lookup.cx as usize, lookup.cy as usize);
         let shift = self.shift;
-        let block = self.blocks[(tile & !DENSE_BIT) as usize * self.m * self.m
-            + (cy >> shift) * self.m
-            + (cx >> shift)];
-        if block & DENSE_BIT == 0 {
-            return block;
+        if lookup.in_tile {
+            lookup.value = self.blocks[(value & !DENSE_BIT) as usize * self.m * self.m
+                + (cy >> shift) * self.m
+                + (cx >> shift)];
+            lookup.in_tile = false;
+        } else {
+            let mask = (1 << shift) - 1;
+            lookup.value = self.cells[(((value & !DENSE_BIT) as usize) << (2 * shift))
+                + ((cy & mask) << shift)
+                + (cx & mask)];
         }
-        let mask = (1 << shift) - 1;
-        self.cells[(((block & !DENSE_BIT) as usize) << (2 * shift))
-            + ((cy & mask) << shift)
-            + (cx & mask)]
     }
 
     pub(crate) fn dense_blocks(&self) -> usize {

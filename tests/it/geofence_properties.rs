@@ -123,12 +123,17 @@ proptest! {
         let (mut expected, mut actual) = (Vec::new(), Vec::new());
         let probes = probe_points(&fences, &jitter);
         prop_assert!(probes.len() >= 3);
-        for point in probes {
+        let (mut batch, mut ends) = (Vec::new(), Vec::new());
+        index.match_batch(&probes, &mut batch, &mut ends);
+        prop_assert_eq!(ends.len(), probes.len());
+        for (i, &point) in probes.iter().enumerate() {
             index.match_point_brute_force(point, &mut expected);
             for strategy in [Lookup::Raster, Lookup::H3, Lookup::RTree] {
                 index.match_with(strategy, point, &mut actual);
                 prop_assert_eq!(&actual, &expected, "{:?} at {}", strategy, point);
             }
+            let from = if i == 0 { 0 } else { ends[i - 1] };
+            prop_assert_eq!(&batch[from..ends[i]], &expected[..], "batch at {}", point);
         }
     }
 
