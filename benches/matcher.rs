@@ -60,6 +60,14 @@ fn strategies(c: &mut Criterion, group_name: &str, fences: &[Fence], points: &[G
             b.iter(|| match_all(black_box(&index), pts, Strategy::Raster))
         });
         if cells == 64 {
+            // The whole batch at once (`match_batch`): the raster lookups of 16 points interleaved.
+            group.bench_with_input(BenchmarkId::new("raster_batch", cells), points, |b, pts| {
+                let (mut out, mut ends) = (Vec::new(), Vec::new());
+                b.iter(|| {
+                    black_box(&index).match_batch(pts, &mut out, &mut ends);
+                    out.len()
+                })
+            });
             group.bench_with_input(BenchmarkId::new("rtree", "exact"), points, |b, pts| {
                 b.iter(|| match_all(black_box(&index), pts, Strategy::RTree))
             });

@@ -6,12 +6,18 @@
 //!
 //! ```text
 //! cargo bench --bench pipeline -- throughput [EVENTS] [USERS]     # default 10_000_000 100_000
+//! cargo bench --bench pipeline -- backlog [EVENTS] [USERS]        # default 300_000 100_000
 //! cargo bench --bench pipeline -- latency [RATE] [SECONDS]        # default 100_000 20
 //! cargo bench --bench pipeline -- memory [USERS]                  # default 1_000_000
 //! ```
 //!
 //! `TRACE_RATIO=0.01` (or `1`) turns tracing on with that sampling ratio, exporting over OTLP/HTTP to a
 //! sink inside the benchmark that accepts and discards every export: the cost of tracing, measured.
+//!
+//! `throughput` produces while the processor consumes, so the benchmark's own producer and the broker
+//! share the two cores with the processor. `backlog` produces everything first (untimed) and then times
+//! the processor draining it: what the node running the processor does when its broker is elsewhere
+//! (the in-process broker still serves the fetches and takes the outputs on the same cores).
 //!
 //! The mock cluster keeps only a bounded tail of each partition, so the producer is held at most
 //! `MAX_AHEAD` events in front of the processor (it produces while the processor consumes).
@@ -54,8 +60,9 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("latency") => latency(number(1, 100_000), number(2, 20)),
         Some("memory") => memory(number(1, 1_000_000) as usize),
+        Some("backlog") => backlog(number(1, 300_000), number(2, 100_000) as usize),
         Some("throughput") | None => throughput(number(1, 10_000_000), number(2, 100_000) as usize),
-        Some(other) => eprintln!("unknown mode {other}: throughput | latency | memory"),
+        Some(other) => eprintln!("unknown mode {other}: throughput | backlog | latency | memory"),
     }
 }
 
@@ -138,6 +145,10 @@ struct Pipeline {
 fn start_pipeline() -> Pipeline {
     let settings = settings();
     let broker = EmbeddedBroker::start(&settings.kafka, 1).unwrap();
+    start_processor(settings, broker)
+}
+
+fn start_processor(settings: Settings, broker: EmbeddedBroker) -> Pipeline {
     let brokers = broker.bootstrap_servers().to_owned();
     let catalog = Arc::new(SharedCatalog::from_pointee(
         geopromo::app::load_catalog(&settings).unwrap(),
@@ -233,13 +244,92 @@ fn throughput(events: u64, users: usize) {
         pipeline.metrics.emitted_exit.get(),
         pipeline.metrics.dead_lettered_total()
     );
+    print_stages(&text);
+    print_threads(&threads, elapsed);
+    println!(
+        "  process RSS grew {:.0} MiB during the run (broker tail + state + client buffers)",
+        (rss_bytes() as f64 - rss_before as f64) / 1_048_576.0
+    );
+}
+
+fn backlog(events: u64, users: usize) {
+    let settings = settings();
+    let broker = EmbeddedBroker::start(&settings.kafka, 1).unwrap();
+    let fences = geopromo::app::load_fence_file(&settings).unwrap();
+    let mut model = TrafficModel::new(&fences, users, 0.0005, 1);
+    let producer = producer(broker.bootstrap_servers());
+    let topic = settings.kafka.input_topic.clone();
+    let mut payload = Vec::with_capacity(256);
+    // The mock cluster keeps about 5 MB of each partition: 300 k events of ~150 bytes over 12 partitions fit.
+    eprintln!(
+        "backlog: producing {events} events from {users} users into {PARTITIONS} partitions first"
+    );
+    let mut ts = now_ms();
+    for produced in 0..events {
+        if produced % 1024 == 0 {
+            ts = now_ms();
+            producer.poll(Duration::ZERO);
+        }
+        let (key, _) = model.next_event(ts, &mut payload);
+        send(&producer, &topic, key, &payload);
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+    drop(producer);
+    let cpu_before = thread_cpu_seconds();
+    let pipeline = start_processor(settings, broker);
+    // Timed from the first record consumed (the group join before it is not the processor's speed) to
+    // the last; a drain that stops short (the mock cluster trimmed the oldest records) ends after 2 s
+    // without progress, and the rate counts what was drained.
+    let mut started = None;
+    let (mut last_count, mut last_progress) = (0, Instant::now());
+    let mut finished = Instant::now();
+    loop {
+        let consumed = pipeline.metrics.consumed.get();
+        if consumed != last_count {
+            (last_count, last_progress) = (consumed, Instant::now());
+            finished = last_progress;
+            started.get_or_insert(last_progress);
+        }
+        if consumed >= events
+            || (started.is_some() && last_progress.elapsed() > Duration::from_secs(2))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let elapsed = started.map_or(Duration::ZERO, |s| finished - s);
+    let consumed = pipeline.metrics.consumed.get();
+    let mut threads = thread_cpu_seconds();
+    for (name, seconds) in &mut threads {
+        *seconds -= cpu_before
+            .iter()
+            .find(|(before, _)| before == name)
+            .map_or(0.0, |(_, s)| *s);
+    }
+    threads.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let text = encode_metrics(&pipeline.metrics.registry());
+    pipeline.stop.store(true, Ordering::Relaxed);
+    pipeline.processor.join().unwrap();
+    println!(
+        "drained {consumed} of {events} in {:.2} s: {:.0} events/s (emitted {} enter, {} exit, {} dead letters)",
+        elapsed.as_secs_f64(),
+        consumed as f64 / elapsed.as_secs_f64(),
+        pipeline.metrics.emitted_enter.get(),
+        pipeline.metrics.emitted_exit.get(),
+        pipeline.metrics.dead_lettered_total()
+    );
+    print_stages(&text);
+    print_threads(&threads, elapsed);
+}
+
+fn print_stages(metrics_text: &str) {
     for stage in ["decode", "match_and_rules", "produce"] {
         let sum = metric_value(
-            &text,
+            metrics_text,
             &format!("geopromo_stage_seconds_sum{{stage=\"{stage}\"}}"),
         );
         let count = metric_value(
-            &text,
+            metrics_text,
             &format!("geopromo_stage_seconds_count{{stage=\"{stage}\"}}"),
         );
         println!(
@@ -247,9 +337,12 @@ fn throughput(events: u64, users: usize) {
             sum / count.max(1.0) * 1e9
         );
     }
+}
+
+fn print_threads(threads: &[(String, f64)], elapsed: Duration) {
     let total: f64 = threads.iter().map(|(_, s)| s).sum();
     println!(
-        "  CPU by thread over the whole run ({total:.1} s in all, {:.2} cores busy on average):",
+        "  CPU by thread ({total:.1} s in all, {:.2} cores busy on average):",
         total / elapsed.as_secs_f64()
     );
     for (name, seconds) in threads.iter().take(8) {
@@ -258,10 +351,6 @@ fn throughput(events: u64, users: usize) {
             seconds / total * 100.0
         );
     }
-    println!(
-        "  process RSS grew {:.0} MiB during the run (broker tail + state + client buffers)",
-        (rss_bytes() as f64 - rss_before as f64) / 1_048_576.0
-    );
 }
 
 fn latency(rate: u64, seconds: u64) {
