@@ -13,8 +13,9 @@ export GEOPROMO__DATABASE__URL="sqlite://$work/bench.sqlite"
 export GEOPROMO__METRICS__LISTEN=""
 export GEOPROMO__API__LISTEN="127.0.0.1:18080"
 export GEOPROMO__LOG__FILTER=warn
-cargo build --release --quiet
-bin=target/release/geopromo
+# GEOPROMO_BIN runs another build (an A/B against a saved binary) instead of building this tree.
+bin=${GEOPROMO_BIN:-target/release/geopromo}
+[ -n "${GEOPROMO_BIN:-}" ] || cargo build --release --quiet
 $bin migrate >/dev/null
 users=$(seq -f "rider-%g" 1 1000)
 # shellcheck disable=SC2086

@@ -381,13 +381,19 @@ impl FenceIndex {
             for lookup in lookups.iter_mut() {
                 self.raster.descend(lookup);
             }
-            // Bring the group's entries and their first part into cache together as well.
+            // Bring the group's entries, and the geometry their parts will read first, into cache
+            // together as well.
             let mut touched = 0u32;
             for lookup in lookups.iter() {
                 let entry = &self.entries[lookup.value as usize];
                 touched ^= entry.inside.first().copied().unwrap_or(0);
                 if let Some(&part) = entry.boundary.first() {
                     touched ^= self.parts[part as usize].fence;
+                }
+            }
+            for (lookup, point) in lookups.iter().zip(group) {
+                for &part in self.entries[lookup.value as usize].boundary.iter() {
+                    touched ^= self.parts[part as usize].warm(point.lat(), point.lon());
                 }
             }
             std::hint::black_box(touched);

@@ -370,6 +370,34 @@ impl PreparedPart {
         east % 2 == 1
     }
 
+    /// Reads what [`Self::contains`] and [`Self::boundary_distance_within_at`] read first for this point
+    /// (the slab's edge list and first edge, the grid bucket's first chain and its first edge), and
+    /// returns bits of it so the loads are not optimised away: a batch warms the parts of a group of
+    /// points together, so their cache misses overlap.
+    #[must_use]
+    pub fn warm(&self, lat: f64, lon: f64) -> u32 {
+        if self.circle.is_some() {
+            return 0;
+        }
+        let b = &self.bounds;
+        let mut bits = 0;
+        if lat >= b.min_lat && lat <= b.max_lat {
+            if let Some(&e) = self.slab_edges(lat).first() {
+                bits ^= self.vertices[e as usize][0].to_bits() as u32;
+            }
+        }
+        let fx = (lon - self.grid_lon0) * self.grid_inv_w;
+        let fy = (lat - self.grid_lat0) * self.grid_inv_h;
+        if fx >= 0.0 && fy >= 0.0 && fx < self.grid_nx as f64 && fy < self.grid_ny as f64 {
+            let bucket = fy as usize * self.grid_nx + fx as usize;
+            if let Some(&c) = self.grid.get(bucket).first() {
+                let chain = &self.chains[c as usize];
+                bits ^= self.edges[chain.first as usize];
+            }
+        }
+        bits
+    }
+
     /// Longitudes where the boundary crosses the parallel at `lat` (unsorted), for scanline fills.
     pub fn crossings(&self, lat: f64, out: &mut Vec<f64>) {
         out.clear();
