@@ -232,20 +232,8 @@ fn throughput(events: u64, users: usize) {
     }
     let elapsed = started.map_or(Duration::ZERO, |s| s.elapsed());
     let consumed = pipeline.metrics.consumed.get() - consumed_at_start;
-    let text = encode_metrics(&pipeline.metrics.registry());
     let threads = thread_cpu_seconds();
-    pipeline.stop.store(true, Ordering::Relaxed);
-    pipeline.processor.join().unwrap();
-    println!(
-        "consumed {consumed} of {events} in {:.2} s: {:.0} events/s end to end (emitted {} enter, {} exit, {} dead letters)",
-        elapsed.as_secs_f64(),
-        consumed as f64 / elapsed.as_secs_f64(),
-        pipeline.metrics.emitted_enter.get(),
-        pipeline.metrics.emitted_exit.get(),
-        pipeline.metrics.dead_lettered_total()
-    );
-    print_stages(&text);
-    print_threads(&threads, elapsed);
+    stop_and_report(pipeline, "consumed", (consumed, events), elapsed, &threads);
     println!(
         "  process RSS grew {:.0} MiB during the run (broker tail + state + client buffers)",
         (rss_bytes() as f64 - rss_before as f64) / 1_048_576.0
@@ -307,11 +295,22 @@ fn backlog(events: u64, users: usize) {
             .map_or(0.0, |(_, s)| *s);
     }
     threads.sort_by(|a, b| b.1.total_cmp(&a.1));
+    stop_and_report(pipeline, "drained", (consumed, events), elapsed, &threads);
+}
+
+/// Stops the processor, then prints the rate, the sampled stage times and the CPU by thread.
+fn stop_and_report(
+    pipeline: Pipeline,
+    verb: &str,
+    (consumed, events): (u64, u64),
+    elapsed: Duration,
+    threads: &[(String, f64)],
+) {
     let text = encode_metrics(&pipeline.metrics.registry());
     pipeline.stop.store(true, Ordering::Relaxed);
     pipeline.processor.join().unwrap();
     println!(
-        "drained {consumed} of {events} in {:.2} s: {:.0} events/s (emitted {} enter, {} exit, {} dead letters)",
+        "{verb} {consumed} of {events} in {:.2} s: {:.0} events/s (emitted {} enter, {} exit, {} dead letters)",
         elapsed.as_secs_f64(),
         consumed as f64 / elapsed.as_secs_f64(),
         pipeline.metrics.emitted_enter.get(),
@@ -319,7 +318,7 @@ fn backlog(events: u64, users: usize) {
         pipeline.metrics.dead_lettered_total()
     );
     print_stages(&text);
-    print_threads(&threads, elapsed);
+    print_threads(threads, elapsed);
 }
 
 fn print_stages(metrics_text: &str) {
