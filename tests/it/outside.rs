@@ -16,13 +16,16 @@ fn serve_runs_from_any_directory_and_survives_sighup() {
     let dir = tempfile::tempdir().unwrap();
     let mut serve = Running::start(dir.path(), &["serve"], &[]);
     let address = serve.api_address();
-    let log = serve.wait_for("processor");
+    // Not just "processor": the dev banner says that word before the processor starts, and the
+    // first-admin hint may come after it (this raced once in CI).
+    let log = serve.wait_for("processor started");
     assert!(log.contains("seeded from built-in"), "{log}");
     assert!(
         log.contains("~100,000 records"),
         "the dev banner states retention: {log}"
     );
-    assert!(log.contains("--role admin --role ops"), "{log}");
+    // Panics if the first-admin hint is never printed.
+    let log = serve.wait_for("--role admin --role ops");
     assert!(log.contains("--password-stdin"), "{log}");
     assert!(dir.path().join("data/geopromo.sqlite").exists());
     let (status, body) = get(address, "/readyz");
