@@ -387,9 +387,7 @@ impl FenceIndex {
             for lookup in lookups.iter() {
                 let entry = &self.entries[lookup.value as usize];
                 touched ^= entry.inside.first().copied().unwrap_or(0);
-                if let Some(&part) = entry.boundary.first() {
-                    touched ^= self.parts[part as usize].fence;
-                }
+                touched ^= entry.boundary.first().copied().unwrap_or(0);
             }
             for (lookup, point) in lookups.iter().zip(group) {
                 for &part in self.entries[lookup.value as usize].boundary.iter() {

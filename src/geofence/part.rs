@@ -386,16 +386,21 @@ impl PreparedPart {
                 bits ^= self.vertices[e as usize][0].to_bits() as u32;
             }
         }
-        let fx = (lon - self.grid_lon0) * self.grid_inv_w;
-        let fy = (lat - self.grid_lat0) * self.grid_inv_h;
-        if fx >= 0.0 && fy >= 0.0 && fx < self.grid_nx as f64 && fy < self.grid_ny as f64 {
-            let bucket = fy as usize * self.grid_nx + fx as usize;
-            if let Some(&c) = self.grid.get(bucket).first() {
-                let chain = &self.chains[c as usize];
-                bits ^= self.edges[chain.first as usize];
-            }
+        if let Some(&c) = self
+            .grid_bucket(lat, lon)
+            .and_then(|bucket| self.grid.get(bucket).first())
+        {
+            bits ^= self.edges[self.chains[c as usize].first as usize];
         }
         bits
+    }
+
+    /// The distance grid's bucket holding the point; `None` outside the grid (beyond every edge's reach).
+    fn grid_bucket(&self, lat: f64, lon: f64) -> Option<usize> {
+        let fx = (lon - self.grid_lon0) * self.grid_inv_w;
+        let fy = (lat - self.grid_lat0) * self.grid_inv_h;
+        (fx >= 0.0 && fy >= 0.0 && fx < self.grid_nx as f64 && fy < self.grid_ny as f64)
+            .then(|| fy as usize * self.grid_nx + fx as usize)
     }
 
     /// Longitudes where the boundary crosses the parallel at `lat` (unsorted), for scanline fills.
@@ -454,12 +459,7 @@ impl PreparedPart {
                 }
             };
         }
-        let fx = (lon - self.grid_lon0) * self.grid_inv_w;
-        let fy = (lat - self.grid_lat0) * self.grid_inv_h;
-        if fx < 0.0 || fy < 0.0 || fx >= self.grid_nx as f64 || fy >= self.grid_ny as f64 {
-            return None;
-        }
-        let bucket = fy as usize * self.grid_nx + fx as usize;
+        let bucket = self.grid_bucket(lat, lon)?;
         let (kx, ky) = (metric.m_per_deg_lon, metric.m_per_deg_lat);
         // Nothing beyond the limit is wanted: start from it, so chains whose box lies beyond are skipped
         // without measuring an edge, and each edge found nearer tightens the bound for the rest.
