@@ -69,6 +69,20 @@ struct Chain {
     len: u32,
 }
 
+impl Chain {
+    /// This chain with one more edge (`edge`, a chain of one) and the box grown to hold it.
+    fn extended_by(&self, edge: &Chain) -> Chain {
+        Chain {
+            min_lon: self.min_lon.min(edge.min_lon),
+            max_lon: self.max_lon.max(edge.max_lon),
+            min_lat: self.min_lat.min(edge.min_lat),
+            max_lat: self.max_lat.max(edge.max_lat),
+            first: self.first,
+            len: self.len + 1,
+        }
+    }
+}
+
 /// At most this many edges per chain…
 const CHAIN_EDGES: usize = 16;
 /// …and no wider than this share of the tolerance, so that a chain's box stays a tight bound.
@@ -262,37 +276,28 @@ impl PreparedPart {
         let mut current: Option<Chain> = None;
         for (i, &e) in self.edges.iter().enumerate() {
             let (a, c) = self.segment(e);
-            let grown = current.filter(|chain| {
+            let edge = Chain {
+                min_lon: a[0].min(c[0]),
+                max_lon: a[0].max(c[0]),
+                min_lat: a[1].min(c[1]),
+                max_lat: a[1].max(c[1]),
+                first: i as u32,
+                len: 1,
+            };
+            let grown = current
                 // Edges of one ring are consecutive in `edges` and share a vertex with the chain's last.
-                let continues = self.edges[(chain.first + chain.len - 1) as usize] + 1 == e;
-                let min_lon = chain.min_lon.min(a[0]).min(c[0]);
-                let max_lon = chain.max_lon.max(a[0]).max(c[0]);
-                let min_lat = chain.min_lat.min(a[1]).min(c[1]);
-                let max_lat = chain.max_lat.max(a[1]).max(c[1]);
-                continues
-                    && (chain.len as usize) < CHAIN_EDGES
-                    && max_lon - min_lon <= max_w
-                    && max_lat - min_lat <= max_h
-            });
+                .filter(|chain| self.edges[(chain.first + chain.len - 1) as usize] + 1 == e)
+                .map(|chain| chain.extended_by(&edge))
+                .filter(|chain| {
+                    chain.len as usize <= CHAIN_EDGES
+                        && chain.max_lon - chain.min_lon <= max_w
+                        && chain.max_lat - chain.min_lat <= max_h
+                });
             current = Some(match grown {
-                Some(chain) => Chain {
-                    min_lon: chain.min_lon.min(a[0]).min(c[0]),
-                    max_lon: chain.max_lon.max(a[0]).max(c[0]),
-                    min_lat: chain.min_lat.min(a[1]).min(c[1]),
-                    max_lat: chain.max_lat.max(a[1]).max(c[1]),
-                    first: chain.first,
-                    len: chain.len + 1,
-                },
+                Some(chain) => chain,
                 None => {
                     chains.extend(current);
-                    Chain {
-                        min_lon: a[0].min(c[0]),
-                        max_lon: a[0].max(c[0]),
-                        min_lat: a[1].min(c[1]),
-                        max_lat: a[1].max(c[1]),
-                        first: i as u32,
-                        len: 1,
-                    }
+                    edge
                 }
             });
         }
