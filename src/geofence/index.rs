@@ -438,7 +438,15 @@ impl FenceIndex {
         let start = out.len();
         let mut metric = None;
         for part in 0..self.parts.len() as u32 {
-            self.resolve_part(part, point, &mut metric, out, start, offset);
+            self.resolve_part_by(
+                Containment::CrossingCount,
+                part,
+                point,
+                &mut metric,
+                out,
+                start,
+                offset,
+            );
         }
         out[start..].sort_unstable_by_key(|m| m.fence);
     }
@@ -579,6 +587,28 @@ impl FenceIndex {
         start: usize,
         offset: u32,
     ) {
+        self.resolve_part_by(
+            Containment::NearestEdgeSide,
+            part_index,
+            point,
+            metric,
+            out,
+            start,
+            offset,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn resolve_part_by(
+        &self,
+        containment: Containment,
+        part_index: u32,
+        point: GeoPoint,
+        metric: &mut Option<LocalMetric>,
+        out: &mut Vec<FenceMatch>,
+        start: usize,
+        offset: u32,
+    ) {
         let part = &self.parts[part_index as usize];
         let fence = part.fence + offset;
         let existing = out[start..]
@@ -589,15 +619,25 @@ impl FenceIndex {
             return;
         }
         let lon = part.local_lon(point.lon());
-        let found = if part.contains(point.lat(), lon) {
-            Some(0.0)
-        } else {
-            let reach = self.reach_m[part.fence as usize];
-            let metric = metric.get_or_insert_with(|| LocalMetric::at_latitude(point.lat()));
-            part.boundary_distance_within_at(point.lat(), lon, reach.max(ON_BOUNDARY_M), metric)
-                .map(|d| if d <= ON_BOUNDARY_M { 0.0 } else { d })
-                .filter(|&d| d <= reach)
-        };
+        let reach = self.reach_m[part.fence as usize];
+        let limit = reach.max(ON_BOUNDARY_M);
+        let found = match containment {
+            Containment::NearestEdgeSide => {
+                let metric = metric.get_or_insert_with(|| LocalMetric::at_latitude(point.lat()));
+                part.locate_within_at(point.lat(), lon, limit, metric)
+            }
+            Containment::CrossingCount => {
+                if part.contains(point.lat(), lon) {
+                    Some(0.0)
+                } else {
+                    let metric =
+                        metric.get_or_insert_with(|| LocalMetric::at_latitude(point.lat()));
+                    part.boundary_distance_within_at(point.lat(), lon, limit, metric)
+                }
+            }
+        }
+        .map(|d| if d <= ON_BOUNDARY_M { 0.0 } else { d })
+        .filter(|&d| d <= reach);
         let Some(distance_m) = found else { return };
         let candidate = FenceMatch {
             fence,
@@ -610,6 +650,16 @@ impl FenceIndex {
             None => out.push(candidate),
         }
     }
+}
+
+/// How an exact test tells inside from outside. Both give the same answers; the brute-force reference
+/// keeps the crossing count so that the tests compare the two.
+#[derive(Clone, Copy)]
+enum Containment {
+    /// The side of the nearest edge when one is within the tolerance, else the crossing count.
+    NearestEdgeSide,
+    /// Even-odd crossing count along the point's parallel, then a distance search when outside.
+    CrossingCount,
 }
 
 /// What one part of a fence is made from.

@@ -83,6 +83,14 @@ impl Chain {
     }
 }
 
+/// Applied to the cell-centre distance bounds before they are stored as `f32` (which rounds to nearest),
+/// so a stored bound never exceeds the true one.
+const KEY_SHRINK: f64 = 0.999_99;
+
+/// Smallest distance-grid cell, as a share of the tolerance box: smaller cells hold fewer chains and put
+/// a query nearer its cell's centre (so the sorted search stops sooner), at the cost of more entries.
+const CELL_OF_REACH: f64 = 0.25;
+
 /// At most this many edges per chain…
 const CHAIN_EDGES: usize = 16;
 /// …and no wider than this share of the tolerance, so that a chain's box stays a tight bound.
@@ -97,6 +105,8 @@ pub struct PreparedPart {
     vertices: Vec<[f64; 2]>,
     /// Edge `e` runs from `vertices[e]` to `vertices[e + 1]`.
     edges: Vec<u32>,
+    /// Index in `vertices` where each ring starts, and `vertices.len()` last.
+    ring_starts: Vec<u32>,
     /// Per vertex index `e` of an edge start: d(lon)/d(lat) along edge `e` (0 for a parallel), so that
     /// point-in-polygon multiplies instead of dividing.
     slopes: Vec<f64>,
@@ -113,8 +123,12 @@ pub struct PreparedPart {
     grid_inv_h: f64,
     grid_nx: usize,
     grid_ny: usize,
-    /// Chains per grid cell.
+    /// Chains per grid cell, nearest to the cell's centre first.
     grid: Buckets,
+    /// Per entry of `grid`: a lower bound (metres) on the distance from the cell's centre to the chain's
+    /// box, ascending within a cell, so a search can stop at the first chain that cannot beat what it
+    /// has found (see [`Self::boundary_distance_within_at`]).
+    grid_keys: Vec<f32>,
     /// Runs of consecutive edges of one ring with their bounds: distance queries measure a chain's edges
     /// only when its box could hold something nearer than what was found already.
     chains: Vec<Chain>,
@@ -135,11 +149,22 @@ impl PreparedPart {
     pub fn new(fence: u32, polygon: &Polygon, reach_m: f64) -> Self {
         let mut vertices = Vec::with_capacity(polygon.vertex_count() + polygon.rings.len());
         let mut edges = Vec::with_capacity(polygon.vertex_count());
-        for ring in &polygon.rings {
+        let mut ring_starts = Vec::with_capacity(polygon.rings.len() + 1);
+        for (index, ring) in polygon.rings.iter().enumerate() {
             let start = vertices.len() as u32;
-            vertices.extend_from_slice(ring);
+            ring_starts.push(start);
+            // The polygon's interior on the left of every edge: exteriors counter-clockwise, holes
+            // clockwise (validation has refused holes outside the exterior and crossing rings), so that
+            // the side of the nearest edge tells inside from outside.
+            let counterclockwise = ring_signed_area2(ring) > 0.0;
+            if counterclockwise == (index == 0) {
+                vertices.extend_from_slice(ring);
+            } else {
+                vertices.extend(ring.iter().rev());
+            }
             edges.extend(start..start + ring.len() as u32 - 1);
         }
+        ring_starts.push(vertices.len() as u32);
         let mut bounds = Bounds {
             min_lon: f64::INFINITY,
             min_lat: f64::INFINITY,
@@ -164,6 +189,7 @@ impl PreparedPart {
             fence,
             vertices,
             edges,
+            ring_starts,
             slopes,
             bounds,
             center_lon: 0.5 * (bounds.min_lon + bounds.max_lon),
@@ -178,6 +204,7 @@ impl PreparedPart {
             grid_nx: 1,
             grid_ny: 1,
             grid: Buckets::default(),
+            grid_keys: Vec::new(),
             chains: Vec::new(),
             circle: None,
             cover_margin_m: 0.0,
@@ -223,10 +250,11 @@ impl PreparedPart {
     #[must_use]
     pub fn heap_bytes(&self) -> usize {
         self.vertices.len() * 24
-            + self.edges.len() * 4
+            + (self.edges.len() + self.ring_starts.len()) * 4
             + (self.slabs.len()
                 + self.slabs.offsets.len()
                 + self.grid.len()
+                + self.grid_keys.len()
                 + self.grid.offsets.len())
                 * 4
             + self.chains.len() * std::mem::size_of::<Chain>()
@@ -312,11 +340,11 @@ impl PreparedPart {
         let (lon0, lat0) = (b.min_lon - dlon, b.min_lat - dlat);
         let width = b.max_lon - b.min_lon + 2.0 * dlon;
         let height = b.max_lat - b.min_lat + 2.0 * dlat;
-        // About two chains per cell, but cells no smaller than the tolerance box so a chain lands in few
-        // cells.
+        // About two chains per cell, but cells no smaller than a share of the tolerance box so a chain
+        // lands in few cells.
         let ideal = (width * height / (2.0 * self.chains.len() as f64)).sqrt();
-        let cell_w = ideal.max(dlon).max(width / 2048.0);
-        let cell_h = ideal.max(dlat).max(height / 2048.0);
+        let cell_w = ideal.max(dlon * CELL_OF_REACH).max(width / 2048.0);
+        let cell_h = ideal.max(dlat * CELL_OF_REACH).max(height / 2048.0);
         let nx = ((width / cell_w).ceil() as usize).max(1);
         let ny = ((height / cell_h).ceil() as usize).max(1);
         let (inv_w, inv_h) = (nx as f64 / width, ny as f64 / height);
@@ -344,6 +372,62 @@ impl PreparedPart {
             self.grid_inv_h,
         ) = (lon0, lat0, inv_w, inv_h);
         (self.grid_nx, self.grid_ny) = (nx, ny);
+        self.sort_grid_cells();
+    }
+
+    /// Orders each cell's chains by a lower bound on their distance from the cell's centre and keeps
+    /// those bounds in `grid_keys`. The bound uses the smallest metres-per-degree found in the cell's row
+    /// (longitude: its poleward edge; latitude: its equatorward edge), so it never exceeds the distance a
+    /// query measures with the metric at its own latitude inside that row.
+    fn sort_grid_cells(&mut self) {
+        let (nx, ny) = (self.grid_nx, self.grid_ny);
+        let (cell_w, cell_h) = (1.0 / self.grid_inv_w, 1.0 / self.grid_inv_h);
+        let mut keys = vec![0f32; self.grid.items.len()];
+        let mut sorted: Vec<(f32, u32)> = Vec::new();
+        for y in 0..ny {
+            let south = self.grid_lat0 + y as f64 * cell_h;
+            let north = south + cell_h;
+            let poleward = south.abs().max(north.abs());
+            let equatorward = if south <= 0.0 && north >= 0.0 {
+                0.0
+            } else {
+                south.abs().min(north.abs())
+            };
+            let kx = LocalMetric::at_latitude(poleward.min(90.0))
+                .m_per_deg_lon
+                .max(0.0);
+            let ky = LocalMetric::at_latitude(equatorward).m_per_deg_lat;
+            let center_lat = south + 0.5 * cell_h;
+            for x in 0..nx {
+                let bucket = y * nx + x;
+                let range =
+                    self.grid.offsets[bucket] as usize..self.grid.offsets[bucket + 1] as usize;
+                if range.is_empty() {
+                    continue;
+                }
+                let center_lon = self.grid_lon0 + (x as f64 + 0.5) * cell_w;
+                sorted.clear();
+                sorted.extend(self.grid.items[range.clone()].iter().map(|&c| {
+                    let chain = &self.chains[c as usize];
+                    let gx = (chain.min_lon - center_lon)
+                        .max(center_lon - chain.max_lon)
+                        .max(0.0)
+                        * kx;
+                    let gy = (chain.min_lat - center_lat)
+                        .max(center_lat - chain.max_lat)
+                        .max(0.0)
+                        * ky;
+                    // Rounded down, so that the f32 stays a lower bound.
+                    (((gx * gx + gy * gy).sqrt() * KEY_SHRINK) as f32, c)
+                }));
+                sorted.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+                for (i, &(key, c)) in sorted.iter().enumerate() {
+                    keys[range.start + i] = key;
+                    self.grid.items[range.start + i] = c;
+                }
+            }
+        }
+        self.grid_keys = keys;
     }
 
     /// The query longitude moved to this part's side of the antimeridian.
@@ -402,10 +486,23 @@ impl PreparedPart {
 
     /// The distance grid's bucket holding the point; `None` outside the grid (beyond every edge's reach).
     fn grid_bucket(&self, lat: f64, lon: f64) -> Option<usize> {
+        self.grid_cell(lat, lon).map(|(bucket, _)| bucket)
+    }
+
+    /// The grid bucket holding the point and the point's offset from that cell's centre, in degrees
+    /// (lon, lat).
+    fn grid_cell(&self, lat: f64, lon: f64) -> Option<(usize, [f64; 2])> {
         let fx = (lon - self.grid_lon0) * self.grid_inv_w;
         let fy = (lat - self.grid_lat0) * self.grid_inv_h;
-        (fx >= 0.0 && fy >= 0.0 && fx < self.grid_nx as f64 && fy < self.grid_ny as f64)
-            .then(|| fy as usize * self.grid_nx + fx as usize)
+        if !(fx >= 0.0 && fy >= 0.0 && fx < self.grid_nx as f64 && fy < self.grid_ny as f64) {
+            return None;
+        }
+        let (x, y) = (fx as usize, fy as usize);
+        let offset = [
+            (fx - x as f64 - 0.5) / self.grid_inv_w,
+            (fy - y as f64 - 0.5) / self.grid_inv_h,
+        ];
+        Some((y * self.grid_nx + x, offset))
     }
 
     /// Longitudes where the boundary crosses the parallel at `lat` (unsorted), for scanline fills.
@@ -464,19 +561,144 @@ impl PreparedPart {
                 }
             };
         }
-        let bucket = self.grid_bucket(lat, lon)?;
+        let nearest = self.nearest_edge_within(lat, lon, limit_m, metric)?;
+        let d = self.exact_distance_m(lat, lon, &nearest);
+        (d <= limit_m).then_some(d)
+    }
+
+    /// 0 when the point is inside, its distance to the boundary (metres) when it is outside within
+    /// `limit_m`, `None` otherwise: the answer of [`Self::contains`] and then
+    /// [`Self::boundary_distance_within_at`], from one search when an edge lies within the limit.
+    ///
+    /// The nearest boundary point `p` found, no boundary comes nearer to the point `q` than `p`, so the
+    /// segment `q`–`p` crosses none, and `q` is on the side of `p`'s edge it lies on; with the interior
+    /// on every edge's left (see [`Self::new`]) that side answers point-in-polygon. When `p` is a vertex,
+    /// the direction from it to `q` falls in the interior sector between its two edges or not (see
+    /// [`Self::inside_at_vertex`]). Where neither applies (no edge within the limit, a ring's first
+    /// vertex, `q` on an edge's line) the crossing count of [`Self::contains`] decides.
+    #[must_use]
+    pub fn locate_within_at(
+        &self,
+        lat: f64,
+        lon: f64,
+        limit_m: f64,
+        metric: &LocalMetric,
+    ) -> Option<f64> {
+        debug_assert!(limit_m <= self.reach_m + 1e-9);
+        if self.circle.is_some() {
+            return if self.contains(lat, lon) {
+                Some(0.0)
+            } else {
+                self.boundary_distance_within_at(lat, lon, limit_m, metric)
+            };
+        }
+        let Some(nearest) = self.nearest_edge_within(lat, lon, limit_m, metric) else {
+            return self.contains(lat, lon).then_some(0.0);
+        };
+        let on_edge = nearest.t > 0.0 && nearest.t < 1.0;
+        let inside = match nearest.side {
+            side if on_edge && side > 0.0 => Some(true),
+            side if on_edge && side < 0.0 => Some(false),
+            _ if on_edge => None,
+            _ => self.inside_at_vertex(lat, lon, metric, &nearest),
+        }
+        .unwrap_or_else(|| self.contains(lat, lon));
+        if inside {
+            return Some(0.0);
+        }
+        let d = self.exact_distance_m(lat, lon, &nearest);
+        (d <= limit_m).then_some(d)
+    }
+
+    /// Whether the point, whose nearest boundary point is a vertex `v`, is inside: the direction from `v`
+    /// to the point lies in the interior sector between `v`'s incoming and outgoing edges: left of both
+    /// where the ring turns left at `v`, left of either where it turns right (interior on the left of
+    /// every edge). Exact as long as no other edge passes through `v`, which validation guarantees (it
+    /// refuses touching and crossing rings). `None` when undecided: `v` starts its ring (the edge into it
+    /// is elsewhere in the arrays), the edges are collinear, or the point is on either edge's line.
+    fn inside_at_vertex(
+        &self,
+        lat: f64,
+        lon: f64,
+        metric: &LocalMetric,
+        nearest: &NearestEdge,
+    ) -> Option<bool> {
+        let v = if nearest.t == 0.0 {
+            nearest.edge
+        } else {
+            nearest.edge + 1
+        };
+        // `v - 1 .. v + 1` must all be in `v`'s ring: `v` neither starts a ring nor closes one.
+        if v == 0
+            || self.ring_starts.binary_search(&v).is_ok()
+            || self.ring_starts.binary_search(&(v + 1)).is_ok()
+        {
+            return None;
+        }
         let (kx, ky) = (metric.m_per_deg_lon, metric.m_per_deg_lat);
+        let local = |p: [f64; 2]| ((p[0] - lon) * kx, (p[1] - lat) * ky);
+        let (u, v, w) = (
+            local(self.vertices[v as usize - 1]),
+            local(self.vertices[v as usize]),
+            local(self.vertices[v as usize + 1]),
+        );
+        // Cross products with the point at the origin: (b - a) × (0 - a).
+        let left_of = |a: (f64, f64), b: (f64, f64)| (b.1 - a.1) * a.0 - (b.0 - a.0) * a.1;
+        let (into, out_of) = (left_of(u, v), left_of(v, w));
+        let turn = (v.0 - u.0) * (w.1 - v.1) - (v.1 - u.1) * (w.0 - v.0);
+        if into == 0.0 || out_of == 0.0 || turn == 0.0 {
+            return None;
+        }
+        Some(if turn > 0.0 {
+            into > 0.0 && out_of > 0.0
+        } else {
+            into > 0.0 || out_of > 0.0
+        })
+    }
+
+    /// Ellipsoidal distance from the point to the nearest boundary point found.
+    fn exact_distance_m(&self, lat: f64, lon: f64, nearest: &NearestEdge) -> f64 {
+        let (a, c) = self.segment(nearest.edge);
+        let t = nearest.t;
+        let q = [a[0] + t * (c[0] - a[0]), a[1] + t * (c[1] - a[1])];
+        distance_m(lat, lon, q[1], q[0])
+    }
+
+    /// The nearest edge within about `limit_m` of the point (in the point's local metric), if any.
+    fn nearest_edge_within(
+        &self,
+        lat: f64,
+        lon: f64,
+        limit_m: f64,
+        metric: &LocalMetric,
+    ) -> Option<NearestEdge> {
+        let (bucket, offset) = self.grid_cell(lat, lon)?;
+        let (kx, ky) = (metric.m_per_deg_lon, metric.m_per_deg_lat);
+        // Chains come nearest-to-the-cell-centre first with a lower bound on that distance; the point is
+        // `from_centre` metres from the centre, so once a chain's bound minus that reaches the best
+        // distance found, neither it nor any later chain can be nearer (triangle inequality).
+        let from_centre = ((offset[0] * kx).powi(2) + (offset[1] * ky).powi(2)).sqrt();
         // Nothing beyond the limit is wanted: start from it, so chains whose box lies beyond are skipped
         // without measuring an edge, and each edge found nearer tightens the bound for the rest.
         let approx_limit = limit_m * APPROX_SLACK + 1.0;
         let mut best = (approx_limit * approx_limit, u32::MAX, 0.0f64);
-        for &c in self.grid.get(bucket) {
+        let mut best_m = approx_limit;
+        let mut side = 0.0;
+        let range = self.grid.offsets[bucket] as usize..self.grid.offsets[bucket + 1] as usize;
+        for (&c, &key) in self.grid.items[range.clone()]
+            .iter()
+            .zip(&self.grid_keys[range])
+        {
+            if f64::from(key) - from_centre >= best_m {
+                break;
+            }
             let chain = &self.chains[c as usize];
             let gx = (chain.min_lon - lon).max(lon - chain.max_lon).max(0.0) * kx;
             let gy = (chain.min_lat - lat).max(lat - chain.max_lat).max(0.0) * ky;
             if gx * gx + gy * gy >= best.0 {
                 continue;
             }
+            let before = best.0;
             let first = chain.first as usize;
             for &e in &self.edges[first..first + chain.len as usize] {
                 let (a, c) = self.segment(e);
@@ -492,18 +714,37 @@ impl PreparedPart {
                 let d2 = qx * qx + qy * qy;
                 if d2 < best.0 {
                     best = (d2, e, t);
+                    // Which side of the edge the point is on: the cross product (c - a) × (q - a), with
+                    // the point q at the origin of these coordinates.
+                    side = dy * ax - dx * ay;
                 }
             }
+            if best.0 < before {
+                best_m = best.0.sqrt();
+            }
         }
-        let (_, e, t) = best;
-        if e == u32::MAX {
-            return None;
-        }
-        let (a, c) = self.segment(e);
-        let q = [a[0] + t * (c[0] - a[0]), a[1] + t * (c[1] - a[1])];
-        let d = distance_m(lat, lon, q[1], q[0]);
-        (d <= limit_m).then_some(d)
+        let (_, edge, t) = best;
+        (edge != u32::MAX).then_some(NearestEdge { edge, t, side })
     }
+}
+
+/// The nearest edge a search found: the nearest point is at `t` along it, and `side` is positive when
+/// the query point lies on the edge's left.
+struct NearestEdge {
+    edge: u32,
+    t: f64,
+    side: f64,
+}
+
+/// Twice the signed area of a closed ring (positive when counter-clockwise in lon/lat).
+fn ring_signed_area2(ring: &[[f64; 2]]) -> f64 {
+    // Relative to the first vertex, so that a small ring far from (0, 0) keeps its precision.
+    let Some(&[x0, y0]) = ring.first() else {
+        return 0.0;
+    };
+    ring.windows(2)
+        .map(|w| (w[0][0] - x0) * (w[1][1] - y0) - (w[1][0] - x0) * (w[0][1] - y0))
+        .sum()
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Property tests: the indexed lookups must give exactly what testing every part gives, for random points,
 //! points near boundaries and points on vertices, over random fences with holes and varied tolerances.
 
-use geopromo::geofence::sample::wobbly_polygon;
+use geopromo::geofence::sample::{near_boundary_points, wobbly_polygon};
 use geopromo::geofence::{
     Fence, FenceChange, FenceIndex, GeoPoint, IndexOptions, LayeredIndex, Polygon,
     Strategy as Lookup,
@@ -132,6 +132,28 @@ proptest! {
                 index.match_with(strategy, point, &mut actual);
                 prop_assert_eq!(&actual, &expected, "{:?} at {}", strategy, point);
             }
+            let from = if i == 0 { 0 } else { ends[i - 1] };
+            prop_assert_eq!(&batch[from..ends[i]], &expected[..], "batch at {}", point);
+        }
+    }
+
+    /// Points within a few kilometres of an edge, on both sides: where the indexed lookups tell inside
+    /// from outside by the side of the nearest edge, and the reference counts crossings.
+    #[test]
+    fn near_boundary_lookups_equal_brute_force(
+        fences in fences_strategy(),
+        max_offset_m in prop_oneof![Just(50.0f64), Just(1500.0), Just(6000.0)],
+        seed in any::<u64>(),
+    ) {
+        let index = FenceIndex::build(&fences, IndexOptions::default());
+        let probes = near_boundary_points(&fences, 400, max_offset_m, seed);
+        let (mut expected, mut actual) = (Vec::new(), Vec::new());
+        let (mut batch, mut ends) = (Vec::new(), Vec::new());
+        index.match_batch(&probes, &mut batch, &mut ends);
+        for (i, &point) in probes.iter().enumerate() {
+            index.match_point_brute_force(point, &mut expected);
+            index.match_with(Lookup::Raster, point, &mut actual);
+            prop_assert_eq!(&actual, &expected, "raster at {}", point);
             let from = if i == 0 { 0 } else { ends[i - 1] };
             prop_assert_eq!(&batch[from..ends[i]], &expected[..], "batch at {}", point);
         }
