@@ -370,6 +370,7 @@ impl FenceIndex {
         out.clear();
         ends.clear();
         let mut lookups = [CellLookup::default(); BATCH_GROUP];
+        let mut pairs = [(0u32, 0u32); 4 * BATCH_GROUP];
         for group in points.chunks(BATCH_GROUP) {
             let lookups = &mut lookups[..group.len()];
             for (lookup, point) in lookups.iter_mut().zip(group) {
@@ -389,10 +390,31 @@ impl FenceIndex {
                 touched ^= entry.inside.first().copied().unwrap_or(0);
                 touched ^= entry.boundary.first().copied().unwrap_or(0);
             }
+            // Then the distance search's first reads, one array at a time across the (point, part)
+            // pairs: the grid cell's offsets, its first entry, that chain, its first vertex.
+            let mut warming = 0;
             for (lookup, point) in lookups.iter().zip(group) {
                 for &part in self.entries[lookup.value as usize].boundary.iter() {
-                    touched ^= self.parts[part as usize].warm(point.lat(), point.lon());
+                    let prepared = &self.parts[part as usize];
+                    let lon = prepared.local_lon(point.lon());
+                    if let (Some(entry), Some(slot)) = (
+                        prepared.warm_grid_cell(point.lat(), lon),
+                        pairs.get_mut(warming),
+                    ) {
+                        *slot = (part, entry);
+                        warming += 1;
+                    }
                 }
+            }
+            let pairs = &mut pairs[..warming];
+            for (part, value) in pairs.iter_mut() {
+                *value = self.parts[*part as usize].warm_grid_entry(*value);
+            }
+            for (part, value) in pairs.iter_mut() {
+                *value = self.parts[*part as usize].warm_chain(*value);
+            }
+            for &(part, value) in pairs.iter() {
+                touched ^= self.parts[part as usize].warm_vertex(value);
             }
             std::hint::black_box(touched);
             for (lookup, &point) in lookups.iter().zip(group) {

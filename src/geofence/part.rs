@@ -459,29 +459,41 @@ impl PreparedPart {
         east % 2 == 1
     }
 
-    /// Reads what [`Self::contains`] and [`Self::boundary_distance_within_at`] read first for this point
-    /// (the slab's edge list and first edge, the grid bucket's first chain and its first edge), and
-    /// returns bits of it so the loads are not optimised away: a batch warms the parts of a group of
-    /// points together, so their cache misses overlap.
+    /// Warming a part for a batch of points, in steps that each read one array, so that a batch can run
+    /// one step across all its (point, part) pairs before the next and their cache misses overlap
+    /// instead of following each other. Step 1: the position of the first entry of the point's distance
+    /// grid cell (reads the part and the cell's offsets); `None` for a circle, or outside the grid.
     #[must_use]
-    pub fn warm(&self, lat: f64, lon: f64) -> u32 {
+    pub fn warm_grid_cell(&self, lat: f64, lon: f64) -> Option<u32> {
         if self.circle.is_some() {
-            return 0;
+            return None;
         }
-        let b = &self.bounds;
-        let mut bits = 0;
-        if lat >= b.min_lat && lat <= b.max_lat {
-            if let Some(&e) = self.slab_edges(lat).first() {
-                bits ^= self.vertices[e as usize][0].to_bits() as u32;
-            }
-        }
-        if let Some(&c) = self
-            .grid_bucket(lat, lon)
-            .and_then(|bucket| self.grid.get(bucket).first())
-        {
-            bits ^= self.edges[self.chains[c as usize].first as usize];
-        }
-        bits
+        let bucket = self.grid_bucket(lat, lon)?;
+        let entry = self.grid.offsets[bucket];
+        (entry < self.grid.offsets[bucket + 1]).then_some(entry)
+    }
+
+    /// Step 2: the chain at a grid entry from step 1 (reads the entry and its distance bound).
+    #[must_use]
+    pub fn warm_grid_entry(&self, entry: u32) -> u32 {
+        let chain = self.grid.items[entry as usize];
+        chain ^ (self.grid_keys[entry as usize].to_bits() & 1)
+    }
+
+    /// Step 3: the first vertex of a chain from step 2 (reads the chain).
+    #[must_use]
+    pub fn warm_chain(&self, chain: u32) -> u32 {
+        self.chains
+            .get(chain as usize)
+            .map_or(0, |chain| self.edges[chain.first as usize])
+    }
+
+    /// Step 4: reads a vertex from step 3 and returns bits of it (so the load is not optimised away).
+    #[must_use]
+    pub fn warm_vertex(&self, vertex: u32) -> u32 {
+        self.vertices
+            .get(vertex as usize)
+            .map_or(0, |v| v[0].to_bits() as u32)
     }
 
     /// The distance grid's bucket holding the point; `None` outside the grid (beyond every edge's reach).
