@@ -391,7 +391,7 @@ impl FenceIndex {
                 touched ^= entry.boundary.first().copied().unwrap_or(0);
             }
             // Then the distance search's first reads, one array at a time across the (point, part)
-            // pairs: the grid cell's offsets, its first entry, that chain, its first vertex.
+            // pairs: the grid cell's offsets, its first entry, that chain's first vertex.
             let mut warming = 0;
             for (lookup, point) in lookups.iter().zip(group) {
                 for &part in self.entries[lookup.value as usize].boundary.iter() {
@@ -409,9 +409,6 @@ impl FenceIndex {
             let pairs = &mut pairs[..warming];
             for (part, value) in pairs.iter_mut() {
                 *value = self.parts[*part as usize].warm_grid_entry(*value);
-            }
-            for (part, value) in pairs.iter_mut() {
-                *value = self.parts[*part as usize].warm_chain(*value);
             }
             for &(part, value) in pairs.iter() {
                 touched ^= self.parts[part as usize].warm_vertex(value);

@@ -123,15 +123,11 @@ pub struct PreparedPart {
     grid_inv_h: f64,
     grid_nx: usize,
     grid_ny: usize,
-    /// Chains per grid cell, nearest to the cell's centre first.
-    grid: Buckets,
-    /// Per entry of `grid`: a lower bound (metres) on the distance from the cell's centre to the chain's
-    /// box, ascending within a cell, so a search can stop at the first chain that cannot beat what it
-    /// has found (see [`Self::boundary_distance_within_at`]).
-    grid_keys: Vec<f32>,
-    /// Runs of consecutive edges of one ring with their bounds: distance queries measure a chain's edges
-    /// only when its box could hold something nearer than what was found already.
-    chains: Vec<Chain>,
+    /// Cell `i`'s entries are `grid_entries[grid_offsets[i]..grid_offsets[i + 1]]`: the chains within
+    /// reach of the cell, nearest to its centre first, each with its box inline so that a search reads
+    /// one contiguous run per cell.
+    grid_offsets: Vec<u32>,
+    grid_entries: Vec<GridEntry>,
     /// Set for a circle: exact answers come from it, the polygon above only approximates it for covers.
     circle: Option<Circle>,
     /// How much further than the tolerance covers must reach so that every point within the tolerance of
@@ -203,9 +199,8 @@ impl PreparedPart {
             grid_inv_h: 0.0,
             grid_nx: 1,
             grid_ny: 1,
-            grid: Buckets::default(),
-            grid_keys: Vec::new(),
-            chains: Vec::new(),
+            grid_offsets: vec![0, 0],
+            grid_entries: Vec::new(),
             circle: None,
             cover_margin_m: 0.0,
         };
@@ -253,11 +248,9 @@ impl PreparedPart {
             + (self.edges.len() + self.ring_starts.len()) * 4
             + (self.slabs.len()
                 + self.slabs.offsets.len()
-                + self.grid.len()
-                + self.grid_keys.len()
-                + self.grid.offsets.len())
+                + self.grid_offsets.len())
                 * 4
-            + self.chains.len() * std::mem::size_of::<Chain>()
+            + self.grid_entries.len() * std::mem::size_of::<GridEntry>()
     }
 
     fn segment(&self, edge: u32) -> ([f64; 2], [f64; 2]) {
@@ -298,7 +291,7 @@ impl PreparedPart {
 
     /// Cuts each ring into chains of consecutive edges, no longer than [`CHAIN_EDGES`] and no wider than
     /// a quarter of the tolerance (in either axis) unless a single edge is.
-    fn build_chains(&mut self, dlon: f64, dlat: f64) {
+    fn build_chains(&self, dlon: f64, dlat: f64) -> Vec<Chain> {
         let (max_w, max_h) = (dlon * CHAIN_EXTENT_OF_REACH, dlat * CHAIN_EXTENT_OF_REACH);
         let mut chains = Vec::with_capacity(self.edges.len() / 4 + 1);
         let mut current: Option<Chain> = None;
@@ -330,19 +323,19 @@ impl PreparedPart {
             });
         }
         chains.extend(current);
-        self.chains = chains;
+        chains
     }
 
     fn build_grid(&mut self) {
         let b = self.bounds;
         let (dlat, dlon) = degrees_spanned(self.reach_m * APPROX_SLACK + 1.0, b.min_lat, b.max_lat);
-        self.build_chains(dlon, dlat);
+        let chains = self.build_chains(dlon, dlat);
         let (lon0, lat0) = (b.min_lon - dlon, b.min_lat - dlat);
         let width = b.max_lon - b.min_lon + 2.0 * dlon;
         let height = b.max_lat - b.min_lat + 2.0 * dlat;
         // About two chains per cell, but cells no smaller than a share of the tolerance box so a chain
         // lands in few cells.
-        let ideal = (width * height / (2.0 * self.chains.len() as f64)).sqrt();
+        let ideal = (width * height / (2.0 * chains.len() as f64)).sqrt();
         let cell_w = ideal.max(dlon * CELL_OF_REACH).max(width / 2048.0);
         let cell_h = ideal.max(dlat * CELL_OF_REACH).max(height / 2048.0);
         let nx = ((width / cell_w).ceil() as usize).max(1);
@@ -351,8 +344,7 @@ impl PreparedPart {
         let cell = |v: f64, origin: f64, inv: f64, n: usize| {
             (((v - origin) * inv).max(0.0) as usize).min(n - 1)
         };
-        let chains = &self.chains;
-        self.grid = Buckets::build(nx * ny, |put| {
+        let grid = Buckets::build(nx * ny, |put| {
             for (i, chain) in chains.iter().enumerate() {
                 let x0 = cell(chain.min_lon - dlon, lon0, inv_w, nx);
                 let x1 = cell(chain.max_lon + dlon, lon0, inv_w, nx);
@@ -372,18 +364,17 @@ impl PreparedPart {
             self.grid_inv_h,
         ) = (lon0, lat0, inv_w, inv_h);
         (self.grid_nx, self.grid_ny) = (nx, ny);
-        self.sort_grid_cells();
+        self.fill_grid_cells(&grid, &chains);
     }
 
-    /// Orders each cell's chains by a lower bound on their distance from the cell's centre and keeps
-    /// those bounds in `grid_keys`. The bound uses the smallest metres-per-degree found in the cell's row
-    /// (longitude: its poleward edge; latitude: its equatorward edge), so it never exceeds the distance a
-    /// query measures with the metric at its own latitude inside that row.
-    fn sort_grid_cells(&mut self) {
+    /// Lays out each cell's chains (`grid`: chain ids per cell) as [`GridEntry`]s ordered by a lower
+    /// bound on their distance from the cell's centre. The bound uses the smallest metres-per-degree found
+    /// in the cell's row (longitude: its poleward edge; latitude: its equatorward edge), so it never
+    /// exceeds the distance a query measures with the metric at its own latitude inside that row.
+    fn fill_grid_cells(&mut self, grid: &Buckets, chains: &[Chain]) {
         let (nx, ny) = (self.grid_nx, self.grid_ny);
         let (cell_w, cell_h) = (1.0 / self.grid_inv_w, 1.0 / self.grid_inv_h);
-        let mut keys = vec![0f32; self.grid.items.len()];
-        let mut sorted: Vec<(f32, u32)> = Vec::new();
+        let mut entries = Vec::with_capacity(grid.len());
         for y in 0..ny {
             let south = self.grid_lat0 + y as f64 * cell_h;
             let north = south + cell_h;
@@ -399,16 +390,10 @@ impl PreparedPart {
             let ky = LocalMetric::at_latitude(equatorward).m_per_deg_lat;
             let center_lat = south + 0.5 * cell_h;
             for x in 0..nx {
-                let bucket = y * nx + x;
-                let range =
-                    self.grid.offsets[bucket] as usize..self.grid.offsets[bucket + 1] as usize;
-                if range.is_empty() {
-                    continue;
-                }
+                let first = entries.len();
                 let center_lon = self.grid_lon0 + (x as f64 + 0.5) * cell_w;
-                sorted.clear();
-                sorted.extend(self.grid.items[range.clone()].iter().map(|&c| {
-                    let chain = &self.chains[c as usize];
+                entries.extend(grid.get(y * nx + x).iter().map(|&c| {
+                    let chain = &chains[c as usize];
                     let gx = (chain.min_lon - center_lon)
                         .max(center_lon - chain.max_lon)
                         .max(0.0)
@@ -417,17 +402,22 @@ impl PreparedPart {
                         .max(center_lat - chain.max_lat)
                         .max(0.0)
                         * ky;
-                    // Rounded down, so that the f32 stays a lower bound.
-                    (((gx * gx + gy * gy).sqrt() * KEY_SHRINK) as f32, c)
+                    GridEntry {
+                        // Shrunk first, so that rounding to f32 keeps it a lower bound.
+                        key: ((gx * gx + gy * gy).sqrt() * KEY_SHRINK) as f32,
+                        min_lon: round_down(chain.min_lon),
+                        min_lat: round_down(chain.min_lat),
+                        max_lon: round_up(chain.max_lon),
+                        max_lat: round_up(chain.max_lat),
+                        first_vertex: self.edges[chain.first as usize],
+                        len: chain.len,
+                    }
                 }));
-                sorted.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
-                for (i, &(key, c)) in sorted.iter().enumerate() {
-                    keys[range.start + i] = key;
-                    self.grid.items[range.start + i] = c;
-                }
+                entries[first..].sort_unstable_by(|a, b| a.key.total_cmp(&b.key));
             }
         }
-        self.grid_keys = keys;
+        self.grid_offsets = grid.offsets.clone();
+        self.grid_entries = entries;
     }
 
     /// The query longitude moved to this part's side of the antimeridian.
@@ -469,26 +459,17 @@ impl PreparedPart {
             return None;
         }
         let bucket = self.grid_bucket(lat, lon)?;
-        let entry = self.grid.offsets[bucket];
-        (entry < self.grid.offsets[bucket + 1]).then_some(entry)
+        let entry = self.grid_offsets[bucket];
+        (entry < self.grid_offsets[bucket + 1]).then_some(entry)
     }
 
-    /// Step 2: the chain at a grid entry from step 1 (reads the entry and its distance bound).
+    /// Step 2: the first vertex of the chain at a grid entry from step 1 (reads the entry).
     #[must_use]
     pub fn warm_grid_entry(&self, entry: u32) -> u32 {
-        let chain = self.grid.items[entry as usize];
-        chain ^ (self.grid_keys[entry as usize].to_bits() & 1)
+        self.grid_entries[entry as usize].first_vertex
     }
 
-    /// Step 3: the first vertex of a chain from step 2 (reads the chain).
-    #[must_use]
-    pub fn warm_chain(&self, chain: u32) -> u32 {
-        self.chains
-            .get(chain as usize)
-            .map_or(0, |chain| self.edges[chain.first as usize])
-    }
-
-    /// Step 4: reads a vertex from step 3 and returns bits of it (so the load is not optimised away).
+    /// Step 3: reads a vertex from step 2 and returns bits of it (so the load is not optimised away).
     #[must_use]
     pub fn warm_vertex(&self, vertex: u32) -> u32 {
         self.vertices
@@ -696,23 +677,25 @@ impl PreparedPart {
         let mut best = (approx_limit * approx_limit, u32::MAX, 0.0f64);
         let mut best_m = approx_limit;
         let mut side = 0.0;
-        let range = self.grid.offsets[bucket] as usize..self.grid.offsets[bucket + 1] as usize;
-        for (&c, &key) in self.grid.items[range.clone()]
-            .iter()
-            .zip(&self.grid_keys[range])
-        {
-            if f64::from(key) - from_centre >= best_m {
+        let range = self.grid_offsets[bucket] as usize..self.grid_offsets[bucket + 1] as usize;
+        for entry in &self.grid_entries[range] {
+            if f64::from(entry.key) - from_centre >= best_m {
                 break;
             }
-            let chain = &self.chains[c as usize];
-            let gx = (chain.min_lon - lon).max(lon - chain.max_lon).max(0.0) * kx;
-            let gy = (chain.min_lat - lat).max(lat - chain.max_lat).max(0.0) * ky;
+            let gx = (f64::from(entry.min_lon) - lon)
+                .max(lon - f64::from(entry.max_lon))
+                .max(0.0)
+                * kx;
+            let gy = (f64::from(entry.min_lat) - lat)
+                .max(lat - f64::from(entry.max_lat))
+                .max(0.0)
+                * ky;
             if gx * gx + gy * gy >= best.0 {
                 continue;
             }
             let before = best.0;
-            let first = chain.first as usize;
-            for &e in &self.edges[first..first + chain.len as usize] {
+            // A chain's edges are consecutive edges of one ring, so they start at consecutive vertices.
+            for e in entry.first_vertex..entry.first_vertex + entry.len {
                 let (a, c) = self.segment(e);
                 let (ax, ay) = ((a[0] - lon) * kx, (a[1] - lat) * ky);
                 let (dx, dy) = ((c[0] - a[0]) * kx, (c[1] - a[1]) * ky);
@@ -737,6 +720,41 @@ impl PreparedPart {
         }
         let (_, edge, t) = best;
         (edge != u32::MAX).then_some(NearestEdge { edge, t, side })
+    }
+}
+
+/// One chain in one distance-grid cell: a lower bound (metres) on its distance from the cell's centre
+/// (entries of a cell ascend by it, so a search stops at the first that cannot beat what it has found),
+/// its box (rounded outwards to `f32`), and its edges: those starting at vertices
+/// `first_vertex..first_vertex + len`.
+#[derive(Debug, Clone, Copy)]
+struct GridEntry {
+    key: f32,
+    min_lon: f32,
+    min_lat: f32,
+    max_lon: f32,
+    max_lat: f32,
+    first_vertex: u32,
+    len: u32,
+}
+
+/// The largest `f32` not above `value`.
+fn round_down(value: f64) -> f32 {
+    let rounded = value as f32;
+    if f64::from(rounded) > value {
+        rounded.next_down()
+    } else {
+        rounded
+    }
+}
+
+/// The smallest `f32` not below `value`.
+fn round_up(value: f64) -> f32 {
+    let rounded = value as f32;
+    if f64::from(rounded) < value {
+        rounded.next_up()
+    } else {
+        rounded
     }
 }
 
