@@ -246,10 +246,7 @@ impl PreparedPart {
     pub fn heap_bytes(&self) -> usize {
         self.vertices.len() * 24
             + (self.edges.len() + self.ring_starts.len()) * 4
-            + (self.slabs.len()
-                + self.slabs.offsets.len()
-                + self.grid_offsets.len())
-                * 4
+            + (self.slabs.len() + self.slabs.offsets.len() + self.grid_offsets.len()) * 4
             + self.grid_entries.len() * std::mem::size_of::<GridEntry>()
     }
 
@@ -738,24 +735,15 @@ struct GridEntry {
     len: u32,
 }
 
-/// The largest `f32` not above `value`.
+/// An `f32` not above `value`: lowered by more than half an `f32` step before rounding to nearest
+/// (`f32::next_down` is newer than this crate's minimum Rust).
 fn round_down(value: f64) -> f32 {
-    let rounded = value as f32;
-    if f64::from(rounded) > value {
-        rounded.next_down()
-    } else {
-        rounded
-    }
+    (value - value.abs() * 2.5e-7 - 1e-30) as f32
 }
 
-/// The smallest `f32` not below `value`.
+/// An `f32` not below `value` (see [`round_down`]).
 fn round_up(value: f64) -> f32 {
-    let rounded = value as f32;
-    if f64::from(rounded) < value {
-        rounded.next_up()
-    } else {
-        rounded
-    }
+    (value + value.abs() * 2.5e-7 + 1e-30) as f32
 }
 
 /// The nearest edge a search found: the nearest point is at `t` along it, and `side` is positive when
@@ -780,6 +768,27 @@ fn ring_signed_area2(ring: &[[f64; 2]]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boxes_round_outwards_to_f32() {
+        for value in [
+            0.0,
+            1e-40,
+            -1e-40,
+            37.123_456_789,
+            -122.999_999_9,
+            179.999_999_99,
+            -89.5,
+            1e-3,
+        ] {
+            assert!(f64::from(round_down(value)) <= value, "{value}");
+            assert!(f64::from(round_up(value)) >= value, "{value}");
+            assert!(
+                (f64::from(round_down(value)) - value).abs() < 1e-4,
+                "{value}"
+            );
+        }
+    }
 
     fn square_with_hole() -> Polygon {
         Polygon {
