@@ -11,6 +11,20 @@ use super::*;
 use crate::batch::{run_batch, ColumnNames};
 use crate::geofence::{FenceIndex, IndexOptions, Strategy};
 
+/// Points files below this size (about 5 M CSV points) get the coarser raster by default: on the US
+/// counties at 1 km it builds in 63 ms instead of 160 ms and matches ~15 ns a point slower, so it wins
+/// until about 6 M points (`geopromo match` on 1 M points: 0.24 s wall instead of 0.33 s).
+const SMALL_INPUT_BYTES: u64 = 150_000_000;
+
+/// The raster density `geopromo match` uses without `--cells-per-degree`: 32 for a small file, 64 for a
+/// large one or standard input (size unknown).
+fn default_cells_per_degree(input_bytes: Option<u64>) -> u32 {
+    match input_bytes {
+        Some(bytes) if bytes < SMALL_INPUT_BYTES => 32,
+        _ => 64,
+    }
+}
+
 pub(super) fn run_match(args: &MatchArgs) -> anyhow::Result<ExitCode> {
     if let Some(threads) = args.threads {
         rayon::ThreadPoolBuilder::new()
@@ -23,7 +37,15 @@ pub(super) fn run_match(args: &MatchArgs) -> anyhow::Result<ExitCode> {
         .parse_options()
         .skip_invalid(args.skip_invalid);
     let parsed = load_fences(&args.fences, &options)?;
-    let mut options = IndexOptions::default().cells_per_degree(args.cells_per_degree);
+    let cells_per_degree = args.cells_per_degree.unwrap_or_else(|| {
+        default_cells_per_degree(
+            args.points
+                .as_deref()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map(|m| m.len()),
+        )
+    });
+    let mut options = IndexOptions::default().cells_per_degree(cells_per_degree);
     let strategy = match args.index {
         IndexKind::Raster => Strategy::Raster,
         IndexKind::Rtree => Strategy::RTree,
@@ -96,4 +118,16 @@ pub(super) fn run_match(args: &MatchArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_files_get_the_coarser_raster_and_unknown_sizes_the_finer() {
+        assert_eq!(default_cells_per_degree(Some(29_000_000)), 32);
+        assert_eq!(default_cells_per_degree(Some(SMALL_INPUT_BYTES)), 64);
+        assert_eq!(default_cells_per_degree(None), 64);
+    }
 }
