@@ -747,6 +747,23 @@ mod world {
         parse_fences(&bytes, &options).unwrap()
     }
 
+    /// Near the real world's borders (coasts, enclaves, the antimeridian repairs, the clipped
+    /// Antarctica), every lookup path agrees with testing every part by crossing count.
+    #[test]
+    fn near_border_lookups_agree_with_brute_force() {
+        let parsed = load(5000.0);
+        let index = FenceIndex::build(
+            &parsed.fences,
+            IndexOptions::default().h3_resolution(Some(Resolution::Five)),
+        );
+        let points = near_boundary_points(&parsed.fences, 3000, 8000.0, 21);
+        let matched = points
+            .iter()
+            .filter(|p| !matches_everywhere(&index, p.lat(), p.lon()).is_empty())
+            .count();
+        assert!(matched > 1500, "{matched}");
+    }
+
     #[test]
     fn russia_and_fiji_are_kept_whole_across_the_antimeridian_and_antarctica_is_clipped_at_85_south(
     ) {
