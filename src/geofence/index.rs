@@ -457,7 +457,7 @@ impl FenceIndex {
         let start = out.len();
         let mut metric = None;
         for part in 0..self.parts.len() as u32 {
-            self.resolve_part_by(
+            self.resolve_part(
                 Containment::CrossingCount,
                 part,
                 point,
@@ -565,7 +565,15 @@ impl FenceIndex {
         let start = out.len();
         let mut metric = None;
         for candidate in self.rtree.locate_all_at_point(&[point.lon(), point.lat()]) {
-            self.resolve_part(candidate.data, point, &mut metric, out, start, offset);
+            self.resolve_part(
+                Containment::NearestEdgeSide,
+                candidate.data,
+                point,
+                &mut metric,
+                out,
+                start,
+                offset,
+            );
         }
         out[start..].sort_unstable_by_key(|m| m.fence);
     }
@@ -591,34 +599,22 @@ impl FenceIndex {
             distance_m: 0.0,
         }));
         for &part in entry.boundary.iter() {
-            self.resolve_part(part, point, &mut metric, out, start, offset);
+            self.resolve_part(
+                Containment::NearestEdgeSide,
+                part,
+                point,
+                &mut metric,
+                out,
+                start,
+                offset,
+            );
         }
     }
 
     /// Exact test of one part; merges into `out[start..]` (a fence matches by its nearest part).
     /// `metric` is the point's local metric, computed by the first part that needs it.
-    fn resolve_part(
-        &self,
-        part_index: u32,
-        point: GeoPoint,
-        metric: &mut Option<LocalMetric>,
-        out: &mut Vec<FenceMatch>,
-        start: usize,
-        offset: u32,
-    ) {
-        self.resolve_part_by(
-            Containment::NearestEdgeSide,
-            part_index,
-            point,
-            metric,
-            out,
-            start,
-            offset,
-        );
-    }
-
     #[allow(clippy::too_many_arguments)]
-    fn resolve_part_by(
+    fn resolve_part(
         &self,
         containment: Containment,
         part_index: u32,

@@ -586,11 +586,12 @@ impl PreparedPart {
             return self.contains(lat, lon).then_some(0.0);
         };
         let on_edge = nearest.t > 0.0 && nearest.t < 1.0;
-        let inside = match nearest.side {
-            side if on_edge && side > 0.0 => Some(true),
-            side if on_edge && side < 0.0 => Some(false),
-            _ if on_edge => None,
-            _ => self.inside_at_vertex(lat, lon, metric, &nearest),
+        let inside = if !on_edge {
+            self.inside_at_vertex(lat, lon, metric, &nearest)
+        } else if nearest.side != 0.0 {
+            Some(nearest.side > 0.0)
+        } else {
+            None
         }
         .unwrap_or_else(|| self.contains(lat, lon));
         if inside {
