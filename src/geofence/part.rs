@@ -58,7 +58,8 @@ impl Buckets {
     }
 }
 
-/// Consecutive edges `first..first + len` (indexes into `edges`) and their bounds, in degrees.
+/// Consecutive edges of one ring, those starting at vertices `first..first + len`, and their bounds, in
+/// degrees.
 #[derive(Debug, Clone, Copy)]
 struct Chain {
     min_lon: f64,
@@ -292,19 +293,20 @@ impl PreparedPart {
         let (max_w, max_h) = (dlon * CHAIN_EXTENT_OF_REACH, dlat * CHAIN_EXTENT_OF_REACH);
         let mut chains = Vec::with_capacity(self.edges.len() / 4 + 1);
         let mut current: Option<Chain> = None;
-        for (i, &e) in self.edges.iter().enumerate() {
+        for &e in &self.edges {
             let (a, c) = self.segment(e);
             let edge = Chain {
                 min_lon: a[0].min(c[0]),
                 max_lon: a[0].max(c[0]),
                 min_lat: a[1].min(c[1]),
                 max_lat: a[1].max(c[1]),
-                first: i as u32,
+                first: e,
                 len: 1,
             };
             let grown = current
-                // Edges of one ring are consecutive in `edges` and share a vertex with the chain's last.
-                .filter(|chain| self.edges[(chain.first + chain.len - 1) as usize] + 1 == e)
+                // The edge continues the chain when it starts where the chain's last edge ends (the
+                // next ring starts one vertex later, past the closing one).
+                .filter(|chain| chain.first + chain.len == e)
                 .map(|chain| chain.extended_by(&edge))
                 .filter(|chain| {
                     chain.len as usize <= CHAIN_EDGES
@@ -361,14 +363,14 @@ impl PreparedPart {
             self.grid_inv_h,
         ) = (lon0, lat0, inv_w, inv_h);
         (self.grid_nx, self.grid_ny) = (nx, ny);
-        self.fill_grid_cells(&grid, &chains);
+        self.fill_grid_cells(grid, &chains);
     }
 
     /// Lays out each cell's chains (`grid`: chain ids per cell) as [`GridEntry`]s ordered by a lower
     /// bound on their distance from the cell's centre. The bound uses the smallest metres-per-degree found
     /// in the cell's row (longitude: its poleward edge; latitude: its equatorward edge), so it never
     /// exceeds the distance a query measures with the metric at its own latitude inside that row.
-    fn fill_grid_cells(&mut self, grid: &Buckets, chains: &[Chain]) {
+    fn fill_grid_cells(&mut self, grid: Buckets, chains: &[Chain]) {
         let (nx, ny) = (self.grid_nx, self.grid_ny);
         let (cell_w, cell_h) = (1.0 / self.grid_inv_w, 1.0 / self.grid_inv_h);
         let mut entries = Vec::with_capacity(grid.len());
@@ -406,14 +408,14 @@ impl PreparedPart {
                         min_lat: round_down(chain.min_lat),
                         max_lon: round_up(chain.max_lon),
                         max_lat: round_up(chain.max_lat),
-                        first_vertex: self.edges[chain.first as usize],
+                        first_vertex: chain.first,
                         len: chain.len,
                     }
                 }));
                 entries[first..].sort_unstable_by(|a, b| a.key.total_cmp(&b.key));
             }
         }
-        self.grid_offsets = grid.offsets.clone();
+        self.grid_offsets = grid.offsets;
         self.grid_entries = entries;
     }
 
@@ -455,7 +457,7 @@ impl PreparedPart {
         if self.circle.is_some() {
             return None;
         }
-        let bucket = self.grid_bucket(lat, lon)?;
+        let (bucket, _) = self.grid_cell(lat, lon)?;
         let entry = self.grid_offsets[bucket];
         (entry < self.grid_offsets[bucket + 1]).then_some(entry)
     }
@@ -472,11 +474,6 @@ impl PreparedPart {
         self.vertices
             .get(vertex as usize)
             .map_or(0, |v| v[0].to_bits() as u32)
-    }
-
-    /// The distance grid's bucket holding the point; `None` outside the grid (beyond every edge's reach).
-    fn grid_bucket(&self, lat: f64, lon: f64) -> Option<usize> {
-        self.grid_cell(lat, lon).map(|(bucket, _)| bucket)
     }
 
     /// The grid bucket holding the point and the point's offset from that cell's centre, in degrees
