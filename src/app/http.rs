@@ -135,14 +135,18 @@ pub async fn start_api(parts: ApiParts, shutdown: &CancellationToken) -> anyhow:
     })
 }
 
-/// Tells a developer how to get the first admin when nobody can log in yet.
-pub async fn print_first_admin_hint(store: &Store) {
+/// Tells a developer how to get the first admin when nobody can log in yet: with this very binary (run
+/// from this directory, so the command reaches the same store) and the address the API listens on.
+pub async fn print_first_admin_hint(store: &Store, api: SocketAddr) {
     if store.count_users().await.unwrap_or(1) == 0 {
+        let binary = std::env::current_exe()
+            .map(|path| path.display().to_string())
+            .unwrap_or_else(|_| "geopromo".to_owned());
         eprintln!(
             "\nNo users yet. Create the first admin, who can also manage fences and promotions (asks for \
-             the password; --password-stdin for scripts):\n  \
-             cargo run --release -- user add admin --role admin --role ops\n\
-             then log in: curl -s localhost:8080/v1/auth/login -H 'content-type: application/json' \\\n    \
+             the password; --password-stdin for scripts), from this directory:\n  \
+             {binary} user add admin --role admin --role ops\n\
+             then log in: curl -s http://{api}/v1/auth/login -H 'content-type: application/json' \\\n    \
              -d '{{\"username\":\"admin\",\"password\":\"...\",\"client\":\"ops\"}}'\n"
         );
     }

@@ -154,7 +154,7 @@ impl Application {
                 ));
             }
             tracing::info!(address = %server.address, "HTTP API at http://{}/v1 (docs at /docs)", server.address);
-            http::print_first_admin_hint(&store).await;
+            http::print_first_admin_hint(&store, server.address).await;
             Some(server)
         } else {
             None
