@@ -11,6 +11,8 @@
 //! cargo bench --bench pipeline -- memory [USERS]                  # default 1_000_000
 //! ```
 //!
+//! `PROCESSOR_THREADS=N` sets the number of evaluation workers (default: one per core beyond the first).
+//!
 //! `TRACE_RATIO=0.01` (or `1`) turns tracing on with that sampling ratio, exporting over OTLP/HTTP to a
 //! sink inside the benchmark that accepts and discards every export: the cost of tracing, measured.
 //!
@@ -125,6 +127,9 @@ fn settings() -> Settings {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1000),
+            processor_threads: std::env::var("PROCESSOR_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok()),
             ..KafkaSettings::default()
         },
         ..Settings::default()

@@ -218,6 +218,10 @@ pub struct KafkaSettings {
     pub commit_interval_ms: u64,
     /// Larger input payloads go to the dead-letter topic.
     pub max_event_bytes: usize,
+    /// Threads that decode, match and decide records beside the consumer's thread, each owning a share
+    /// of the assigned partitions. `0` decides on the consumer's thread. Unset: one per core beyond the
+    /// first, at most 4.
+    pub processor_threads: Option<usize>,
     /// Partitions of each topic the embedded broker creates.
     pub embedded_partitions: i32,
     /// librdkafka properties for every client (`security.protocol`, `sasl.*`, `ssl.*`, ...).
@@ -357,6 +361,7 @@ impl Default for KafkaSettings {
             instance_id: None,
             commit_interval_ms: 1000,
             max_event_bytes: 16 * 1024,
+            processor_threads: None,
             embedded_partitions: 6,
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),

@@ -678,3 +678,65 @@ fn checkpoints_are_timed_in_the_stage_histogram() {
         "{text}"
     );
 }
+
+/// The partition-parallel processor decides like the reference model whatever the number of evaluation
+/// workers: no worker (on the consumer's thread), one, and more workers than there are partitions per
+/// worker. Each user's outputs arrive once each, in the order the reference decides them, and every bad
+/// event is dead-lettered.
+#[test]
+fn every_worker_count_emits_what_the_reference_decides_in_order() {
+    let (events, _) = traffic(300, 6_000, 0.02, 11);
+    let catalog = catalog(PROMOTIONS);
+    let mut by_user: std::collections::BTreeMap<&str, Vec<(String, Vec<u8>)>> =
+        std::collections::BTreeMap::new();
+    for event in &events {
+        by_user.entry(&event.0).or_default().push(event.clone());
+    }
+    let now = geopromo::promo::timestamp::now_ms();
+    let expected: std::collections::BTreeMap<&str, Vec<String>> = by_user
+        .iter()
+        .map(|(user, events)| (*user, expected_event_ids(&catalog.load(), events, now)))
+        .filter(|(_, ids)| !ids.is_empty())
+        .collect();
+    let expected_total: usize = expected.values().map(Vec::len).sum();
+    let bad = events
+        .iter()
+        .filter(|(key, payload)| {
+            geopromo::promo::decode_gps_event(Some(key.as_bytes()), payload, 16 * 1024).is_err()
+        })
+        .count();
+    assert!(
+        expected_total > 100 && bad > 50,
+        "{expected_total} outputs, {bad} bad"
+    );
+
+    for workers in [0, 1, 3] {
+        let mut kafka = settings(&format!("workers-{workers}"), Guarantee::AtLeastOnce);
+        kafka.embedded_partitions = 8;
+        kafka.processor_threads = Some(workers);
+        let broker = EmbeddedBroker::start(&kafka, 1).unwrap();
+        let brokers = broker.bootstrap_servers().to_owned();
+        produce(&brokers, &kafka.input_topic, &events);
+        let running = Running::start(&kafka, &brokers, catalog.clone());
+        running.wait_consumed(events.len() as u64, SECONDS_30);
+        let output = consume(
+            &brokers,
+            &kafka.output_topic,
+            expected_total,
+            false,
+            QUIET,
+            SECONDS_30,
+        );
+        let report = running.stop();
+        assert_eq!(report.dead_lettered, bad as u64, "{workers} workers");
+        let mut received: std::collections::BTreeMap<&str, Vec<String>> =
+            std::collections::BTreeMap::new();
+        for message in &output {
+            received
+                .entry(message.key.as_deref().unwrap())
+                .or_default()
+                .push(message.json()["event_id"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(received, expected, "{workers} workers");
+    }
+}

@@ -48,12 +48,17 @@ impl Core {
         // Timed from here: flushing the state changelog is part of what a checkpoint costs the loop.
         let started = Instant::now();
         self.last_checkpoint = started;
+        // The users are flushed as of the positions committed: every record handed over is applied first.
+        self.apply_finished(true)?;
         if self.progress.is_dirty() {
             self.flush_state()?;
         }
-        self.metrics
-            .users_in_state
-            .set(self.users.values().map(|users| users.len() as i64).sum());
+        self.metrics.users_in_state.set(
+            self.dispatch
+                .shards()
+                .map(|shard| shard.values().map(|users| users.len() as i64).sum::<i64>())
+                .sum(),
+        );
         self.producer.clear_doomed();
         let waiting = self.progress.has_staged() && matches!(mode, CommitMode::Sync);
         if !self.progress.is_dirty() && !waiting {
@@ -149,6 +154,8 @@ impl Core {
         consumer: &BaseConsumer<C>,
     ) -> Result<(), StreamError> {
         self.metrics.rewinds.inc();
+        // Records handed over after the last durable position are read again.
+        self.dispatch.discard()?;
         let targets = self.progress.rewind_targets();
         let mut restored = self.restore(&targets)?;
         for &(partition, rewind_to) in &targets {
@@ -164,8 +171,8 @@ impl Core {
                         StreamError::kafka("seeking back to the last checkpoint", source)
                     })?;
             }
-            self.users
-                .insert(partition, restored.remove(&partition).unwrap_or_default());
+            self.dispatch
+                .replace_users(partition, restored.remove(&partition).unwrap_or_default());
         }
         self.progress.rewound();
         Ok(())
@@ -214,7 +221,7 @@ impl Core {
         for (partition, committed) in targets {
             let users = restored.remove(&partition).unwrap_or_default();
             users_restored += users.len();
-            self.users.insert(partition, users);
+            self.dispatch.assign(partition, users);
             self.progress.assign(partition, committed);
         }
         self.metrics
@@ -246,6 +253,9 @@ impl PartitionHandler for Core {
         if lost {
             tracing::warn!(partitions = ?revoked, "assignment lost; dropping uncommitted work");
             self.progress.lose_uncommitted();
+            if let Err(error) = self.dispatch.discard() {
+                self.fatal.get_or_insert(error);
+            }
         } else if let Err(error) = self.checkpoint(consumer, CommitMode::Sync) {
             if self.settings.guarantee == Guarantee::AtLeastOnce {
                 // Outputs not acknowledged in time (a broker that hangs rather than fails): the revoked
@@ -261,7 +271,7 @@ impl PartitionHandler for Core {
         }
         for &partition in revoked {
             self.progress.revoke(partition);
-            self.users.remove(&partition);
+            self.dispatch.revoke(partition);
         }
         tracing::info!(partitions = ?revoked, "partitions revoked");
     }

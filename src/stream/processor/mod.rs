@@ -1,9 +1,11 @@
 //! The stream processor: consume GPS events → decode → match → promotion rules → produce eligibility events.
 //!
-//! One thread drives a consumer-group member: it processes messages in the order librdkafka hands them
-//! over, so each partition (and so each user) is processed in order. Work in flight is bounded by
-//! librdkafka's fetch queue on one side and the producer queue on the other (a full producer queue blocks
-//! the loop: backpressure, not an unbounded buffer).
+//! One thread drives a consumer-group member: it polls records, hands them in batches to evaluation
+//! workers that each own a share of the assigned partitions (decode → match → rules → serialize, see
+//! `workers`), and produces what comes back. A partition is decided by one worker, in order, and its
+//! results are produced in order, so each partition (and so each user) is processed in order. Work in
+//! flight is bounded by librdkafka's fetch queue, a few batches per worker and the producer queue (a full
+//! producer queue blocks the loop: backpressure, not an unbounded buffer).
 //!
 //! Progress is checkpointed every `commit_interval_ms`, on rebalance and on shutdown:
 //! - at-least-once: wait until every output, dead letter and state record produced so far is
@@ -14,7 +16,6 @@
 //! Rewinding means seeking each partition back to its last committed offset and reloading its users from
 //! the changelog, so the replay decides exactly as the first run did (and produces the same event ids).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,8 +27,7 @@ use rdkafka::message::Message;
 use opentelemetry::trace::SpanContext;
 
 use crate::config::KafkaSettings;
-use crate::promo::{EligibilityEvent, Scratch, SharedCatalog};
-use crate::stream::changelog::PartitionUsers;
+use crate::promo::{EligibilityEvent, SharedCatalog};
 use crate::stream::checkpoint::Progress;
 use crate::stream::client::{
     check_topics, processor_consumer_config, processor_producer_config, producer_message_limit,
@@ -38,10 +38,15 @@ use crate::stream::lock;
 use crate::stream::output::TrackedProducer;
 use crate::stream::rebalance::GroupContext;
 use crate::telemetry::PipelineMetrics;
+use workers::Dispatcher;
 
 mod durability;
+mod evaluate;
 mod records;
 mod trace;
+mod workers;
+
+pub use workers::default_workers;
 
 /// Stage timings are taken for 1 event in this many, so that timing does not cost more than the work.
 const SAMPLE_EVERY: u64 = 64;
@@ -118,17 +123,21 @@ impl Processor {
             settings.guarantee,
             self.metrics.clone(),
         )?;
+        let workers = settings.processor_threads.unwrap_or_else(default_workers);
+        let dispatch = Dispatcher::start(
+            workers,
+            &self.catalog,
+            &self.metrics,
+            settings.max_event_bytes,
+        )?;
         let core = Arc::new(Mutex::new(Core {
             producer,
             settings: settings.clone(),
             brokers: self.brokers.clone(),
-            catalog: self.catalog.clone(),
             metrics: self.metrics.clone(),
-            users: HashMap::new(),
+            dispatch,
             progress: Progress::default(),
             fatal: None,
-            scratch: Scratch::default(),
-            outputs: Vec::new(),
             buffer: Vec::new(),
             report: ProcessorReport::default(),
             last_checkpoint: Instant::now(),
@@ -155,6 +164,7 @@ impl Processor {
             output = %settings.output_topic,
             group = %settings.group_id,
             guarantee = ?settings.guarantee,
+            workers,
             "processor started"
         );
 
@@ -166,19 +176,27 @@ impl Processor {
             if let Some(error) = lock(&core).fatal.take() {
                 break Err(error);
             }
-            match consumer.poll(Duration::from_millis(100)) {
-                None => {}
-                Some(Err(KafkaError::PartitionEOF(_))) => {}
-                Some(Err(error)) => tracing::warn!(%error, "consumer error"),
+            // Not under the lock: the rebalance callbacks run inside `poll` and take it.
+            let timeout = lock(&core).dispatch.poll_timeout();
+            let polled = match consumer.poll(timeout) {
                 Some(Ok(message)) => {
                     let mut core = lock(&core);
                     core.check_position(&consumer, message.partition(), message.offset());
-                    if let Err(error) = core.process(&message) {
-                        break Err(error);
-                    }
+                    core.accept(&message)
                 }
-            }
+                // Nothing more for now: what was handed over goes to the workers.
+                None | Some(Err(KafkaError::PartitionEOF(_))) => {
+                    lock(&core).dispatch.send_pending()
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "consumer error");
+                    Ok(())
+                }
+            };
             let mut core = lock(&core);
+            if let Err(error) = polled.and_then(|()| core.apply_finished(false)) {
+                break Err(error);
+            }
             if consumer.context().take_commit_failure() {
                 core.progress.commit_failed();
             }
@@ -240,16 +258,13 @@ pub(crate) struct Core {
     producer: TrackedProducer,
     settings: KafkaSettings,
     brokers: String,
-    catalog: Arc<SharedCatalog>,
     metrics: PipelineMetrics,
-    /// Users of each assigned input partition.
-    users: HashMap<i32, PartitionUsers>,
+    /// The evaluation workers, and through them the users of each assigned input partition.
+    dispatch: Dispatcher,
     progress: Progress,
     /// An error raised inside a callback, surfaced by the loop.
     fatal: Option<StreamError>,
-    scratch: Scratch,
-    /// The current input event's outputs (reused).
-    outputs: Vec<EligibilityEvent>,
+    /// Changelog records are encoded here (reused).
     buffer: Vec<u8>,
     report: ProcessorReport,
     last_checkpoint: Instant,

@@ -1,5 +1,6 @@
-//! What the loop does with each input record: notice position jumps, decode, decide, produce the outputs
-//! (or a dead letter), and write changed users to the changelog at checkpoints.
+//! What the loop does with each input record: notice position jumps, hand it to its evaluation worker,
+//! produce what was decided (outputs or a dead letter), and write changed users to the changelog at
+//! checkpoints.
 
 use std::time::{Duration, Instant};
 
@@ -7,12 +8,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 
+use super::evaluate::{Batch, Record, Verdict};
 use super::trace::RecordTrace;
 use super::{Core, SAMPLE_EVERY};
-use crate::promo::timestamp::SystemClock;
-use crate::promo::{
-    decode_gps_event, DecisionTime, DecodeError, EpochMs, GpsEvent, Outcome, TransitionKind,
-};
+use crate::promo::{DecodeError, EpochMs, Outcome, TransitionKind};
 use crate::stream::changelog;
 use crate::stream::dead_letter::{dead_letter_headers, DeadLetter, Origin};
 use crate::stream::error::StreamError;
@@ -28,7 +27,11 @@ impl Core {
         partition: i32,
         offset: i64,
     ) {
-        let Some(expected) = self.progress.expected(partition) else {
+        let expected = self
+            .dispatch
+            .next_offset(partition)
+            .or_else(|| self.progress.expected(partition));
+        let Some(expected) = expected else {
             return;
         };
         if offset <= expected + 1 {
@@ -69,138 +72,113 @@ impl Core {
         }
     }
 
-    pub(super) fn process(&mut self, message: &BorrowedMessage<'_>) -> Result<(), StreamError> {
-        let partition = message.partition();
-        let offset = message.offset();
-        if !self.progress.owns(partition) {
+    /// Hands a polled record to its partition's evaluation worker.
+    pub(super) fn accept(&mut self, message: &BorrowedMessage<'_>) -> Result<(), StreamError> {
+        if !self.progress.owns(message.partition()) {
             // Fetched before a revoke took effect; another member owns it now.
             return Ok(());
         }
         self.metrics.consumed.inc();
         self.report.consumed += 1;
         let sampled = self.report.consumed % SAMPLE_EVERY == 0;
-        let started = sampled.then(Instant::now);
-        let mut trace = self
+        let trace = self
             .tracer
             .map(|tracer| RecordTrace::start(tracer, self.trace_name, message));
-        let payload = message.payload().unwrap_or_default();
-        let decoded = decode_gps_event(message.key(), payload, self.settings.max_event_bytes);
-        let decoded_at = sampled.then(Instant::now);
-        match decoded {
-            Err(error) => {
-                if let Some(trace) = &mut trace {
-                    trace.dead_lettered(error.code(), &error.to_string());
-                }
-                self.dead_letter(message, &error, trace.as_ref())?;
-            }
-            Ok(event) => {
-                if let Some(trace) = &mut trace {
-                    trace.decoded(&event.user_id);
-                }
-                // The record's own timestamp, not the wall clock: a replay after a crash must clamp
-                // future-skewed points exactly as the first run did.
-                let reference = message
-                    .timestamp()
-                    .to_millis()
-                    .map_or_else(EpochMs::now, EpochMs::from_millis);
-                let time = DecisionTime {
-                    reference,
-                    clock: SystemClock,
-                };
-                self.outputs.clear();
-                // A guard, not an Arc clone: no reference-count traffic per event.
-                let decision = {
-                    let catalog = self.catalog.load();
-                    let Some(users) = self.users.get_mut(&partition) else {
-                        return Ok(());
-                    };
-                    let user = match users.get_mut(&*event.user_id) {
-                        Some(user) => user,
-                        None => users.entry(event.user_id.as_ref().into()).or_default(),
-                    };
-                    let decision = catalog.decide(
-                        &mut user.state,
-                        &event,
-                        time,
-                        &mut self.scratch,
-                        &mut self.outputs,
-                    );
-                    if decision.outcome == Outcome::Applied {
-                        user.unflushed_offset = Some(offset);
-                    }
-                    if let Some(trace) = &mut trace {
-                        trace.decided(
-                            decision.outcome,
-                            catalog.matched_fence_ids(&self.scratch),
-                            self.outputs.len(),
-                        );
-                    }
-                    decision
-                };
-                let evaluated_at = sampled.then(Instant::now);
-                match decision.outcome {
-                    Outcome::IgnoredInaccurate => {
-                        self.metrics.ignored_inaccurate.inc();
-                    }
-                    Outcome::IgnoredLate => {
-                        self.metrics.ignored_late.inc();
-                    }
-                    Outcome::Applied if decision.matched_any => {
-                        self.metrics.matched.inc();
-                    }
-                    Outcome::Applied => {}
-                }
-                if !self.outputs.is_empty() {
-                    self.emit(&event, partition, offset, trace.as_ref())?;
-                }
-                if let (Some(started), Some(decoded_at), Some(evaluated_at)) =
-                    (started, decoded_at, evaluated_at)
-                {
-                    self.metrics
-                        .decode_seconds
-                        .observe((decoded_at - started).as_secs_f64());
-                    self.metrics
-                        .evaluate_seconds
-                        .observe((evaluated_at - decoded_at).as_secs_f64());
-                    self.metrics
-                        .produce_seconds
-                        .observe(evaluated_at.elapsed().as_secs_f64());
-                    if let Some(created) = message.timestamp().to_millis() {
-                        self.metrics
-                            .event_age_seconds
-                            .observe((EpochMs::now().as_millis() - created).max(0) as f64 / 1000.0);
-                    }
-                }
+        self.dispatch.push(message, sampled, trace)
+    }
+
+    /// Produces the results of every evaluated batch that is back (with `wait`: of every batch handed
+    /// over, waiting for them). A failure leaves nothing of later records to be applied: what follows
+    /// the failed record is read again from the last checkpoint.
+    pub(super) fn apply_finished(&mut self, wait: bool) -> Result<(), StreamError> {
+        if wait {
+            self.dispatch.send_pending()?;
+        }
+        while let Some(batch) = self.dispatch.finished(wait)? {
+            let applied = self.apply(&batch);
+            self.dispatch.recycle(batch);
+            if let Err(error) = applied {
+                // Later batches of the failed record's partition must not move its position past it.
+                self.dispatch.discard()?;
+                return Err(error);
             }
         }
-        self.progress.processed(partition, offset);
         Ok(())
     }
 
-    /// Produces the output events of one input event. The user's new state reaches the changelog at the
-    /// next checkpoint ([`Core::flush_state`]).
+    /// Produces the outputs (or dead letters) of one evaluated batch, in order, and moves the positions.
+    fn apply(&mut self, batch: &Batch) -> Result<(), StreamError> {
+        for (record, verdict) in batch.records.iter().zip(&batch.verdicts) {
+            let (partition, offset) = (record.partition, record.offset);
+            if !self.progress.owns(partition) {
+                continue;
+            }
+            let started = record.sampled.then(Instant::now);
+            match verdict {
+                Verdict::Skipped => continue,
+                Verdict::DeadLetter(error) => self.dead_letter(batch, record, error)?,
+                Verdict::Decided {
+                    outcome,
+                    matched_any,
+                    outputs,
+                } => {
+                    match outcome {
+                        Outcome::IgnoredInaccurate => {
+                            self.metrics.ignored_inaccurate.inc();
+                        }
+                        Outcome::IgnoredLate => {
+                            self.metrics.ignored_late.inc();
+                        }
+                        Outcome::Applied if *matched_any => {
+                            self.metrics.matched.inc();
+                        }
+                        Outcome::Applied => {}
+                    }
+                    if !outputs.is_empty() {
+                        self.emit(batch, record, outputs.clone())?;
+                    }
+                }
+            }
+            if let Some(started) = started {
+                self.metrics
+                    .produce_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                if let Some(created) = record.timestamp_ms {
+                    self.metrics
+                        .event_age_seconds
+                        .observe((EpochMs::now().as_millis() - created).max(0) as f64 / 1000.0);
+                }
+            }
+            self.progress.processed(partition, offset);
+        }
+        Ok(())
+    }
+
+    /// Produces the output events of one input record, keyed by its user (the record's key: decoding
+    /// refuses a key that differs from `user_id`). The user's new state reaches the changelog at the next
+    /// checkpoint ([`Core::flush_state`]).
     fn emit(
         &mut self,
-        event: &GpsEvent<'_>,
-        partition: i32,
-        offset: i64,
-        trace: Option<&RecordTrace>,
+        batch: &Batch,
+        record: &Record,
+        outputs: std::ops::Range<usize>,
     ) -> Result<(), StreamError> {
-        // Taken and put back, so the vector's capacity is reused for the next event.
-        let outputs = std::mem::take(&mut self.outputs);
-        for output in &outputs {
-            self.buffer.clear();
-            // Serializing plain data into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut self.buffer, output);
-            let mut record = BaseRecord::with_opaque_to(&self.settings.output_topic, 0)
-                .key(event.user_id.as_bytes())
-                .payload(&self.buffer[..]);
-            if let Some(trace) = trace {
-                record = record.headers(trace.headers(OwnedHeaders::new()));
+        let source = Source {
+            partition: record.partition,
+            offset: record.offset,
+        };
+        let user_id = batch.key(record).unwrap_or_default();
+        for index in outputs {
+            let output = &batch.outputs[index];
+            let mut produced = BaseRecord::with_opaque_to(&self.settings.output_topic, 0)
+                .key(user_id)
+                .payload(batch.encoded(index));
+            if let Some(trace) = &record.trace {
+                produced = produced.headers(trace.headers(OwnedHeaders::new()));
             }
-            self.producer.send(record, Source { partition, offset })?;
+            self.producer.send(produced, source)?;
             if let Some(hook) = &self.on_emit {
-                hook(output, trace.map(RecordTrace::span_context));
+                hook(output, record.trace.as_ref().map(RecordTrace::span_context));
             }
             match output.kind {
                 TransitionKind::Enter => self.metrics.emitted_enter.inc(),
@@ -208,63 +186,70 @@ impl Core {
             };
             self.report.emitted += 1;
         }
-        self.outputs = outputs;
         Ok(())
     }
 
     /// Writes the state of every user changed since the last checkpoint to the changelog, so that a
     /// restore at the offsets this checkpoint commits finds exactly the state the run had there.
     pub(super) fn flush_state(&mut self) -> Result<(), StreamError> {
-        for (&partition, users) in &mut self.users {
-            for (user_id, user) in users.iter_mut() {
-                let Some(offset) = user.unflushed_offset.take() else {
-                    continue;
-                };
-                self.buffer.clear();
-                changelog::encode_state(&mut self.buffer, offset, &user.state);
-                let record =
-                    BaseRecord::<[u8], [u8], usize>::with_opaque_to(&self.settings.state_topic, 0)
-                        .key(user_id.as_bytes())
-                        .partition(partition)
-                        .payload(&self.buffer[..]);
-                self.producer.send(record, Source { partition, offset })?;
+        for mut shard in self.dispatch.shards() {
+            for (&partition, users) in shard.iter_mut() {
+                for (user_id, user) in users.iter_mut() {
+                    let Some(offset) = user.unflushed_offset.take() else {
+                        continue;
+                    };
+                    self.buffer.clear();
+                    changelog::encode_state(&mut self.buffer, offset, &user.state);
+                    let record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(
+                        &self.settings.state_topic,
+                        0,
+                    )
+                    .key(user_id.as_bytes())
+                    .partition(partition)
+                    .payload(&self.buffer[..]);
+                    self.producer.send(record, Source { partition, offset })?;
+                }
             }
         }
         Ok(())
     }
 
-    /// Sends the original message to the dead-letter topic with the reason and its origin in headers
+    /// Sends the original record to the dead-letter topic with the reason and its origin in headers
     /// (cut to fit when it is too large for a record: a dead letter is always deliverable).
     fn dead_letter(
         &mut self,
-        message: &BorrowedMessage<'_>,
+        batch: &Batch,
+        record: &Record,
         error: &DecodeError,
-        trace: Option<&RecordTrace>,
     ) -> Result<(), StreamError> {
         let origin = Origin {
-            topic: message.topic(),
-            partition: message.partition(),
-            offset: message.offset(),
+            topic: &self.settings.input_topic,
+            partition: record.partition,
+            offset: record.offset,
         };
-        let letter = DeadLetter::new(message.key(), message.payload(), self.dead_letter_limit);
+        let letter = DeadLetter::new(
+            batch.key(record),
+            batch.payload(record),
+            self.dead_letter_limit,
+        );
         let mut headers = dead_letter_headers(error, origin, &letter);
-        if let Some(trace) = trace {
+        if let Some(trace) = &record.trace {
             headers = trace.headers(headers);
         }
-        let mut record =
+        let mut produced =
             BaseRecord::<[u8], [u8], usize>::with_opaque_to(&self.settings.dlq_topic, 0)
                 .headers(headers);
         if let Some(key) = letter.key {
-            record = record.key(key);
+            produced = produced.key(key);
         }
         if let Some(payload) = letter.payload {
-            record = record.payload(payload);
+            produced = produced.payload(payload);
         }
         let source = Source {
             partition: origin.partition,
             offset: origin.offset,
         };
-        self.producer.send(record, source)?;
+        self.producer.send(produced, source)?;
         self.metrics.dead_lettered(error.code());
         self.report.dead_lettered += 1;
         tracing::debug!(code = error.code(), reason = %error, partition = origin.partition, offset = origin.offset, truncated = letter.truncated, "dead-lettered");
