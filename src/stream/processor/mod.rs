@@ -169,32 +169,31 @@ impl Processor {
         );
 
         let interval = Duration::from_millis(settings.commit_interval_ms);
+        // Not taken under the lock: the rebalance callbacks run inside `poll` and take it.
+        let mut timeout = Duration::from_millis(100);
         let result = loop {
             if stop.load(Ordering::Relaxed) {
                 break Ok(());
             }
-            if let Some(error) = lock(&core).fatal.take() {
+            let polled = consumer.poll(timeout);
+            // One lock per turn: the record, the results back from the workers and the checkpoints.
+            let mut core = lock(&core);
+            if let Some(error) = core.fatal.take() {
                 break Err(error);
             }
-            // Not under the lock: the rebalance callbacks run inside `poll` and take it.
-            let timeout = lock(&core).dispatch.poll_timeout();
-            let polled = match consumer.poll(timeout) {
+            let handed_over = match polled {
                 Some(Ok(message)) => {
-                    let mut core = lock(&core);
                     core.check_position(&consumer, message.partition(), message.offset());
                     core.accept(&message)
                 }
                 // Nothing more for now: what was handed over goes to the workers.
-                None | Some(Err(KafkaError::PartitionEOF(_))) => {
-                    lock(&core).dispatch.send_pending()
-                }
+                None | Some(Err(KafkaError::PartitionEOF(_))) => core.dispatch.send_pending(),
                 Some(Err(error)) => {
                     tracing::warn!(%error, "consumer error");
                     Ok(())
                 }
             };
-            let mut core = lock(&core);
-            if let Err(error) = polled.and_then(|()| core.apply_finished(false)) {
+            if let Err(error) = handed_over.and_then(|()| core.apply_finished(false)) {
                 break Err(error);
             }
             if consumer.context().take_commit_failure() {
@@ -210,6 +209,7 @@ impl Processor {
                     break Err(error);
                 }
             }
+            timeout = core.dispatch.poll_timeout();
         };
         let final_checkpoint = lock(&core).checkpoint(&consumer, CommitMode::Sync);
         // Leaving the group runs the revoke callback, which checkpoints again (a no-op by now).
