@@ -256,6 +256,8 @@ impl Dispatcher {
         let Ok(index) = usize::try_from(partition) else {
             return;
         };
+        // Assigned again without a revoke in between: its old users go, wherever they were.
+        self.revoke(partition);
         // The shard with the fewest partitions, so that any assignment spreads over the workers.
         let mut counts = vec![0usize; self.shards.len()];
         for shard in self.shard_of.iter().flatten() {
@@ -316,5 +318,83 @@ impl Drop for Dispatcher {
                 let _ = thread.join();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geofence::IndexOptions;
+    use crate::promo::{Catalog, RuleOptions};
+
+    fn dispatcher(workers: usize) -> Dispatcher {
+        let catalog = Catalog::build(
+            Vec::new(),
+            Vec::new(),
+            RuleOptions::default(),
+            IndexOptions::default(),
+        )
+        .unwrap();
+        let catalog = Arc::new(SharedCatalog::from_pointee(catalog));
+        Dispatcher::start(workers, &catalog, &PipelineMetrics::default(), 16 * 1024).unwrap()
+    }
+
+    fn partitions_per_shard(dispatch: &Dispatcher) -> Vec<Vec<i32>> {
+        dispatch
+            .shards()
+            .map(|shard| {
+                let mut partitions: Vec<i32> = shard.keys().copied().collect();
+                partitions.sort_unstable();
+                partitions
+            })
+            .collect()
+    }
+
+    #[test]
+    fn any_assignment_spreads_over_the_workers() {
+        let mut dispatch = dispatcher(2);
+        // Even partitions only: a `partition % workers` placement would give worker 0 all of them.
+        for partition in [0, 2, 4, 6, 8, 10] {
+            dispatch.assign(partition, PartitionUsers::default());
+        }
+        let shards = partitions_per_shard(&dispatch);
+        assert_eq!(shards.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3]);
+        dispatch.revoke(0);
+        dispatch.revoke(4);
+        dispatch.revoke(8);
+        dispatch.assign(12, PartitionUsers::default());
+        let shards = partitions_per_shard(&dispatch);
+        assert_eq!(shards.concat().len(), 4);
+        assert!(shards.iter().all(|s| !s.is_empty()), "{shards:?}");
+    }
+
+    #[test]
+    fn a_partition_assigned_twice_has_its_users_in_one_place() {
+        let mut dispatch = dispatcher(3);
+        for partition in 0..3 {
+            dispatch.assign(partition, PartitionUsers::default());
+        }
+        let mut users = PartitionUsers::default();
+        users.insert("fresh".into(), Default::default());
+        dispatch.assign(1, users);
+        let holding: Vec<usize> = dispatch
+            .shards()
+            .map(|shard| shard.get(&1).map_or(0, |users| users.len() + 1))
+            .filter(|&held| held > 0)
+            .collect();
+        assert_eq!(
+            holding,
+            [2],
+            "one shard holds partition 1, with the new users"
+        );
+    }
+
+    #[test]
+    fn without_workers_nothing_is_ever_waited_for() {
+        let mut dispatch = dispatcher(0);
+        assert_eq!(dispatch.poll_timeout(), Duration::from_millis(100));
+        dispatch.send_pending().unwrap();
+        assert!(dispatch.finished(true).unwrap().is_none());
+        assert_eq!(partitions_per_shard(&dispatch).len(), 1);
     }
 }
