@@ -74,6 +74,8 @@ pub struct PipelineMetrics {
     pub offsets_skipped: Counter,
     pub offset_resets: Counter,
     pub users_in_state: Gauge,
+    /// Seconds each evaluation worker spent deciding batches: its rate is the worker's utilisation.
+    worker_busy_seconds: Family<Labels, Counter<f64, std::sync::atomic::AtomicU64>>,
     pub state_restored_users: Counter,
 }
 
@@ -112,6 +114,7 @@ impl Default for PipelineMetrics {
             offsets_skipped: Counter::default(),
             offset_resets: Counter::default(),
             users_in_state: Gauge::default(),
+            worker_busy_seconds: Family::default(),
             state_restored_users: Counter::default(),
         };
         for code in DecodeError::CODES {
@@ -172,6 +175,14 @@ impl PipelineMetrics {
     pub fn catalog_in_use(&self, version: i64, quarantined: usize) {
         self.catalog_version.set(version);
         self.catalog_quarantined.set(quarantined as i64);
+    }
+
+    /// The busy-time counter of evaluation worker `worker`.
+    #[must_use]
+    pub fn worker_busy(&self, worker: &str) -> Counter<f64, std::sync::atomic::AtomicU64> {
+        self.worker_busy_seconds
+            .get_or_create(&label("worker", worker))
+            .clone()
     }
 
     /// A checkpoint made progress durable now.
@@ -310,6 +321,12 @@ impl PipelineMetrics {
             "users_in_state",
             "Users with state held by this instance",
             self.users_in_state.clone(),
+        );
+        registry.register(
+            "processor_worker_busy_seconds",
+            "Seconds each evaluation worker (`consumer` when records are decided on the consumer's thread) \
+             spent decoding, matching and deciding; a rate near 1 means that worker is saturated",
+            self.worker_busy_seconds.clone(),
         );
         registry.register(
             "state_restored_users",

@@ -727,6 +727,18 @@ fn every_worker_count_emits_what_the_reference_decides_in_order() {
             QUIET,
             SECONDS_30,
         );
+        let busy: Vec<f64> = if workers == 0 {
+            vec![running.metrics.worker_busy("consumer").get()]
+        } else {
+            (0..workers)
+                .map(|worker| running.metrics.worker_busy(&worker.to_string()).get())
+                .collect()
+        };
+        // Every worker had partitions (8 over at most 3) and so spent time deciding.
+        assert!(
+            busy.iter().all(|&seconds| seconds > 0.0),
+            "{workers} workers: {busy:?}"
+        );
         let report = running.stop();
         assert_eq!(report.dead_lettered, bad as u64, "{workers} workers");
         let mut received: std::collections::BTreeMap<&str, Vec<String>> =

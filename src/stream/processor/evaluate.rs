@@ -8,9 +8,11 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use prometheus_client::metrics::counter::Counter;
 use rdkafka::message::{BorrowedMessage, Message};
 
 use super::trace::RecordTrace;
@@ -131,6 +133,7 @@ pub(super) struct Evaluator {
     catalog: Arc<SharedCatalog>,
     users: SharedUsers,
     metrics: PipelineMetrics,
+    busy: Counter<f64, AtomicU64>,
     max_event_bytes: usize,
     scratch: Scratch,
 }
@@ -142,10 +145,12 @@ impl Evaluator {
         users: SharedUsers,
         metrics: PipelineMetrics,
         max_event_bytes: usize,
+        name: &str,
     ) -> Self {
         Self {
             catalog,
             users,
+            busy: metrics.worker_busy(name),
             metrics,
             max_event_bytes,
             scratch: Scratch::default(),
@@ -154,6 +159,7 @@ impl Evaluator {
 
     /// Fills in `batch.verdicts` (one per record, in order), the outputs and their JSON.
     pub fn evaluate(&mut self, batch: &mut Batch) {
+        let started = Instant::now();
         let Batch {
             records,
             bytes,
@@ -184,6 +190,7 @@ impl Evaluator {
             }
             verdicts.push(verdict);
         }
+        self.busy.inc_by(started.elapsed().as_secs_f64());
     }
 
     fn decide(

@@ -83,17 +83,18 @@ impl Dispatcher {
         let shards: Vec<SharedUsers> = (0..workers.max(1))
             .map(|_| Arc::new(Mutex::new(Default::default())))
             .collect();
-        let evaluator = |users: &SharedUsers| {
+        let evaluator = |users: &SharedUsers, name: &str| {
             Evaluator::new(
                 catalog.clone(),
                 users.clone(),
                 metrics.clone(),
                 max_event_bytes,
+                name,
             )
         };
         let evaluation = if workers == 0 {
             Evaluation::Inline {
-                evaluator: Box::new(evaluator(&shards[0])),
+                evaluator: Box::new(evaluator(&shards[0], "consumer")),
                 done: VecDeque::new(),
             }
         } else {
@@ -102,7 +103,7 @@ impl Dispatcher {
             let mut threads = Vec::with_capacity(workers);
             for (index, users) in shards.iter().enumerate() {
                 let (queue, batches) = mpsc::sync_channel::<Batch>(QUEUED_PER_WORKER);
-                let mut evaluator = evaluator(users);
+                let mut evaluator = evaluator(users, &index.to_string());
                 let finished = finished.clone();
                 let thread = std::thread::Builder::new()
                     .name(format!("geopromo-eval-{index}"))
