@@ -46,6 +46,12 @@ impl Core {
         mode: CommitMode,
     ) -> Result<(), StreamError> {
         // Timed from here: flushing the state changelog is part of what a checkpoint costs the loop.
+        if self.diverged {
+            return Err(StreamError::Fatal(
+                "not checkpointing: users were decided past records that were never produced"
+                    .into(),
+            ));
+        }
         let started = Instant::now();
         self.last_checkpoint = started;
         // The users are flushed as of the positions committed: every record handed over is applied first.

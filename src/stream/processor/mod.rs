@@ -138,6 +138,7 @@ impl Processor {
             dispatch,
             progress: Progress::default(),
             fatal: None,
+            diverged: false,
             buffer: Vec::new(),
             report: ProcessorReport::default(),
             last_checkpoint: Instant::now(),
@@ -264,6 +265,9 @@ pub(crate) struct Core {
     progress: Progress,
     /// An error raised inside a callback, surfaced by the loop.
     fatal: Option<StreamError>,
+    /// Producing a decided record failed and the records after it were dropped: the users hold decisions
+    /// no position covers, so no checkpoint may be taken any more.
+    diverged: bool,
     /// Changelog records are encoded here (reused).
     buffer: Vec<u8>,
     report: ProcessorReport,

@@ -98,8 +98,15 @@ impl Core {
             let applied = self.apply(&batch);
             self.dispatch.recycle(batch);
             if let Err(error) = applied {
-                // Later batches of the failed record's partition must not move its position past it.
+                // Later records must not move any position past the failed one. Their users were
+                // decided already, so from here on the users are ahead of the positions: nothing more
+                // may be checkpointed, and the processor stops (a restart replays from the last commit).
                 self.dispatch.discard()?;
+                self.diverged = true;
+                self.fatal.get_or_insert(StreamError::Fatal(format!(
+                    "producing a decided record failed: {}",
+                    crate::error::error_chain(&error)
+                )));
                 return Err(error);
             }
         }
