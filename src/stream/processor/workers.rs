@@ -8,7 +8,7 @@
 //! were sent). Every operation that reads or replaces users (checkpoints, rewinds, rebalances) first
 //! waits until nothing is in flight, so the workers' users are handed over whole.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -293,9 +293,7 @@ impl Dispatcher {
     }
 
     /// The users of every shard. Nothing may be in flight.
-    pub fn shards(
-        &self,
-    ) -> impl Iterator<Item = MutexGuard<'_, std::collections::HashMap<i32, PartitionUsers>>> {
+    pub fn shards(&self) -> impl Iterator<Item = MutexGuard<'_, HashMap<i32, PartitionUsers>>> {
         self.shards.iter().map(|users| lock(users))
     }
 
