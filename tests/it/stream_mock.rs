@@ -752,3 +752,67 @@ fn every_worker_count_emits_what_the_reference_decides_in_order() {
         assert_eq!(received, expected, "{workers} workers");
     }
 }
+
+/// Two members with three workers each share 8 partitions; one leaves mid-stream, so its partitions
+/// (spread over its workers) are drained, committed and handed over. Every output the reference model
+/// decides arrives, and each user's outputs, duplicates aside, come in the reference's order.
+#[test]
+fn a_member_with_workers_leaving_mid_stream_hands_over_without_loss_or_reordering() {
+    let (events, _) = traffic(300, 8_000, 0.0, 21);
+    let catalog = catalog(PROMOTIONS);
+    let mut by_user: std::collections::BTreeMap<&str, Vec<(String, Vec<u8>)>> =
+        std::collections::BTreeMap::new();
+    for event in &events {
+        by_user.entry(&event.0).or_default().push(event.clone());
+    }
+    let now = geopromo::promo::timestamp::now_ms();
+    let expected: std::collections::BTreeMap<&str, Vec<String>> = by_user
+        .iter()
+        .map(|(user, events)| (*user, expected_event_ids(&catalog.load(), events, now)))
+        .filter(|(_, ids)| !ids.is_empty())
+        .collect();
+    let expected_total: usize = expected.values().map(Vec::len).sum();
+
+    let mut kafka = settings("handover-workers", Guarantee::AtLeastOnce);
+    kafka.embedded_partitions = 8;
+    kafka.processor_threads = Some(3);
+    let broker = EmbeddedBroker::start(&kafka, 1).unwrap();
+    let brokers = broker.bootstrap_servers().to_owned();
+    let staying = Running::start(&kafka, &brokers, catalog.clone());
+    let leaving = Running::start(&kafka, &brokers, catalog.clone());
+    let (first, second) = events.split_at(events.len() / 2);
+    produce(&brokers, &kafka.input_topic, first);
+    let deadline = std::time::Instant::now() + SECONDS_30;
+    while staying.metrics.consumed.get() + leaving.metrics.consumed.get() < first.len() as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first half not consumed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        leaving.metrics.consumed.get() > 0 && staying.metrics.consumed.get() > 0,
+        "both members had partitions"
+    );
+    leaving.stop();
+    produce(&brokers, &kafka.input_topic, second);
+    let output = consume(
+        &brokers,
+        &kafka.output_topic,
+        expected_total,
+        false,
+        QUIET,
+        Duration::from_secs(60),
+    );
+    staying.stop();
+    let mut received: std::collections::BTreeMap<&str, Vec<String>> =
+        std::collections::BTreeMap::new();
+    for message in &output {
+        let ids = received.entry(message.key.as_deref().unwrap()).or_default();
+        let id = message.json()["event_id"].as_str().unwrap().to_owned();
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    assert_eq!(received, expected);
+}
