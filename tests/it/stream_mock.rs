@@ -3,6 +3,7 @@
 
 use crate::common;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
@@ -679,6 +680,39 @@ fn checkpoints_are_timed_in_the_stage_histogram() {
     );
 }
 
+/// What the reference model emits for each user (users with no output left out), in order.
+fn expected_by_user(
+    catalog: &geopromo::promo::Catalog,
+    events: &[(String, Vec<u8>)],
+) -> BTreeMap<String, Vec<String>> {
+    let mut by_user: BTreeMap<String, Vec<(String, Vec<u8>)>> = BTreeMap::new();
+    for event in events {
+        by_user
+            .entry(event.0.clone())
+            .or_default()
+            .push(event.clone());
+    }
+    let now = geopromo::promo::timestamp::now_ms();
+    by_user
+        .into_iter()
+        .map(|(user, events)| (user, expected_event_ids(catalog, &events, now)))
+        .filter(|(_, ids)| !ids.is_empty())
+        .collect()
+}
+
+/// The event ids received for each user, in arrival order; with `first_only`, repeats (replays) left out.
+fn ids_by_user(output: &[Received], first_only: bool) -> BTreeMap<String, Vec<String>> {
+    let mut received: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for message in output {
+        let ids = received.entry(message.key.clone().unwrap()).or_default();
+        let id = message.json()["event_id"].as_str().unwrap().to_owned();
+        if !(first_only && ids.contains(&id)) {
+            ids.push(id);
+        }
+    }
+    received
+}
+
 /// The partition-parallel processor decides like the reference model whatever the number of evaluation
 /// workers: no worker (on the consumer's thread), one, and more workers than there are partitions per
 /// worker. Each user's outputs arrive once each, in the order the reference decides them, and every bad
@@ -687,17 +721,7 @@ fn checkpoints_are_timed_in_the_stage_histogram() {
 fn every_worker_count_emits_what_the_reference_decides_in_order() {
     let (events, _) = traffic(300, 6_000, 0.02, 11);
     let catalog = catalog(PROMOTIONS);
-    let mut by_user: std::collections::BTreeMap<&str, Vec<(String, Vec<u8>)>> =
-        std::collections::BTreeMap::new();
-    for event in &events {
-        by_user.entry(&event.0).or_default().push(event.clone());
-    }
-    let now = geopromo::promo::timestamp::now_ms();
-    let expected: std::collections::BTreeMap<&str, Vec<String>> = by_user
-        .iter()
-        .map(|(user, events)| (*user, expected_event_ids(&catalog.load(), events, now)))
-        .filter(|(_, ids)| !ids.is_empty())
-        .collect();
+    let expected = expected_by_user(&catalog.load(), &events);
     let expected_total: usize = expected.values().map(Vec::len).sum();
     let bad = events
         .iter()
@@ -741,15 +765,7 @@ fn every_worker_count_emits_what_the_reference_decides_in_order() {
         );
         let report = running.stop();
         assert_eq!(report.dead_lettered, bad as u64, "{workers} workers");
-        let mut received: std::collections::BTreeMap<&str, Vec<String>> =
-            std::collections::BTreeMap::new();
-        for message in &output {
-            received
-                .entry(message.key.as_deref().unwrap())
-                .or_default()
-                .push(message.json()["event_id"].as_str().unwrap().to_owned());
-        }
-        assert_eq!(received, expected, "{workers} workers");
+        assert_eq!(ids_by_user(&output, false), expected, "{workers} workers");
     }
 }
 
@@ -760,17 +776,7 @@ fn every_worker_count_emits_what_the_reference_decides_in_order() {
 fn a_member_with_workers_leaving_mid_stream_hands_over_without_loss_or_reordering() {
     let (events, _) = traffic(300, 8_000, 0.0, 21);
     let catalog = catalog(PROMOTIONS);
-    let mut by_user: std::collections::BTreeMap<&str, Vec<(String, Vec<u8>)>> =
-        std::collections::BTreeMap::new();
-    for event in &events {
-        by_user.entry(&event.0).or_default().push(event.clone());
-    }
-    let now = geopromo::promo::timestamp::now_ms();
-    let expected: std::collections::BTreeMap<&str, Vec<String>> = by_user
-        .iter()
-        .map(|(user, events)| (*user, expected_event_ids(&catalog.load(), events, now)))
-        .filter(|(_, ids)| !ids.is_empty())
-        .collect();
+    let expected = expected_by_user(&catalog.load(), &events);
     let expected_total: usize = expected.values().map(Vec::len).sum();
 
     let mut kafka = settings("handover-workers", Guarantee::AtLeastOnce);
@@ -805,14 +811,5 @@ fn a_member_with_workers_leaving_mid_stream_hands_over_without_loss_or_reorderin
         Duration::from_secs(60),
     );
     staying.stop();
-    let mut received: std::collections::BTreeMap<&str, Vec<String>> =
-        std::collections::BTreeMap::new();
-    for message in &output {
-        let ids = received.entry(message.key.as_deref().unwrap()).or_default();
-        let id = message.json()["event_id"].as_str().unwrap().to_owned();
-        if !ids.contains(&id) {
-            ids.push(id);
-        }
-    }
-    assert_eq!(received, expected);
+    assert_eq!(ids_by_user(&output, true), expected);
 }
