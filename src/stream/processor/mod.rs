@@ -38,15 +38,13 @@ use crate::stream::lock;
 use crate::stream::output::TrackedProducer;
 use crate::stream::rebalance::GroupContext;
 use crate::telemetry::PipelineMetrics;
-use workers::Dispatcher;
+use workers::{default_workers, Dispatcher};
 
 mod durability;
 mod evaluate;
 mod records;
 mod trace;
 mod workers;
-
-pub use workers::default_workers;
 
 /// Stage timings are taken for 1 event in this many, so that timing does not cost more than the work.
 const SAMPLE_EVERY: u64 = 64;

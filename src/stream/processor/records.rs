@@ -114,12 +114,11 @@ impl Core {
     }
 
     /// Produces the outputs (or dead letters) of one evaluated batch, in order, and moves the positions.
+    /// Every record here was owned when accepted, and still is: a revoke applies (or, when the assignment
+    /// is lost, discards) everything in flight before its partitions go.
     fn apply(&mut self, batch: &Batch) -> Result<(), StreamError> {
         for (record, verdict) in batch.records.iter().zip(&batch.verdicts) {
             let (partition, offset) = (record.partition, record.offset);
-            if !self.progress.owns(partition) {
-                continue;
-            }
             let started = record.sampled.then(Instant::now);
             match verdict {
                 Verdict::Skipped => continue,
