@@ -813,3 +813,54 @@ fn a_member_with_workers_leaving_mid_stream_hands_over_without_loss_or_reorderin
     staying.stop();
     assert_eq!(ids_by_user(&output, true), expected);
 }
+
+/// The producer fails for good while the workers hold decided batches: librdkafka raises a fatal error
+/// when the idempotent producer's sequence numbers fall out of step with the broker's, after which every
+/// queued record fails and every send is refused. The processor must stop with that error instead of
+/// committing past records it never produced (the users decided in flight are ahead of the positions),
+/// and a restart must replay from the last commit: every output the reference decides arrives, each
+/// user's in the reference's order (duplicates aside).
+#[test]
+fn a_fatal_produce_error_mid_batch_stops_the_processor_and_a_restart_loses_nothing() {
+    let (events, _) = traffic(300, 20_000, 0.0, 31);
+    let catalog = catalog(PROMOTIONS);
+    let expected = expected_by_user(&catalog.load(), &events);
+    let expected_total: usize = expected.values().map(Vec::len).sum();
+
+    let mut kafka = settings("fatal-produce", Guarantee::AtLeastOnce);
+    kafka.embedded_partitions = 8;
+    kafka.processor_threads = Some(2);
+    let broker = EmbeddedBroker::start(&kafka, 1).unwrap();
+    let brokers = broker.bootstrap_servers().to_owned();
+    produce(&brokers, &kafka.input_topic, &events);
+    // The next produce request, the processor's first, is answered with a sequence desynchronization at
+    // the head of the line: fatal for an idempotent producer.
+    broker.cluster().request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    let failing = Running::start(&kafka, &brokers, catalog.clone());
+    let metrics = failing.metrics.clone();
+    let error = failing
+        .wait_stopped(SECONDS_30)
+        .expect_err("a processor whose producer failed fatally must not go on");
+    let message = geopromo::error::error_chain(&error);
+    // The send refused after the fatal error, not a timeout or a checkpoint that went on regardless.
+    assert!(
+        message.contains("while producing") && message.contains("Fatal"),
+        "{message}"
+    );
+    assert!(metrics.consumed.get() > 0, "it had started on the backlog");
+
+    let restarted = Running::start(&kafka, &brokers, catalog.clone());
+    let output = consume(
+        &brokers,
+        &kafka.output_topic,
+        expected_total,
+        false,
+        QUIET,
+        Duration::from_secs(60),
+    );
+    restarted.stop();
+    assert_eq!(ids_by_user(&output, true), expected);
+}

@@ -113,6 +113,20 @@ impl Running {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().unwrap().unwrap()
     }
+
+    /// Waits for the processor to stop by itself (or panics after `timeout`) and returns how it ended.
+    pub fn wait_stopped(self, timeout: Duration) -> Result<ProcessorReport, StreamError> {
+        let deadline = Instant::now() + timeout;
+        while !self.handle.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "still running after {timeout:?} ({} consumed)",
+                self.metrics.consumed.get()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.handle.join().unwrap()
+    }
 }
 
 pub fn producer(brokers: &str) -> BaseProducer {
