@@ -101,6 +101,18 @@ fn plain_string_len(rest: &[u8]) -> Option<usize> {
         .map(|at| offset + at)
 }
 
+/// The fields the fast path knows; any other key declines.
+#[derive(Clone, Copy)]
+enum Field {
+    UserId,
+    Lat,
+    Lon,
+    Ts,
+    AccuracyM,
+    EventId,
+    SchemaVersion,
+}
+
 struct Scanner<'a> {
     /// The whole payload, validated as UTF-8 once: every slice between ASCII delimiters is then a `str`
     /// without validating each string on its own.
@@ -132,6 +144,27 @@ impl<'a> Scanner<'a> {
         }
         self.at = start + len + 1;
         self.text.get(start..start + len)
+    }
+
+    /// A key that is exactly one of the known field names, compared with the name and its closing
+    /// quote in place: no scan for the string's end (a key differing in any byte, an escape included,
+    /// declines, as an unknown key always did).
+    fn field_name(&mut self) -> Option<Field> {
+        self.eat(b'"')?;
+        let rest = &self.bytes[self.at..];
+        // One comparison of a known length per name, which compiles to a few word compares.
+        let (field, len) = match *rest.first()? {
+            b'u' if rest.starts_with(b"user_id\"") => (Field::UserId, 8),
+            b'l' if rest.starts_with(b"lat\"") => (Field::Lat, 4),
+            b'l' if rest.starts_with(b"lon\"") => (Field::Lon, 4),
+            b't' if rest.starts_with(b"ts\"") => (Field::Ts, 3),
+            b'a' if rest.starts_with(b"accuracy_m\"") => (Field::AccuracyM, 11),
+            b'e' if rest.starts_with(b"event_id\"") => (Field::EventId, 9),
+            b's' if rest.starts_with(b"schema_version\"") => (Field::SchemaVersion, 15),
+            _ => return None,
+        };
+        self.at += len;
+        Some(field)
     }
 
     /// A JSON number without exponent and with at most 15 digits.
@@ -225,24 +258,24 @@ pub(super) fn decode(payload: &[u8]) -> Option<Fields<'_>> {
             s.eat(b',')?;
         }
         first = false;
-        let key = s.string()?;
+        let field = s.field_name()?;
         s.eat(b':')?;
         let value = s.value()?;
-        let bit = match key {
-            "user_id" => {
+        let bit = match field {
+            Field::UserId => {
                 let Value::Str(text) = value else { return None };
                 user_id = Some(text);
                 1
             }
-            "lat" => {
+            Field::Lat => {
                 lat = Some(float(value)?);
                 2
             }
-            "lon" => {
+            Field::Lon => {
                 lon = Some(float(value)?);
                 4
             }
-            "ts" => {
+            Field::Ts => {
                 ts = Some(match value {
                     Value::Str(text) => Ts::Text(text),
                     // serde_json hands integers over as i64/u64 and the visitor converts with `as`.
@@ -255,14 +288,14 @@ pub(super) fn decode(payload: &[u8]) -> Option<Fields<'_>> {
                 });
                 8
             }
-            "accuracy_m" => {
+            Field::AccuracyM => {
                 accuracy_m = match value {
                     Value::Null => None,
                     other => Some(float(other)?),
                 };
                 16
             }
-            "event_id" => {
+            Field::EventId => {
                 event_id = match value {
                     Value::Null => None,
                     Value::Str(text) => Some(text),
@@ -270,7 +303,7 @@ pub(super) fn decode(payload: &[u8]) -> Option<Fields<'_>> {
                 };
                 32
             }
-            "schema_version" => {
+            Field::SchemaVersion => {
                 schema_version = match value {
                     Value::Null => None,
                     Value::Num(n) if n.integer && !n.negative => Some(n.mantissa),
@@ -278,7 +311,6 @@ pub(super) fn decode(payload: &[u8]) -> Option<Fields<'_>> {
                 };
                 64
             }
-            _ => return None,
         };
         if seen & bit != 0 {
             return None;
@@ -331,6 +363,15 @@ mod tests {
             Just("schema_version"),
             Just("extra"),
             Just("u\\u0073er_id"),
+            // Prefixes and extensions of known names, which the in-place comparison must decline.
+            Just(""),
+            Just("l"),
+            Just("la"),
+            Just("lat_"),
+            Just("lonx"),
+            Just("t"),
+            Just("event_i"),
+            Just("user_id\\n"),
         ]
         .prop_map(str::to_owned)
     }
