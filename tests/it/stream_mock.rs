@@ -713,6 +713,20 @@ fn ids_by_user(output: &[Received], first_only: bool) -> BTreeMap<String, Vec<St
     received
 }
 
+/// An embedded broker with 8 partitions per topic, and at-least-once settings for `workers` evaluation
+/// workers: enough partitions that every worker owns some.
+fn broker_with_workers(
+    group: &str,
+    workers: usize,
+) -> (geopromo::config::KafkaSettings, EmbeddedBroker, String) {
+    let mut kafka = settings(group, Guarantee::AtLeastOnce);
+    kafka.embedded_partitions = 8;
+    kafka.processor_threads = Some(workers);
+    let broker = EmbeddedBroker::start(&kafka, 1).unwrap();
+    let brokers = broker.bootstrap_servers().to_owned();
+    (kafka, broker, brokers)
+}
+
 /// The partition-parallel processor decides like the reference model whatever the number of evaluation
 /// workers: no worker (on the consumer's thread), one, and more workers than there are partitions per
 /// worker. Each user's outputs arrive once each, in the order the reference decides them, and every bad
@@ -735,11 +749,7 @@ fn every_worker_count_emits_what_the_reference_decides_in_order() {
     );
 
     for workers in [0, 1, 3] {
-        let mut kafka = settings(&format!("workers-{workers}"), Guarantee::AtLeastOnce);
-        kafka.embedded_partitions = 8;
-        kafka.processor_threads = Some(workers);
-        let broker = EmbeddedBroker::start(&kafka, 1).unwrap();
-        let brokers = broker.bootstrap_servers().to_owned();
+        let (kafka, _broker, brokers) = broker_with_workers(&format!("workers-{workers}"), workers);
         produce(&brokers, &kafka.input_topic, &events);
         let running = Running::start(&kafka, &brokers, catalog.clone());
         running.wait_consumed(events.len() as u64, SECONDS_30);
@@ -779,11 +789,7 @@ fn a_member_with_workers_leaving_mid_stream_hands_over_without_loss_or_reorderin
     let expected = expected_by_user(&catalog.load(), &events);
     let expected_total: usize = expected.values().map(Vec::len).sum();
 
-    let mut kafka = settings("handover-workers", Guarantee::AtLeastOnce);
-    kafka.embedded_partitions = 8;
-    kafka.processor_threads = Some(3);
-    let broker = EmbeddedBroker::start(&kafka, 1).unwrap();
-    let brokers = broker.bootstrap_servers().to_owned();
+    let (kafka, _broker, brokers) = broker_with_workers("handover-workers", 3);
     let staying = Running::start(&kafka, &brokers, catalog.clone());
     let leaving = Running::start(&kafka, &brokers, catalog.clone());
     let (first, second) = events.split_at(events.len() / 2);
@@ -827,11 +833,7 @@ fn a_fatal_produce_error_mid_batch_stops_the_processor_and_a_restart_loses_nothi
     let expected = expected_by_user(&catalog.load(), &events);
     let expected_total: usize = expected.values().map(Vec::len).sum();
 
-    let mut kafka = settings("fatal-produce", Guarantee::AtLeastOnce);
-    kafka.embedded_partitions = 8;
-    kafka.processor_threads = Some(2);
-    let broker = EmbeddedBroker::start(&kafka, 1).unwrap();
-    let brokers = broker.bootstrap_servers().to_owned();
+    let (kafka, broker, brokers) = broker_with_workers("fatal-produce", 2);
     produce(&brokers, &kafka.input_topic, &events);
     // The next produce request, the processor's first, is answered with a sequence desynchronization at
     // the head of the line: fatal for an idempotent producer.
