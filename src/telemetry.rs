@@ -33,6 +33,9 @@ fn label(key: &str, value: &str) -> Labels {
     vec![(key.to_owned(), value.to_owned())]
 }
 
+/// A counter of seconds (fractional), such as a worker's busy time.
+pub type SecondsCounter = Counter<f64, std::sync::atomic::AtomicU64>;
+
 /// The processor's metrics. Counters on the hot path are resolved once, so counting is an atomic add.
 #[derive(Debug, Clone)]
 pub struct PipelineMetrics {
@@ -75,7 +78,7 @@ pub struct PipelineMetrics {
     pub offset_resets: Counter,
     pub users_in_state: Gauge,
     /// Seconds each evaluation worker spent deciding batches: its rate is the worker's utilisation.
-    worker_busy_seconds: Family<Labels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    worker_busy_seconds: Family<Labels, SecondsCounter>,
     pub state_restored_users: Counter,
 }
 
@@ -179,7 +182,7 @@ impl PipelineMetrics {
 
     /// The busy-time counter of evaluation worker `worker`.
     #[must_use]
-    pub fn worker_busy(&self, worker: &str) -> Counter<f64, std::sync::atomic::AtomicU64> {
+    pub fn worker_busy(&self, worker: &str) -> SecondsCounter {
         self.worker_busy_seconds
             .get_or_create(&label("worker", worker))
             .clone()

@@ -8,11 +8,9 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use prometheus_client::metrics::counter::Counter;
 use rdkafka::message::{BorrowedMessage, Message};
 
 use super::trace::RecordTrace;
@@ -23,7 +21,7 @@ use crate::promo::{
 };
 use crate::stream::changelog::PartitionUsers;
 use crate::stream::lock;
-use crate::telemetry::PipelineMetrics;
+use crate::telemetry::{PipelineMetrics, SecondsCounter};
 
 /// The users of the partitions one evaluator decides. The consumer's thread reads and replaces them only
 /// while none of their records is in flight (checkpoints, rewinds and rebalances drain first), so the
@@ -133,7 +131,7 @@ pub(super) struct Evaluator {
     catalog: Arc<SharedCatalog>,
     users: SharedUsers,
     metrics: PipelineMetrics,
-    busy: Counter<f64, AtomicU64>,
+    busy: SecondsCounter,
     max_event_bytes: usize,
     scratch: Scratch,
 }
