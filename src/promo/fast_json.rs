@@ -101,6 +101,72 @@ fn plain_string_len(rest: &[u8]) -> Option<usize> {
         .map(|at| offset + at)
 }
 
+/// The length of the run of ASCII digits that starts `bytes`, and `mantissa` with those digits appended
+/// (wrapping: callers refuse runs too long for it). Eight bytes at a time, so that a number costs no
+/// loop exit per digit: a byte is a digit when its high nibble is 3, and still 3 after adding 6; a carry
+/// out of a byte above 0xF9 only reaches bytes after it, and that byte has already ended the run.
+#[inline(always)]
+fn digit_run(bytes: &[u8], mut mantissa: u64) -> (usize, u64) {
+    const HIGH_NIBBLES: u64 = 0xF0F0_F0F0_F0F0_F0F0;
+    const THREES: u64 = 0x3030_3030_3030_3030;
+    const SIXES: u64 = 0x0606_0606_0606_0606;
+    let mut len = 0;
+    while let Some(chunk) = bytes.get(len..len + 8) {
+        let word = u64::from_le_bytes([
+            chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7],
+        ]);
+        let not_digit =
+            ((word & HIGH_NIBBLES) ^ THREES) | ((word.wrapping_add(SIXES) & HIGH_NIBBLES) ^ THREES);
+        let run = if not_digit == 0 {
+            8
+        } else {
+            (not_digit.trailing_zeros() / 8) as usize
+        };
+        if run == 0 {
+            return (len, mantissa);
+        }
+        // The run's digits as the top bytes of a word of digit values, zeros (leading digits) below.
+        let digits = (word.wrapping_sub(THREES)) << (8 * (8 - run));
+        mantissa = mantissa
+            .wrapping_mul(POWERS_OF_TEN_U64[run])
+            .wrapping_add(eight_digits_value(digits));
+        len += run;
+        if run < 8 {
+            return (len, mantissa);
+        }
+    }
+    for &byte in &bytes[len..] {
+        if !byte.is_ascii_digit() {
+            break;
+        }
+        mantissa = mantissa
+            .wrapping_mul(10)
+            .wrapping_add(u64::from(byte - b'0'));
+        len += 1;
+    }
+    (len, mantissa)
+}
+
+const POWERS_OF_TEN_U64: [u64; 9] = [
+    1,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+];
+
+/// The number written by eight digit values (0..=9) in a word's bytes, the first (lowest) byte the
+/// most significant digit: pairs, then fours, then the eight, each step one multiply.
+fn eight_digits_value(digits: u64) -> u64 {
+    let pairs = (digits * 10 + (digits >> 8)) & 0x00FF_00FF_00FF_00FF;
+    let fours = (pairs * 100 + (pairs >> 16)) & 0x0000_FFFF_0000_FFFF;
+    (fours * 10_000 + (fours >> 32)) & 0xFFFF_FFFF
+}
+
 /// The fields the fast path knows; any other key declines.
 #[derive(Clone, Copy)]
 enum Field {
@@ -123,12 +189,20 @@ struct Scanner<'a> {
 
 impl<'a> Scanner<'a> {
     fn skip_whitespace(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes.get(self.at) {
+        // Devices send compact JSON: one comparison answers nearly every call.
+        while let Some(&byte) = self.bytes.get(self.at) {
+            if byte > b' ' || !matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
+                return;
+            }
             self.at += 1;
         }
     }
 
     fn eat(&mut self, byte: u8) -> Option<()> {
+        if self.bytes.get(self.at) == Some(&byte) {
+            self.at += 1;
+            return Some(());
+        }
         self.skip_whitespace();
         (self.bytes.get(self.at) == Some(&byte)).then(|| self.at += 1)
     }
@@ -177,13 +251,9 @@ impl<'a> Scanner<'a> {
         if negative {
             i += 1;
         }
-        let mut mantissa = 0u64;
         let int_start = i;
-        while let Some(&d) = b.get(i).filter(|d| d.is_ascii_digit()) {
-            mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
-            i += 1;
-        }
-        let int_digits = i - int_start;
+        let (int_digits, mut mantissa) = digit_run(&b[i..], 0);
+        i += int_digits;
         // JSON: at least one digit, and no leading zero before another digit.
         if int_digits == 0 || (int_digits > 1 && b[int_start] == b'0') {
             return None;
@@ -192,12 +262,8 @@ impl<'a> Scanner<'a> {
         let integer = b.get(i) != Some(&b'.');
         if !integer {
             i += 1;
-            let frac_start = i;
-            while let Some(&d) = b.get(i).filter(|d| d.is_ascii_digit()) {
-                mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
-                i += 1;
-            }
-            frac_digits = i - frac_start;
+            (frac_digits, mantissa) = digit_run(&b[i..], mantissa);
+            i += frac_digits;
             if frac_digits == 0 {
                 return None;
             }
@@ -442,6 +508,25 @@ mod tests {
                     .collect();
                 format!("{ws}{{{}}}{ws}{trailer}", body.join(","))
             })
+    }
+
+    proptest! {
+        /// Eight bytes at a time, the run and its value are those a byte at a time gives, whatever
+        /// follows the digits (bytes next to '0'..='9', and those whose +6 carries out of their byte).
+        #[test]
+        fn digit_runs_match_a_byte_loop(
+            bytes in prop::collection::vec(prop_oneof![
+                4 => b'0'..=b'9',
+                1 => prop::sample::select(vec![b'/', b':', b';', b'?', b'.', b'"', 0xF9, 0xFA, 0xFF, 0x39 + 0x80]),
+            ], 0..40),
+            start in 0u64..1000,
+        ) {
+            let len = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+            let value = bytes[..len]
+                .iter()
+                .fold(start, |m, &b| m.wrapping_mul(10).wrapping_add(u64::from(b - b'0')));
+            prop_assert_eq!(digit_run(&bytes, start), (len, value));
+        }
     }
 
     /// A typical device payload, with the fields in a random order: the fast path must take these.

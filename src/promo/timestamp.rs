@@ -48,35 +48,29 @@ fn fast_rfc3339_ms(text: &str) -> Option<i64> {
         }
         Some(value)
     };
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
+    if b.len() < 20 || b[10] != b'T' {
+        return None;
+    }
+    // `YYYY-MM-` and `HH:MM:SS` as two words checked and read at once (`DD` between them on its own):
+    // the byte-at-a-time version was most of this function.
+    let date = word_at(b, 0);
+    let time = word_at(b, 11);
+    if !matches_layout(date, DATE_DIGITS, DATE_SEPARATORS)
+        || !matches_layout(time, TIME_DIGITS, TIME_SEPARATORS)
     {
         return None;
     }
-    let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
-    let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
-    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-    let month_days = [
-        31,
-        if leap { 29 } else { 28 },
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
+    let year = digit(date, 0) * 1000 + digit(date, 1) * 100 + digit(date, 2) * 10 + digit(date, 3);
+    let month = digit(date, 5) * 10 + digit(date, 6);
+    let day = digits(8..10)?;
+    let (hour, minute, second) = (
+        digit(time, 0) * 10 + digit(time, 1),
+        digit(time, 3) * 10 + digit(time, 4),
+        digit(time, 6) * 10 + digit(time, 7),
+    );
     if !(1..=12).contains(&month)
         || day < 1
-        || day > month_days[(month - 1) as usize]
+        || (day > 28 && day > days_in_month(year, month))
         || hour > 23
         || minute > 59
         || second > 59
@@ -94,7 +88,7 @@ fn fast_rfc3339_ms(text: &str) -> Option<i64> {
         if end == start || end - start > 9 {
             return None;
         }
-        nanos = digits(start..end)? * 10i64.pow((9 - (end - start)) as u32);
+        nanos = digits(start..end)? * NANOS_PER_FRACTION_UNIT[end - start];
         at = end;
     }
     let offset_s = match b.get(at..)? {
@@ -134,6 +128,62 @@ fn fast_rfc3339_ms(text: &str) -> Option<i64> {
         (nanos + 999_999) / 1_000_000
     };
     Some(seconds * 1000 + ms_of_nanos)
+}
+
+/// Nanoseconds in one unit of the last digit of a fraction with `n` digits (`n` in 1..=9).
+const NANOS_PER_FRACTION_UNIT: [i64; 10] = [
+    0,
+    100_000_000,
+    10_000_000,
+    1_000_000,
+    100_000,
+    10_000,
+    1_000,
+    100,
+    10,
+    1,
+];
+
+/// Bytes `at..at + 8` of `bytes` (which must hold them) as a little-endian word: byte `at` lowest.
+fn word_at(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(word)
+}
+
+/// `YYYY-MM-`: 0xFF where a digit must be, and the separators' bytes where they must be.
+const DATE_DIGITS: u64 = 0x00FF_FF00_FFFF_FFFF;
+const DATE_SEPARATORS: u64 = u64::from_le_bytes(*b"\0\0\0\0-\0\0-");
+/// `HH:MM:SS`.
+const TIME_DIGITS: u64 = 0xFFFF_00FF_FF00_FFFF;
+const TIME_SEPARATORS: u64 = u64::from_le_bytes(*b"\0\0:\0\0:\0\0");
+
+/// Whether `word` has an ASCII digit in every byte `digits` marks and exactly `separators` elsewhere. A
+/// digit byte is 0x30..=0x39: high nibble 3, and still 3 after adding 6 (only 0x3A..=0x3F carry into
+/// it); a carry out of a byte above 0xF9 cannot matter, since that byte has already failed the first test.
+fn matches_layout(word: u64, digits: u64, separators: u64) -> bool {
+    const HIGH_NIBBLES: u64 = 0xF0F0_F0F0_F0F0_F0F0;
+    const THREES: u64 = 0x3030_3030_3030_3030;
+    const SIXES: u64 = 0x0606_0606_0606_0606;
+    let high = HIGH_NIBBLES & digits;
+    let threes = THREES & digits;
+    ((word & high) == threes)
+        & ((word.wrapping_add(SIXES & digits) & high) == threes)
+        & ((word & !digits) == separators)
+}
+
+/// The digit in byte `index` of a word [`matches_layout`] accepted.
+fn digit(word: u64, index: u32) -> i64 {
+    ((word >> (8 * index)) & 0xF) as i64
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
 }
 
 /// Accepts a JSON number as epoch milliseconds.
