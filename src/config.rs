@@ -362,7 +362,7 @@ impl Default for KafkaSettings {
             commit_interval_ms: 1000,
             max_event_bytes: 16 * 1024,
             processor_threads: None,
-            embedded_partitions: 6,
+            embedded_partitions: 2,
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),

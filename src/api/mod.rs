@@ -46,9 +46,28 @@ use crate::store::Store;
 pub use extract::{ClientIp, Require};
 pub use problem::{ApiError, ApiJson, ApiPath, ApiQuery};
 
-/// Shared by every handler.
+/// Shared by every handler, behind one `Arc`: axum clones the state for every extractor and middleware
+/// of every request, and a clone is then one reference count rather than a dozen and a topic string.
 #[derive(Clone)]
-pub struct ApiState {
+pub struct ApiState(Arc<ApiShared>);
+
+impl ApiState {
+    #[must_use]
+    pub fn new(shared: ApiShared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for ApiState {
+    type Target = ApiShared;
+
+    fn deref(&self) -> &ApiShared {
+        &self.0
+    }
+}
+
+/// What [`ApiState`] shares.
+pub struct ApiShared {
     pub store: Store,
     pub auth: Arc<Auth>,
     pub max_body_bytes: usize,

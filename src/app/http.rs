@@ -15,7 +15,7 @@ use rdkafka::producer::FutureProducer;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{ApiState, LocationSink};
+use crate::api::{ApiShared, ApiState, LocationSink};
 use crate::auth::Auth;
 use crate::config::{AuthSettings, KafkaSettings};
 use crate::error::error_chain;
@@ -108,7 +108,7 @@ pub async fn start_api(parts: ApiParts, shutdown: &CancellationToken) -> anyhow:
     let mut registry = parts.registry;
     auth.register_metrics(&mut registry);
     let shutdown = shutdown.child_token();
-    let app = crate::api::router(ApiState {
+    let app = crate::api::router(ApiState::new(ApiShared {
         live: parts.live,
         shutdown: shutdown.clone(),
         console: Arc::new(parts.console),
@@ -119,7 +119,7 @@ pub async fn start_api(parts: ApiParts, shutdown: &CancellationToken) -> anyhow:
         locations: parts.locations,
         http_metrics: HttpMetrics::registered(&mut registry),
         registry: Arc::new(registry),
-    });
+    }));
     let stopped = shutdown.clone();
     let server = tokio::spawn(async move {
         if let Err(error) = crate::api::serve(listener, app, stopped.cancelled_owned()).await {
