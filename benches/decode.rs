@@ -10,8 +10,20 @@ use geopromo::geofence::{parse_fences, ParseOptions};
 use geopromo::promo::decode_gps_event;
 use geopromo::stream::simulate::TrafficModel;
 
+/// How the payloads write their values.
+#[derive(Clone, Copy, PartialEq)]
+enum Form {
+    /// As the simulator does: numeric `ts`, six decimals.
+    Simulated,
+    /// `ts` as RFC 3339, as many mobile SDKs send it.
+    Rfc3339,
+    /// Positions with every digit of the double (16 to 17), as JavaScript's, Swift's and Kotlin's
+    /// serializers write a GPS fix.
+    FullPrecision,
+}
+
 /// 4,096 (key, payload) pairs from the traffic model over the bundled cities.
-fn payloads(rfc3339: bool) -> Vec<(String, Vec<u8>)> {
+fn payloads(form: Form) -> Vec<(String, Vec<u8>)> {
     let bytes = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/geodata/cities.geojson"
@@ -27,12 +39,20 @@ fn payloads(rfc3339: bool) -> Vec<(String, Vec<u8>)> {
             let mut payload = Vec::new();
             let (key, _) = model.next_event(now + i, &mut payload);
             let key = key.to_owned();
-            if rfc3339 {
+            if form == Form::Rfc3339 {
                 let text = String::from_utf8(payload).unwrap();
                 let ts = geopromo::promo::timestamp::format_rfc3339_ms(now + i);
                 payload = text
                     .replace(&format!("\"ts\":{}", now + i), &format!("\"ts\":\"{ts}\""))
                     .into_bytes();
+            }
+            if form == Form::FullPrecision {
+                let mut event: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+                for (field, jitter) in [("lat", 1.234_567e-9), ("lon", -7.654_321e-9)] {
+                    let value = event[field].as_f64().unwrap() + jitter * (1 + i % 7) as f64;
+                    event[field] = serde_json::json!(value);
+                }
+                payload = serde_json::to_vec(&event).unwrap();
             }
             (key, payload)
         })
@@ -44,8 +64,12 @@ mod decode_gps_event {
 
     pub fn simulated(c: &mut Criterion) {
         let mut group = c.benchmark_group("decode_gps_event");
-        for (name, rfc3339) in [("epoch_ms", false), ("rfc3339", true)] {
-            let inputs = payloads(rfc3339);
+        for (name, form) in [
+            ("epoch_ms", Form::Simulated),
+            ("rfc3339", Form::Rfc3339),
+            ("full_precision", Form::FullPrecision),
+        ] {
+            let inputs = payloads(form);
             group.throughput(Throughput::Elements(inputs.len() as u64));
             group.bench_function(name, |b| {
                 b.iter(|| {

@@ -3,13 +3,20 @@
 //!
 //! It answers only when the answer is certain to be what serde_json would give, and returns `None`
 //! otherwise, so that the caller decodes with serde_json, which also words every error: anything unusual
-//! (escapes, unknown or repeated keys, `true`/`false`, exponents, more than 15 significant digits, a
-//! missing field, trailing bytes) takes that path. Why 15 digits: below 2^53 with a power of ten within
-//! ±22, serde_json's float parsing and Rust's are both exact, so the two paths agree to the bit.
+//! (escapes, unknown or repeated keys, `true`/`false`, exponents, more than 19 digits, a missing field,
+//! trailing bytes) takes that path. Numbers agree to the bit because both paths round correctly: serde_json
+//! with its `float_roundtrip` feature (enabled in Cargo.toml, so that tests, where a dev-dependency turns
+//! it on anyway, and the release build parse alike), and here either one exact division (up to 15
+//! digits: both operands are exact doubles) or `str::parse` (16 to 19 digits, as phone SDKs write
+//! full-precision doubles). Up to 19 digits the mantissa fits a `u64` for integer fields.
 
 /// A number that passed JSON's grammar (without an exponent), as its digits read as an integer and the
 /// count of fraction digits: `-12.345` is mantissa 12345, 3 fraction digits, negative.
-struct Number {
+struct Number<'a> {
+    /// The number as written, for the correctly rounded parse of long ones.
+    text: &'a str,
+    /// Digits written, integer and fraction parts together.
+    digits: usize,
     integer: bool,
     mantissa: u64,
     fraction_digits: usize,
@@ -20,10 +27,17 @@ const POWERS_OF_TEN: [f64; 16] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
 ];
 
-impl Number {
-    /// Exact: the mantissa (at most 15 digits) and the power of ten are both exact doubles, so the one
-    /// division rounds correctly, as `str::parse` and serde_json both do (Clinger's fast path).
+/// Digits up to which the mantissa is an exact double, so that one division by an exact power of ten
+/// rounds correctly (Clinger's fast path).
+const EXACT_DIGITS: usize = 15;
+
+impl Number<'_> {
+    /// Correctly rounded, as serde_json's (see the module).
     fn to_f64(&self) -> f64 {
+        if self.digits > EXACT_DIGITS {
+            // The text passed JSON's number grammar without an exponent, which `str::parse` accepts.
+            return self.text.parse().unwrap_or(f64::NAN);
+        }
         let magnitude = self.mantissa as f64 / POWERS_OF_TEN[self.fraction_digits];
         if self.negative {
             -magnitude
@@ -36,7 +50,7 @@ impl Number {
 /// The value of one field, as far as the fast path understands values.
 enum Value<'a> {
     Str(&'a str),
-    Num(Number),
+    Num(Number<'a>),
     Null,
 }
 
@@ -243,10 +257,11 @@ impl<'a> Scanner<'a> {
         Some(field)
     }
 
-    /// A JSON number without exponent and with at most 15 digits.
-    fn number(&mut self) -> Option<Number> {
+    /// A JSON number without exponent and with at most 19 digits.
+    fn number(&mut self) -> Option<Number<'a>> {
         let b = self.bytes;
-        let mut i = self.at;
+        let start = self.at;
+        let mut i = start;
         let negative = b.get(i) == Some(&b'-');
         if negative {
             i += 1;
@@ -271,12 +286,14 @@ impl<'a> Scanner<'a> {
         if matches!(b.get(i), Some(b'e' | b'E')) {
             return None;
         }
-        if int_digits + frac_digits > 15 {
+        if int_digits + frac_digits > 19 {
             return None;
         }
         self.at = i;
-        // Fifteen digits at most (checked above): the wrapping arithmetic never wrapped.
+        // Nineteen digits at most (checked above, below u64::MAX): the wrapping arithmetic never wrapped.
         Some(Number {
+            text: self.text.get(start..i)?,
+            digits: int_digits + frac_digits,
             integer,
             mantissa,
             fraction_digits: frac_digits,
@@ -460,6 +477,11 @@ mod tests {
                 Just("1e5"),
                 Just("1.5E-3"),
                 Just("12345678901234567"),
+                Just("-1234567890.123456789"),
+                Just("9999999999999999999"),
+                Just("-9999999999999999999"),
+                Just("12345678901234567890"),
+                Just("0.1234567890123456789"),
                 Just("1234567890.12345"),
                 Just("null"),
                 Just("true"),
@@ -537,6 +559,7 @@ mod tests {
             1_700_000_000_000i64..1_800_000_000_000,
             0.0f64..100.0,
             any::<bool>(),
+            any::<bool>(),
             Just(()).prop_perturb(|_, mut rng| {
                 let mut order: Vec<usize> = (0..6).collect();
                 for i in (1..order.len()).rev() {
@@ -545,7 +568,7 @@ mod tests {
                 order
             }),
         )
-            .prop_map(|(lat, lon, ts, accuracy, rfc3339, order)| {
+            .prop_map(|(lat, lon, ts, accuracy, rfc3339, full_precision, order)| {
                 let ts = if rfc3339 {
                     format!("\"{}\"", crate::promo::timestamp::format_rfc3339_ms(ts))
                 } else {
@@ -553,8 +576,18 @@ mod tests {
                 };
                 let fields = [
                     "\"user_id\":\"user-0000042\"".to_owned(),
-                    format!("\"lat\":{lat:.6}"),
-                    format!("\"lon\":{lon:.6}"),
+                    // Six decimals as the simulator writes them, or every digit of the double (the
+                    // shortest text that reads back the same, 15 to 17 digits) as phone SDKs do.
+                    if full_precision {
+                        format!("\"lat\":{lat}")
+                    } else {
+                        format!("\"lat\":{lat:.6}")
+                    },
+                    if full_precision {
+                        format!("\"lon\":{lon}")
+                    } else {
+                        format!("\"lon\":{lon:.6}")
+                    },
                     format!("\"ts\":{ts}"),
                     format!("\"accuracy_m\":{accuracy:.1}"),
                     "\"event_id\":\"user-0000042-17\"".to_owned(),
@@ -641,6 +674,7 @@ mod tests {
             r#"{"user_id":"u","lat":1,"lon":2,"ts":1764000000000} x"#,
             r#"{"user_id":"u","lat":1,"lon":2,"ts":1764000000000,}"#,
             r#"{"user_id":"u","lat":"1","lon":2,"ts":1764000000000}"#,
+            r#"{"user_id":"u","lat":1.2345678901234567890,"lon":2,"ts":1764000000000}"#,
         ] {
             assert!(decode(payload.as_bytes()).is_none(), "{payload}");
         }
