@@ -115,22 +115,31 @@ fn plain_string_len(rest: &[u8]) -> Option<usize> {
         .map(|at| offset + at)
 }
 
+/// '0' in every byte of a word.
+const ASCII_ZEROS: u64 = 0x3030_3030_3030_3030;
+
+/// The bytes of `word` that are not ASCII digits, as the nonzero bytes of the result: a digit's high
+/// nibble is 3, and still 3 after adding 6 (0x3A..=0x3F reach 4). Adding 6 to a byte above 0xF9 carries
+/// into the next byte, which may then be flagged wrongly, but only after a byte flagged rightly: the
+/// first flagged byte is exact, and a word with no flag is all digits.
+pub(super) fn non_digit_bytes(word: u64) -> u64 {
+    const HIGH_NIBBLES: u64 = 0xF0F0_F0F0_F0F0_F0F0;
+    const SIXES: u64 = 0x0606_0606_0606_0606;
+    ((word & HIGH_NIBBLES) ^ ASCII_ZEROS)
+        | ((word.wrapping_add(SIXES) & HIGH_NIBBLES) ^ ASCII_ZEROS)
+}
+
 /// The length of the run of ASCII digits that starts `bytes`, and `mantissa` with those digits appended
 /// (wrapping: callers refuse runs too long for it). Eight bytes at a time, so that a number costs no
-/// loop exit per digit: a byte is a digit when its high nibble is 3, and still 3 after adding 6; a carry
-/// out of a byte above 0xF9 only reaches bytes after it, and that byte has already ended the run.
+/// loop exit per digit.
 #[inline(always)]
 fn digit_run(bytes: &[u8], mut mantissa: u64) -> (usize, u64) {
-    const HIGH_NIBBLES: u64 = 0xF0F0_F0F0_F0F0_F0F0;
-    const THREES: u64 = 0x3030_3030_3030_3030;
-    const SIXES: u64 = 0x0606_0606_0606_0606;
     let mut len = 0;
     while let Some(chunk) = bytes.get(len..len + 8) {
         let word = u64::from_le_bytes([
             chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7],
         ]);
-        let not_digit =
-            ((word & HIGH_NIBBLES) ^ THREES) | ((word.wrapping_add(SIXES) & HIGH_NIBBLES) ^ THREES);
+        let not_digit = non_digit_bytes(word);
         let run = if not_digit == 0 {
             8
         } else {
@@ -140,7 +149,7 @@ fn digit_run(bytes: &[u8], mut mantissa: u64) -> (usize, u64) {
             return (len, mantissa);
         }
         // The run's digits as the top bytes of a word of digit values, zeros (leading digits) below.
-        let digits = (word.wrapping_sub(THREES)) << (8 * (8 - run));
+        let digits = word.wrapping_sub(ASCII_ZEROS) << (8 * (8 - run));
         mantissa = mantissa
             .wrapping_mul(POWERS_OF_TEN_U64[run])
             .wrapping_add(eight_digits_value(digits));

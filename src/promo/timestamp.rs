@@ -1,6 +1,8 @@
 //! Event times: RFC 3339 strings or epoch milliseconds in, epoch milliseconds inside, RFC 3339 out.
 
 use serde::{Deserialize, Serialize};
+
+use super::fast_json::non_digit_bytes;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -158,18 +160,11 @@ const DATE_SEPARATORS: u64 = u64::from_le_bytes(*b"\0\0\0\0-\0\0-");
 const TIME_DIGITS: u64 = 0xFFFF_00FF_FF00_FFFF;
 const TIME_SEPARATORS: u64 = u64::from_le_bytes(*b"\0\0:\0\0:\0\0");
 
-/// Whether `word` has an ASCII digit in every byte `digits` marks and exactly `separators` elsewhere. A
-/// digit byte is 0x30..=0x39: high nibble 3, and still 3 after adding 6 (only 0x3A..=0x3F carry into
-/// it); a carry out of a byte above 0xF9 cannot matter, since that byte has already failed the first test.
+/// Whether `word` has an ASCII digit in every byte `digits` marks and exactly `separators` elsewhere
+/// (a byte flagged wrongly by [`non_digit_bytes`] follows one that is not a digit or not the separator,
+/// so it can only turn a refusal into a refusal).
 fn matches_layout(word: u64, digits: u64, separators: u64) -> bool {
-    const HIGH_NIBBLES: u64 = 0xF0F0_F0F0_F0F0_F0F0;
-    const THREES: u64 = 0x3030_3030_3030_3030;
-    const SIXES: u64 = 0x0606_0606_0606_0606;
-    let high = HIGH_NIBBLES & digits;
-    let threes = THREES & digits;
-    ((word & high) == threes)
-        & ((word.wrapping_add(SIXES & digits) & high) == threes)
-        & ((word & !digits) == separators)
+    ((non_digit_bytes(word) & digits) == 0) & ((word & !digits) == separators)
 }
 
 /// The digit in byte `index` of a word [`matches_layout`] accepted.
