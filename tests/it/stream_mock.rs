@@ -713,6 +713,25 @@ fn ids_by_user(output: &[Received], first_only: bool) -> BTreeMap<String, Vec<St
     received
 }
 
+/// Reads the output topic until every output of the reference has arrived (or a minute passed), and
+/// checks that each user's outputs, replays aside, came in the reference's order.
+fn assert_reference_outputs_arrive(
+    brokers: &str,
+    kafka: &geopromo::config::KafkaSettings,
+    expected: &BTreeMap<String, Vec<String>>,
+) {
+    let total = expected.values().map(Vec::len).sum();
+    let output = consume(
+        brokers,
+        &kafka.output_topic,
+        total,
+        false,
+        QUIET,
+        Duration::from_secs(60),
+    );
+    assert_eq!(ids_by_user(&output, true), *expected);
+}
+
 /// An embedded broker with 8 partitions per topic, and at-least-once settings for `workers` evaluation
 /// workers: enough partitions that every worker owns some.
 fn broker_with_workers(
@@ -787,7 +806,6 @@ fn a_member_with_workers_leaving_mid_stream_hands_over_without_loss_or_reorderin
     let (events, _) = traffic(300, 8_000, 0.0, 21);
     let catalog = catalog(PROMOTIONS);
     let expected = expected_by_user(&catalog.load(), &events);
-    let expected_total: usize = expected.values().map(Vec::len).sum();
 
     let (kafka, _broker, brokers) = broker_with_workers("handover-workers", 3);
     let staying = Running::start(&kafka, &brokers, catalog.clone());
@@ -808,16 +826,8 @@ fn a_member_with_workers_leaving_mid_stream_hands_over_without_loss_or_reorderin
     );
     leaving.stop();
     produce(&brokers, &kafka.input_topic, second);
-    let output = consume(
-        &brokers,
-        &kafka.output_topic,
-        expected_total,
-        false,
-        QUIET,
-        Duration::from_secs(60),
-    );
+    assert_reference_outputs_arrive(&brokers, &kafka, &expected);
     staying.stop();
-    assert_eq!(ids_by_user(&output, true), expected);
 }
 
 /// The producer fails for good while the workers hold decided batches: librdkafka raises a fatal error
@@ -831,7 +841,6 @@ fn a_fatal_produce_error_mid_batch_stops_the_processor_and_a_restart_loses_nothi
     let (events, _) = traffic(300, 20_000, 0.0, 31);
     let catalog = catalog(PROMOTIONS);
     let expected = expected_by_user(&catalog.load(), &events);
-    let expected_total: usize = expected.values().map(Vec::len).sum();
 
     let (kafka, broker, brokers) = broker_with_workers("fatal-produce", 2);
     produce(&brokers, &kafka.input_topic, &events);
@@ -855,14 +864,6 @@ fn a_fatal_produce_error_mid_batch_stops_the_processor_and_a_restart_loses_nothi
     assert!(metrics.consumed.get() > 0, "it had started on the backlog");
 
     let restarted = Running::start(&kafka, &brokers, catalog.clone());
-    let output = consume(
-        &brokers,
-        &kafka.output_topic,
-        expected_total,
-        false,
-        QUIET,
-        Duration::from_secs(60),
-    );
+    assert_reference_outputs_arrive(&brokers, &kafka, &expected);
     restarted.stop();
-    assert_eq!(ids_by_user(&output, true), expected);
 }
