@@ -6,17 +6,15 @@
 //! (escapes, unknown or repeated keys, `true`/`false`, exponents, more than 19 digits, a missing field,
 //! trailing bytes) takes that path. Numbers agree to the bit because both paths round correctly: serde_json
 //! with its `float_roundtrip` feature (enabled in Cargo.toml, so that tests, where a dev-dependency turns
-//! it on anyway, and the release build parse alike), and here either one exact division (up to 15
-//! digits: both operands are exact doubles) or `str::parse` (16 to 19 digits, as phone SDKs write
-//! full-precision doubles). Up to 19 digits the mantissa fits a `u64` for integer fields.
+//! it on anyway, and the release build parse alike), and here either one exact division (when both
+//! operands are exact doubles) or `str::parse` (longer numbers, as phone SDKs write full-precision
+//! doubles). Up to 19 digits the mantissa fits a `u64` for integer fields.
 
 /// A number that passed JSON's grammar (without an exponent), as its digits read as an integer and the
 /// count of fraction digits: `-12.345` is mantissa 12345, 3 fraction digits, negative.
 struct Number<'a> {
     /// The number as written, for the correctly rounded parse of long ones.
     text: &'a str,
-    /// Digits written, integer and fraction parts together.
-    digits: usize,
     integer: bool,
     mantissa: u64,
     fraction_digits: usize,
@@ -27,14 +25,14 @@ const POWERS_OF_TEN: [f64; 16] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
 ];
 
-/// Digits up to which the mantissa is an exact double, so that one division by an exact power of ten
-/// rounds correctly (Clinger's fast path).
-const EXACT_DIGITS: usize = 15;
+/// Mantissas below this are exact doubles.
+const EXACT_MANTISSA_LIMIT: u64 = 1 << 53;
 
 impl Number<'_> {
     /// Correctly rounded, as serde_json's (see the module).
     fn to_f64(&self) -> f64 {
-        if self.digits > EXACT_DIGITS {
+        // Clinger's fast path: an exact mantissa divided by an exact power of ten rounds correctly.
+        if self.mantissa >= EXACT_MANTISSA_LIMIT || self.fraction_digits >= POWERS_OF_TEN.len() {
             // The text passed JSON's number grammar without an exponent, which `str::parse` accepts.
             return self.text.parse().unwrap_or(f64::NAN);
         }
@@ -302,7 +300,6 @@ impl<'a> Scanner<'a> {
         // Nineteen digits at most (checked above, below u64::MAX): the wrapping arithmetic never wrapped.
         Some(Number {
             text: self.text.get(start..i)?,
-            digits: int_digits + frac_digits,
             integer,
             mantissa,
             fraction_digits: frac_digits,
