@@ -26,9 +26,9 @@ pub struct LocalMetric {
 }
 
 /// Entries per degree of latitude in [`LocalMetric`]'s table.
-const METRIC_STEPS_PER_DEGREE: f64 = 4.0;
+const METRIC_STEPS_PER_DEGREE: usize = 4;
 /// Entries from -90° to 90°, both included.
-const METRIC_TABLE_LEN: usize = 180 * 4 + 1;
+const METRIC_TABLE_LEN: usize = 180 * METRIC_STEPS_PER_DEGREE + 1;
 
 /// Metres per degree of latitude and longitude at every quarter degree of latitude from -90°, each with
 /// the difference to the next entry. Linear interpolation between entries stays within 3e-6 of the closed
@@ -36,7 +36,7 @@ const METRIC_TABLE_LEN: usize = 180 * 4 + 1;
 /// cosine and square root were the largest arithmetic cost of a near-boundary match, paid twice per point.
 static METRIC_TABLE: std::sync::LazyLock<Vec<[f64; 4]>> = std::sync::LazyLock::new(|| {
     let exact: Vec<LocalMetric> = (0..METRIC_TABLE_LEN)
-        .map(|i| LocalMetric::closed_form(i as f64 / METRIC_STEPS_PER_DEGREE - 90.0))
+        .map(|i| LocalMetric::closed_form(i as f64 / METRIC_STEPS_PER_DEGREE as f64 - 90.0))
         .collect();
     exact
         .iter()
@@ -60,8 +60,8 @@ impl LocalMetric {
     /// closed form's monotony: longitude degrees shrink poleward, latitude degrees grow).
     #[must_use]
     pub fn at_latitude(lat_deg: f64) -> Self {
-        let x =
-            ((lat_deg + 90.0) * METRIC_STEPS_PER_DEGREE).clamp(0.0, (METRIC_TABLE_LEN - 1) as f64);
+        let x = ((lat_deg + 90.0) * METRIC_STEPS_PER_DEGREE as f64)
+            .clamp(0.0, (METRIC_TABLE_LEN - 1) as f64);
         let i = (x as usize).min(METRIC_TABLE_LEN - 2);
         let f = x - i as f64;
         let [lat, lon, dlat, dlon] = METRIC_TABLE[i];

@@ -1,10 +1,10 @@
 //! Event times: RFC 3339 strings or epoch milliseconds in, epoch milliseconds inside, RFC 3339 out.
 
 use serde::{Deserialize, Serialize};
-
-use super::fast_json::non_digit_bytes;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+
+use super::fast_json::non_digit_bytes;
 
 /// Epoch milliseconds below this are almost certainly epoch *seconds* sent by mistake (it is March 1973).
 const SMALLEST_PLAUSIBLE_EPOCH_MS: i64 = 100_000_000_000;
