@@ -3,12 +3,13 @@
 //!
 //! It answers only when the answer is certain to be what serde_json would give, and returns `None`
 //! otherwise, so that the caller decodes with serde_json, which also words every error: anything unusual
-//! (escapes, unknown or repeated keys, `true`/`false`, exponents, more than 19 digits, a missing field,
+//! (escapes, unknown or repeated keys, `true`/`false`, exponents, integers of more than 19 digits, a missing field,
 //! trailing bytes) takes that path. Numbers agree to the bit because both paths round correctly: serde_json
 //! with its `float_roundtrip` feature (enabled in Cargo.toml, so that tests, where a dev-dependency turns
 //! it on anyway, and the release build parse alike), and here either one exact division (when both
 //! operands are exact doubles) or `str::parse` (longer numbers, as phone SDKs write full-precision
-//! doubles). Up to 19 digits the mantissa fits a `u64` for integer fields.
+//! doubles, `0.0026222750406521477` among them: 20 digits with the leading zeros). Up to 19 digits the
+//! mantissa fits a `u64` for integer fields.
 
 /// A number that passed JSON's grammar (without an exponent), as its digits read as an integer and the
 /// count of fraction digits: `-12.345` is mantissa 12345, 3 fraction digits, negative.
@@ -264,7 +265,7 @@ impl<'a> Scanner<'a> {
         Some(field)
     }
 
-    /// A JSON number without exponent and with at most 19 digits.
+    /// A JSON number without exponent: an integer of at most 19 digits, or a fraction.
     fn number(&mut self) -> Option<Number<'a>> {
         let b = self.bytes;
         let start = self.at;
@@ -294,10 +295,15 @@ impl<'a> Scanner<'a> {
             return None;
         }
         if int_digits + frac_digits > 19 {
-            return None;
+            if integer {
+                return None;
+            }
+            // The digits wrapped the mantissa: a value no exact division takes, so the text is parsed.
+            mantissa = u64::MAX;
         }
         self.at = i;
-        // Nineteen digits at most (checked above, below u64::MAX): the wrapping arithmetic never wrapped.
+        // Nineteen digits at most (or the mantissa set aside above, below u64::MAX): the wrapping
+        // arithmetic never wrapped into a mantissa that is used.
         Some(Number {
             text: self.text.get(start..i)?,
             integer,
@@ -670,6 +676,18 @@ mod tests {
         }
     }
 
+    /// Fractions longer than a `u64` mantissa holds: a small coordinate in full precision has leading
+    /// zeros on top of its 17 significant digits.
+    #[test]
+    fn takes_fractions_of_more_than_nineteen_digits() {
+        for payload in [
+            r#"{"user_id":"u","lat":0.0026222750406521477,"lon":2,"ts":1764000000000}"#,
+            r#"{"user_id":"u","lat":-1.2345678901234567890123,"lon":0.000000000000000000001,"ts":1}"#,
+        ] {
+            assert!(matches!(same_as_serde(payload), Ok(true)), "{payload}");
+        }
+    }
+
     #[test]
     fn declines_what_serde_must_word() {
         for payload in [
@@ -680,7 +698,7 @@ mod tests {
             r#"{"user_id":"u","lat":1,"lon":2,"ts":1764000000000} x"#,
             r#"{"user_id":"u","lat":1,"lon":2,"ts":1764000000000,}"#,
             r#"{"user_id":"u","lat":"1","lon":2,"ts":1764000000000}"#,
-            r#"{"user_id":"u","lat":1.2345678901234567890,"lon":2,"ts":1764000000000}"#,
+            r#"{"user_id":"u","lat":1,"lon":2,"ts":12345678901234567890}"#,
         ] {
             assert!(decode(payload.as_bytes()).is_none(), "{payload}");
         }
