@@ -12,6 +12,7 @@ use super::fence::{
     Circle, CoordPath, FeatureRef, Fence, FenceProblem, Polygon, RejectedFeature, Repair,
 };
 use super::metric::{MAX_FENCE_LATITUDE, MAX_TOLERANCE_M};
+use super::part::MAX_PART_VERTICES;
 use super::validate;
 
 /// How features become fences.
@@ -276,11 +277,10 @@ fn parse_feature(
     });
     if let Some(polygons) = &polygons {
         let count: usize = polygons.iter().map(Polygon::vertex_count).sum();
-        if count > options.max_vertices {
-            problems.push(FenceProblem::TooManyVertices {
-                count,
-                limit: options.max_vertices,
-            });
+        // The prepared geometry addresses a part's vertices (closing ones too) in 28 bits, whatever the option.
+        let limit = options.max_vertices.min(MAX_PART_VERTICES / 2);
+        if count > limit {
+            problems.push(FenceProblem::TooManyVertices { count, limit });
         }
     }
     match (problems.is_empty(), polygons, id) {

@@ -92,6 +92,13 @@ const KEY_SHRINK: f64 = 0.999_99;
 /// a query nearer its cell's centre (so the sorted search stops sooner), at the cost of more entries.
 const CELL_OF_REACH: f64 = 0.25;
 
+/// Chains nearest a cell's centre whose edges are measured to bound the cell's nearest-edge distance
+/// from above (see [`PreparedPart::fill_grid_cells`]).
+const PRUNE_PROBES: usize = 4;
+
+/// Mean entries per occupied cell above which the grid is laid out again with cells half as wide.
+const DENSE_CELL_ENTRIES: usize = 32;
+
 /// At most this many edges per chain…
 const CHAIN_EDGES: usize = 16;
 /// …and no wider than this share of the tolerance, so that a chain's box stays a tight bound.
@@ -124,6 +131,7 @@ pub struct PreparedPart {
     grid_inv_h: f64,
     grid_nx: usize,
     grid_ny: usize,
+    grid_frame: BoxFrame,
     /// Cell `i`'s entries are `grid_entries[grid_offsets[i]..grid_offsets[i + 1]]`: the chains within
     /// reach of the cell, nearest to its centre first, each with its box inline so that a search reads
     /// one contiguous run per cell.
@@ -200,6 +208,7 @@ impl PreparedPart {
             grid_inv_h: 0.0,
             grid_nx: 1,
             grid_ny: 1,
+            grid_frame: BoxFrame::default(),
             grid_offsets: vec![0, 0],
             grid_entries: Vec::new(),
             circle: None,
@@ -329,16 +338,39 @@ impl PreparedPart {
         let b = self.bounds;
         let (dlat, dlon) = degrees_spanned(self.reach_m * APPROX_SLACK + 1.0, b.min_lat, b.max_lat);
         let chains = self.build_chains(dlon, dlat);
-        let (lon0, lat0) = (b.min_lon - dlon, b.min_lat - dlat);
         let width = b.max_lon - b.min_lon + 2.0 * dlon;
         let height = b.max_lat - b.min_lat + 2.0 * dlat;
         // About two chains per cell, but cells no smaller than a share of the tolerance box so a chain
         // lands in few cells.
         let ideal = (width * height / (2.0 * chains.len() as f64)).sqrt();
-        let cell_w = ideal.max(dlon * CELL_OF_REACH).max(width / 2048.0);
-        let cell_h = ideal.max(dlat * CELL_OF_REACH).max(height / 2048.0);
-        let nx = ((width / cell_w).ceil() as usize).max(1);
-        let ny = ((height / cell_h).ceil() as usize).max(1);
+        let mut cell = [
+            ideal.max(dlon * CELL_OF_REACH).max(width / 2048.0),
+            ideal.max(dlat * CELL_OF_REACH).max(height / 2048.0),
+        ];
+        self.lay_out_grid(&chains, [dlon, dlat], cell);
+        // Where the boundary is dense within the tolerance (a jagged coast, many parallel edges), a cell
+        // keeps many chains after pruning and a search walks many of them before its bound stops it: a
+        // finer grid, once, puts queries nearer their cell's centre.
+        let occupied = self.grid_offsets.windows(2).filter(|w| w[0] < w[1]).count();
+        if self.grid_entries.len() > DENSE_CELL_ENTRIES * occupied.max(1) {
+            cell = [
+                (0.5 * cell[0]).max(width / 4096.0),
+                (0.5 * cell[1]).max(height / 4096.0),
+            ];
+            self.lay_out_grid(&chains, [dlon, dlat], cell);
+        }
+    }
+
+    /// Builds the distance grid with cells of `cell` degrees (lon, lat) over the bounds grown by `reach`
+    /// degrees (lon, lat).
+    fn lay_out_grid(&mut self, chains: &[Chain], reach: [f64; 2], cell: [f64; 2]) {
+        let b = self.bounds;
+        let [dlon, dlat] = reach;
+        let (lon0, lat0) = (b.min_lon - dlon, b.min_lat - dlat);
+        let width = b.max_lon - b.min_lon + 2.0 * dlon;
+        let height = b.max_lat - b.min_lat + 2.0 * dlat;
+        let nx = ((width / cell[0]).ceil() as usize).max(1);
+        let ny = ((height / cell[1]).ceil() as usize).max(1);
         let (inv_w, inv_h) = (nx as f64 / width, ny as f64 / height);
         let cell = |v: f64, origin: f64, inv: f64, n: usize| {
             (((v - origin) * inv).max(0.0) as usize).min(n - 1)
@@ -363,7 +395,8 @@ impl PreparedPart {
             self.grid_inv_h,
         ) = (lon0, lat0, inv_w, inv_h);
         (self.grid_nx, self.grid_ny) = (nx, ny);
-        self.fill_grid_cells(grid, &chains);
+        self.grid_frame = BoxFrame::new([width / nx as f64, height / ny as f64], reach);
+        self.fill_grid_cells(grid, chains);
     }
 
     /// Lays out each cell's chains (`grid`: chain ids per cell) as [`GridEntry`]s ordered by a lower
@@ -373,7 +406,10 @@ impl PreparedPart {
     fn fill_grid_cells(&mut self, grid: Buckets, chains: &[Chain]) {
         let (nx, ny) = (self.grid_nx, self.grid_ny);
         let (cell_w, cell_h) = (1.0 / self.grid_inv_w, 1.0 / self.grid_inv_h);
+        let frame = self.grid_frame;
         let mut entries = Vec::with_capacity(grid.len());
+        let mut offsets = Vec::with_capacity(nx * ny + 1);
+        offsets.push(0);
         for y in 0..ny {
             let south = self.grid_lat0 + y as f64 * cell_h;
             let north = south + cell_h;
@@ -387,10 +423,18 @@ impl PreparedPart {
                 .m_per_deg_lon
                 .max(0.0);
             let ky = LocalMetric::at_latitude(equatorward).m_per_deg_lat;
+            // The largest metres-per-degree in the row: distances measured with them are at least what
+            // a query anywhere in the row measures.
+            let (kx_max, ky_max) = (
+                LocalMetric::at_latitude(equatorward.min(90.0)).m_per_deg_lon,
+                LocalMetric::at_latitude(poleward.min(90.0)).m_per_deg_lat,
+            );
+            let half_diagonal = (0.5 * cell_w * kx_max).hypot(0.5 * cell_h * ky_max);
             let center_lat = south + 0.5 * cell_h;
             for x in 0..nx {
                 let first = entries.len();
-                let center_lon = self.grid_lon0 + (x as f64 + 0.5) * cell_w;
+                let west = self.grid_lon0 + x as f64 * cell_w;
+                let center_lon = west + 0.5 * cell_w;
                 entries.extend(grid.get(y * nx + x).iter().map(|&c| {
                     let chain = &chains[c as usize];
                     let gx = (chain.min_lon - center_lon)
@@ -401,22 +445,55 @@ impl PreparedPart {
                         .max(center_lat - chain.max_lat)
                         .max(0.0)
                         * ky;
+                    let (min_x, max_x) = frame.quantize(0, west, chain.min_lon, chain.max_lon);
+                    let (min_y, max_y) = frame.quantize(1, south, chain.min_lat, chain.max_lat);
                     GridEntry {
                         // Shrunk first, so that rounding to f32 keeps it a lower bound.
                         key: ((gx * gx + gy * gy).sqrt() * KEY_SHRINK) as f32,
-                        min_lon: round_down(chain.min_lon),
-                        min_lat: round_down(chain.min_lat),
-                        max_lon: round_up(chain.max_lon),
-                        max_lat: round_up(chain.max_lat),
-                        first_vertex: chain.first,
-                        len: chain.len,
+                        frame_box: [min_x, min_y, max_x, max_y],
+                        chain: chain.first << CHAIN_LEN_BITS | (chain.len - 1),
                     }
                 }));
                 entries[first..].sort_unstable_by(|a, b| a.key.total_cmp(&b.key));
+                // Chains that cannot be the nearest for any point of the cell are dropped: the nearest
+                // of the first few chains to the centre bounds every point's nearest edge from above, and
+                // a chain's key less the half diagonal bounds its distance from below.
+                let nearest_above = entries[first..]
+                    .iter()
+                    .take(PRUNE_PROBES)
+                    .map(|entry| {
+                        self.chain_distance_m(entry, [center_lon, center_lat], [kx_max, ky_max])
+                    })
+                    .fold(f64::INFINITY, f64::min)
+                    + half_diagonal;
+                let kept = entries[first..]
+                    .partition_point(|entry| f64::from(entry.key) - half_diagonal <= nearest_above);
+                entries.truncate(first + kept);
+                offsets.push(entries.len() as u32);
             }
         }
-        self.grid_offsets = grid.offsets;
+        self.grid_offsets = offsets;
         self.grid_entries = entries;
+    }
+
+    /// Distance from `point` (lon, lat) to the nearest edge of an entry's chain, with `k` metres per
+    /// degree (lon, lat).
+    fn chain_distance_m(&self, entry: &GridEntry, point: [f64; 2], k: [f64; 2]) -> f64 {
+        let first = entry.first_vertex();
+        (first..first + entry.len())
+            .map(|e| {
+                let (a, c) = self.segment(e);
+                let (ax, ay) = ((a[0] - point[0]) * k[0], (a[1] - point[1]) * k[1]);
+                let (dx, dy) = ((c[0] - a[0]) * k[0], (c[1] - a[1]) * k[1]);
+                let len2 = dx * dx + dy * dy;
+                let t = if len2 > 0.0 {
+                    (-(ax * dx + ay * dy) / len2).clamp(0.0, 1.0)
+                } else {
+                    0.0
+                };
+                (ax + t * dx).hypot(ay + t * dy)
+            })
+            .fold(f64::INFINITY, f64::min)
     }
 
     /// The query longitude moved to this part's side of the antimeridian.
@@ -465,7 +542,7 @@ impl PreparedPart {
     /// Step 2: the first vertex of the chain at a grid entry from step 1 (reads the entry).
     #[must_use]
     pub fn warm_grid_entry(&self, entry: u32) -> u32 {
-        self.grid_entries[entry as usize].first_vertex
+        self.grid_entries[entry as usize].first_vertex()
     }
 
     /// Step 3: reads a vertex from step 2 and returns bits of it (so the load is not optimised away).
@@ -672,25 +749,35 @@ impl PreparedPart {
         let mut best = (approx_limit * approx_limit, u32::MAX, 0.0f64);
         let mut best_m = approx_limit;
         let mut side = 0.0;
+        // The point in its cell's frame, and metres per frame unit.
+        let frame = &self.grid_frame;
+        let (x, y) = (
+            frame.margin[0] + 0.5 / self.grid_inv_w + offset[0],
+            frame.margin[1] + 0.5 / self.grid_inv_h + offset[1],
+        );
+        // In `f32`: the box test is most of a search's work. The point's rounding (under 0.004 of a
+        // unit) is inside the boxes' slack, and the metres per unit are shrunk by more than the
+        // products' rounding, so the test's distance stays below the true one.
+        let (fx, fy) = ((x * frame.scale[0]) as f32, (y * frame.scale[1]) as f32);
+        let (unit_x, unit_y) = (
+            (kx / frame.scale[0] * F32_SHRINK) as f32,
+            (ky / frame.scale[1] * F32_SHRINK) as f32,
+        );
         let range = self.grid_offsets[bucket] as usize..self.grid_offsets[bucket + 1] as usize;
         for entry in &self.grid_entries[range] {
             if f64::from(entry.key) - from_centre >= best_m {
                 break;
             }
-            let gx = (f64::from(entry.min_lon) - lon)
-                .max(lon - f64::from(entry.max_lon))
-                .max(0.0)
-                * kx;
-            let gy = (f64::from(entry.min_lat) - lat)
-                .max(lat - f64::from(entry.max_lat))
-                .max(0.0)
-                * ky;
-            if gx * gx + gy * gy >= best.0 {
+            let [min_x, min_y, max_x, max_y] = entry.frame_box.map(f32::from);
+            let gx = (min_x - fx).max(fx - max_x).max(0.0) * unit_x;
+            let gy = (min_y - fy).max(fy - max_y).max(0.0) * unit_y;
+            if f64::from(gx * gx + gy * gy) >= best.0 {
                 continue;
             }
             let before = best.0;
             // A chain's edges are consecutive edges of one ring, so they start at consecutive vertices.
-            for e in entry.first_vertex..entry.first_vertex + entry.len {
+            let first = entry.first_vertex();
+            for e in first..first + entry.len() {
                 let (a, c) = self.segment(e);
                 let (ax, ay) = ((a[0] - lon) * kx, (a[1] - lat) * ky);
                 let (dx, dy) = ((c[0] - a[0]) * kx, (c[1] - a[1]) * ky);
@@ -718,30 +805,81 @@ impl PreparedPart {
     }
 }
 
-/// One chain in one distance-grid cell: a lower bound (metres) on its distance from the cell's centre
-/// (entries of a cell ascend by it, so a search stops at the first that cannot beat what it has found),
-/// its box (rounded outwards to `f32`), and its edges: those starting at vertices
-/// `first_vertex..first_vertex + len`.
+/// One chain in one distance-grid cell, in 16 bytes (four to a cache line): a lower bound (metres) on its
+/// distance from the cell's centre (entries of a cell ascend by it, so a search stops at the first that
+/// cannot beat what it has found), its box in the cell's [`BoxFrame`] (rounded outwards), and its edges:
+/// those starting at vertices `first_vertex()..first_vertex() + len()`.
 #[derive(Debug, Clone, Copy)]
 struct GridEntry {
     key: f32,
-    min_lon: f32,
-    min_lat: f32,
-    max_lon: f32,
-    max_lat: f32,
-    first_vertex: u32,
-    len: u32,
+    /// min x, min y, max x, max y in the cell's frame.
+    frame_box: [u16; 4],
+    /// The first vertex shifted left by [`CHAIN_LEN_BITS`], with `len - 1` in the low bits.
+    chain: u32,
 }
 
-/// An `f32` not above `value`: lowered by more than half an `f32` step before rounding to nearest
-/// (`f32::next_down` is newer than this crate's minimum Rust).
-fn round_down(value: f64) -> f32 {
-    (value - value.abs() * 2.5e-7 - 1e-30) as f32
+/// Applied to the metres per frame unit of a search's `f32` box test (see [`PreparedPart::nearest_edge_within`]).
+const F32_SHRINK: f64 = 1.0 - 1e-6;
+
+/// Bits of [`GridEntry::chain`] that hold a chain's edge count less one.
+const CHAIN_LEN_BITS: u32 = 4;
+const _: () = assert!(CHAIN_EDGES <= 1 << CHAIN_LEN_BITS);
+
+/// Vertices a part may have: its grid entries address them with the bits [`CHAIN_LEN_BITS`] leave.
+pub const MAX_PART_VERTICES: usize = 1 << (32 - CHAIN_LEN_BITS);
+
+impl GridEntry {
+    fn first_vertex(&self) -> u32 {
+        self.chain >> CHAIN_LEN_BITS
+    }
+
+    fn len(&self) -> u32 {
+        (self.chain & ((1 << CHAIN_LEN_BITS) - 1)) + 1
+    }
 }
 
-/// An `f32` not below `value` (see [`round_down`]).
-fn round_up(value: f64) -> f32 {
-    (value + value.abs() * 2.5e-7 + 1e-30) as f32
+/// A grid cell's frame for its entries' boxes: the cell grown by the search reach on every side, spanned
+/// by 0..=65535 in each axis. A chain in a cell lies at least partly inside that frame (it is within
+/// reach of the cell), and clamping the rest of its box to the frame changes no distance from a point in
+/// the cell: on each axis the clamped side is beyond the point either way.
+#[derive(Debug, Clone, Copy, Default)]
+struct BoxFrame {
+    /// Frame units per degree (lon, lat).
+    scale: [f64; 2],
+    /// How far the frame reaches beyond its cell, in degrees (lon, lat).
+    margin: [f64; 2],
+}
+
+impl BoxFrame {
+    const UNITS: f64 = 65535.0;
+    /// Allowance for rounding in the conversions, in frame units: boxes grow by it, so no distance
+    /// computed from them exceeds the true one.
+    const SLACK: f64 = 0.02;
+
+    fn new(cell: [f64; 2], margin: [f64; 2]) -> Self {
+        Self {
+            scale: [
+                Self::UNITS / (cell[0] + 2.0 * margin[0]),
+                Self::UNITS / (cell[1] + 2.0 * margin[1]),
+            ],
+            margin,
+        }
+    }
+
+    /// `value` (degrees on `axis`) in the frame of the cell whose low edge is `cell_low`.
+    fn units(&self, axis: usize, cell_low: f64, value: f64) -> f64 {
+        (value - (cell_low - self.margin[axis])) * self.scale[axis]
+    }
+
+    /// The box `[min, max]` (degrees on `axis`) in the frame, rounded outwards and clamped to it.
+    fn quantize(&self, axis: usize, cell_low: f64, min: f64, max: f64) -> (u16, u16) {
+        let low = (self.units(axis, cell_low, min) - Self::SLACK).floor();
+        let high = (self.units(axis, cell_low, max) + Self::SLACK).ceil();
+        (
+            low.clamp(0.0, Self::UNITS) as u16,
+            high.clamp(0.0, Self::UNITS) as u16,
+        )
+    }
 }
 
 /// The nearest edge a search found: the nearest point is at `t` along it, and `side` is positive when
@@ -768,24 +906,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn boxes_round_outwards_to_f32() {
-        for value in [
-            0.0,
-            1e-40,
-            -1e-40,
-            37.123_456_789,
-            -122.999_999_9,
-            179.999_999_99,
-            -89.5,
-            1e-3,
+    fn frame_boxes_round_outwards_and_clamp_to_the_frame() {
+        let frame = BoxFrame::new([0.01, 0.02], [0.005, 0.004]);
+        // A box inside the frame of the cell whose low corner is (-122.33, 37.01): the stored box holds it.
+        for (axis, low, min, max) in [
+            (0, -122.33, -122.332_1, -122.321_7),
+            (1, 37.01, 37.006_5, 37.030_1),
         ] {
-            assert!(f64::from(round_down(value)) <= value, "{value}");
-            assert!(f64::from(round_up(value)) >= value, "{value}");
-            assert!(
-                (f64::from(round_down(value)) - value).abs() < 1e-4,
-                "{value}"
-            );
+            let (q_min, q_max) = frame.quantize(axis, low, min, max);
+            let back = |q: u16| f64::from(q) / frame.scale[axis] + low - frame.margin[axis];
+            assert!(back(q_min) <= min && back(q_max) >= max, "axis {axis}");
+            // Within a unit and the slack of the true box.
+            assert!(min - back(q_min) < 1.01 / frame.scale[axis], "axis {axis}");
+            assert!(back(q_max) - max < 1.01 / frame.scale[axis], "axis {axis}");
         }
+        // Sides beyond the frame are clamped to its edges.
+        assert_eq!(frame.quantize(0, 10.0, 9.0, 11.0), (0, 65535));
+        assert_eq!(
+            GridEntry {
+                key: 0.0,
+                frame_box: [0; 4],
+                chain: 77 << CHAIN_LEN_BITS | 15
+            }
+            .first_vertex(),
+            77
+        );
     }
 
     fn square_with_hole() -> Polygon {
@@ -838,5 +983,60 @@ mod tests {
         assert!((lon - 180.005).abs() < 1e-9);
         let d = part.boundary_distance_within(51.5, lon, 1000.0).unwrap();
         assert!((d - 348.0).abs() < 2.0, "{d}");
+    }
+
+    /// A comb-like boundary (the benchmark's 10k-vertex polygon: vertices jittered radially by up to a kilometre, about 10 m apart) keeps many
+    /// chains within reach of every cell: the grid is laid out again finer, cells are pruned, and the
+    /// search still finds exactly the nearest edge a scan of every edge finds.
+    #[test]
+    fn dense_boundaries_get_a_finer_pruned_grid_and_the_same_nearest_edge() {
+        use crate::geofence::sample::{wobbly_polygon, SampleRng};
+        let polygon = wobbly_polygon(-6.2, 106.8, 20_000.0, 10_000, 3);
+        let part = PreparedPart::new(0, &polygon, 1000.0);
+        let (dlat, dlon) = degrees_spanned(1000.0 * APPROX_SLACK + 1.0, -6.4, -6.0);
+        // The first layout never goes below a share of the tolerance box; only the finer one does.
+        assert!(
+            1.0 / part.grid_inv_w < CELL_OF_REACH * dlon,
+            "cells of {} degrees",
+            1.0 / part.grid_inv_w
+        );
+        assert!(1.0 / part.grid_inv_h < CELL_OF_REACH * dlat);
+        let mut rng = SampleRng::new(11);
+        let ring = &polygon.rings[0];
+        let mut compared = 0;
+        for _ in 0..2_000 {
+            let a = ring[rng.below(ring.len() - 1)];
+            let (lat, lon) = (
+                a[1] + rng.range(-0.012, 0.012),
+                a[0] + rng.range(-0.012, 0.012),
+            );
+            let metric = LocalMetric::at_latitude(lat);
+            let (kx, ky) = (metric.m_per_deg_lon, metric.m_per_deg_lat);
+            let brute = (0..part.vertices.len() as u32 - 1)
+                .map(|e| {
+                    let (a, c) = part.segment(e);
+                    let (ax, ay) = ((a[0] - lon) * kx, (a[1] - lat) * ky);
+                    let (dx, dy) = ((c[0] - a[0]) * kx, (c[1] - a[1]) * ky);
+                    let t = (-(ax * dx + ay * dy) / (dx * dx + dy * dy)).clamp(0.0, 1.0);
+                    (ax + t * dx).hypot(ay + t * dy)
+                })
+                .fold(f64::INFINITY, f64::min);
+            let found = part
+                .nearest_edge_within(lat, lon, 1000.0, &metric)
+                .map(|n| {
+                    let (a, c) = part.segment(n.edge);
+                    let q = [a[0] + n.t * (c[0] - a[0]), a[1] + n.t * (c[1] - a[1])];
+                    ((q[0] - lon) * kx).hypot((q[1] - lat) * ky)
+                });
+            if brute <= 1000.0 {
+                let found = found.expect("an edge within reach");
+                assert!(
+                    (found - brute).abs() <= 1e-9 * brute.max(1.0),
+                    "{found} vs {brute}"
+                );
+                compared += 1;
+            }
+        }
+        assert!(compared > 1_000, "{compared}");
     }
 }
