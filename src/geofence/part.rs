@@ -481,19 +481,28 @@ impl PreparedPart {
     fn chain_distance_m(&self, entry: &GridEntry, point: [f64; 2], k: [f64; 2]) -> f64 {
         let first = entry.first_vertex();
         (first..first + entry.len())
-            .map(|e| {
-                let (a, c) = self.segment(e);
-                let (ax, ay) = ((a[0] - point[0]) * k[0], (a[1] - point[1]) * k[1]);
-                let (dx, dy) = ((c[0] - a[0]) * k[0], (c[1] - a[1]) * k[1]);
-                let len2 = dx * dx + dy * dy;
-                let t = if len2 > 0.0 {
-                    (-(ax * dx + ay * dy) / len2).clamp(0.0, 1.0)
-                } else {
-                    0.0
-                };
-                (ax + t * dx).hypot(ay + t * dy)
-            })
+            .map(|e| self.project(e, point, k).distance2.sqrt())
             .fold(f64::INFINITY, f64::min)
+    }
+
+    /// The point of edge `edge` nearest to `point` (lon, lat), with `k` metres per degree (lon, lat).
+    fn project(&self, edge: u32, point: [f64; 2], k: [f64; 2]) -> Projection {
+        let (a, c) = self.segment(edge);
+        let (ax, ay) = ((a[0] - point[0]) * k[0], (a[1] - point[1]) * k[1]);
+        let (dx, dy) = ((c[0] - a[0]) * k[0], (c[1] - a[1]) * k[1]);
+        let len2 = dx * dx + dy * dy;
+        let t = if len2 > 0.0 {
+            (-(ax * dx + ay * dy) / len2).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let (qx, qy) = (ax + t * dx, ay + t * dy);
+        Projection {
+            t,
+            distance2: qx * qx + qy * qy,
+            // The cross product (c - a) × (point - a), with the point at the origin of these coordinates.
+            side: dy * ax - dx * ay,
+        }
     }
 
     /// The query longitude moved to this part's side of the antimeridian.
@@ -778,22 +787,10 @@ impl PreparedPart {
             // A chain's edges are consecutive edges of one ring, so they start at consecutive vertices.
             let first = entry.first_vertex();
             for e in first..first + entry.len() {
-                let (a, c) = self.segment(e);
-                let (ax, ay) = ((a[0] - lon) * kx, (a[1] - lat) * ky);
-                let (dx, dy) = ((c[0] - a[0]) * kx, (c[1] - a[1]) * ky);
-                let len2 = dx * dx + dy * dy;
-                let t = if len2 > 0.0 {
-                    (-(ax * dx + ay * dy) / len2).clamp(0.0, 1.0)
-                } else {
-                    0.0
-                };
-                let (qx, qy) = (ax + t * dx, ay + t * dy);
-                let d2 = qx * qx + qy * qy;
-                if d2 < best.0 {
-                    best = (d2, e, t);
-                    // Which side of the edge the point is on: the cross product (c - a) × (q - a), with
-                    // the point q at the origin of these coordinates.
-                    side = dy * ax - dx * ay;
+                let projection = self.project(e, [lon, lat], [kx, ky]);
+                if projection.distance2 < best.0 {
+                    best = (projection.distance2, e, projection.t);
+                    side = projection.side;
                 }
             }
             if best.0 < before {
@@ -880,6 +877,14 @@ impl BoxFrame {
             high.clamp(0.0, Self::UNITS) as u16,
         )
     }
+}
+
+/// Where the nearest point of an edge lies: `t` along it, `distance2` (squared metres) from the query
+/// point, and `side` positive when the query point lies on the edge's left.
+struct Projection {
+    t: f64,
+    distance2: f64,
+    side: f64,
 }
 
 /// The nearest edge a search found: the nearest point is at `t` along it, and `side` is positive when
@@ -1013,13 +1018,7 @@ mod tests {
             let metric = LocalMetric::at_latitude(lat);
             let (kx, ky) = (metric.m_per_deg_lon, metric.m_per_deg_lat);
             let brute = (0..part.vertices.len() as u32 - 1)
-                .map(|e| {
-                    let (a, c) = part.segment(e);
-                    let (ax, ay) = ((a[0] - lon) * kx, (a[1] - lat) * ky);
-                    let (dx, dy) = ((c[0] - a[0]) * kx, (c[1] - a[1]) * ky);
-                    let t = (-(ax * dx + ay * dy) / (dx * dx + dy * dy)).clamp(0.0, 1.0);
-                    (ax + t * dx).hypot(ay + t * dy)
-                })
+                .map(|e| part.project(e, [lon, lat], [kx, ky]).distance2.sqrt())
                 .fold(f64::INFINITY, f64::min);
             let found = part
                 .nearest_edge_within(lat, lon, 1000.0, &metric)
