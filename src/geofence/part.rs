@@ -405,8 +405,8 @@ impl PreparedPart {
     /// exceeds the distance a query measures with the metric at its own latitude inside that row.
     fn fill_grid_cells(&mut self, grid: Buckets, chains: &[Chain]) {
         let (nx, ny) = (self.grid_nx, self.grid_ny);
-        let (cell_w, cell_h) = (1.0 / self.grid_inv_w, 1.0 / self.grid_inv_h);
         let frame = self.grid_frame;
+        let [cell_w, cell_h] = frame.cell;
         let mut entries = Vec::with_capacity(grid.len());
         let mut offsets = Vec::with_capacity(nx * ny + 1);
         offsets.push(0);
@@ -562,8 +562,8 @@ impl PreparedPart {
             .map_or(0, |v| v[0].to_bits() as u32)
     }
 
-    /// The grid bucket holding the point and the point's offset from that cell's centre, in degrees
-    /// (lon, lat).
+    /// The grid bucket holding the point and the point's position in that cell from its low corner, in
+    /// degrees (lon, lat).
     fn grid_cell(&self, lat: f64, lon: f64) -> Option<(usize, [f64; 2])> {
         let fx = (lon - self.grid_lon0) * self.grid_inv_w;
         let fy = (lat - self.grid_lat0) * self.grid_inv_h;
@@ -571,11 +571,9 @@ impl PreparedPart {
             return None;
         }
         let (x, y) = (fx as usize, fy as usize);
-        let offset = [
-            (fx - x as f64 - 0.5) / self.grid_inv_w,
-            (fy - y as f64 - 0.5) / self.grid_inv_h,
-        ];
-        Some((y * self.grid_nx + x, offset))
+        let cell = self.grid_frame.cell;
+        let within = [(fx - x as f64) * cell[0], (fy - y as f64) * cell[1]];
+        Some((y * self.grid_nx + x, within))
     }
 
     /// Longitudes where the boundary crosses the parallel at `lat` (unsorted), for scanline fills.
@@ -746,7 +744,12 @@ impl PreparedPart {
         limit_m: f64,
         metric: &LocalMetric,
     ) -> Option<NearestEdge> {
-        let (bucket, offset) = self.grid_cell(lat, lon)?;
+        let (bucket, within) = self.grid_cell(lat, lon)?;
+        let frame = &self.grid_frame;
+        let offset = [
+            within[0] - 0.5 * frame.cell[0],
+            within[1] - 0.5 * frame.cell[1],
+        ];
         let (kx, ky) = (metric.m_per_deg_lon, metric.m_per_deg_lat);
         // Chains come nearest-to-the-cell-centre first with a lower bound on that distance; the point is
         // `from_centre` metres from the centre, so once a chain's bound minus that reaches the best
@@ -759,11 +762,7 @@ impl PreparedPart {
         let mut best_m = approx_limit;
         let mut side = 0.0;
         // The point in its cell's frame, and metres per frame unit.
-        let frame = &self.grid_frame;
-        let (x, y) = (
-            frame.margin[0] + 0.5 / self.grid_inv_w + offset[0],
-            frame.margin[1] + 0.5 / self.grid_inv_h + offset[1],
-        );
+        let (x, y) = (frame.margin[0] + within[0], frame.margin[1] + within[1]);
         // In `f32`: the box test is most of a search's work. The point's rounding (under 0.004 of a
         // unit) is inside the boxes' slack, and the metres per unit are shrunk by more than the
         // products' rounding, so the test's distance stays below the true one.
@@ -841,6 +840,8 @@ impl GridEntry {
 /// the cell: on each axis the clamped side is beyond the point either way.
 #[derive(Debug, Clone, Copy, Default)]
 struct BoxFrame {
+    /// The cell's size in degrees (lon, lat).
+    cell: [f64; 2],
     /// Frame units per degree (lon, lat).
     scale: [f64; 2],
     /// How far the frame reaches beyond its cell, in degrees (lon, lat).
@@ -855,6 +856,7 @@ impl BoxFrame {
 
     fn new(cell: [f64; 2], margin: [f64; 2]) -> Self {
         Self {
+            cell,
             scale: [
                 Self::UNITS / (cell[0] + 2.0 * margin[0]),
                 Self::UNITS / (cell[1] + 2.0 * margin[1]),

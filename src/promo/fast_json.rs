@@ -3,13 +3,13 @@
 //!
 //! It answers only when the answer is certain to be what serde_json would give, and returns `None`
 //! otherwise, so that the caller decodes with serde_json, which also words every error: anything unusual
-//! (escapes, unknown or repeated keys, `true`/`false`, exponents, integers of more than 19 digits, a missing field,
-//! trailing bytes) takes that path. Numbers agree to the bit because both paths round correctly: serde_json
-//! with its `float_roundtrip` feature (enabled in Cargo.toml, so that tests, where a dev-dependency turns
-//! it on anyway, and the release build parse alike), and here either one exact division (when both
-//! operands are exact doubles) or `str::parse` (longer numbers, as phone SDKs write full-precision
-//! doubles, `0.0026222750406521477` among them: 20 digits with the leading zeros). Up to 19 digits the
-//! mantissa fits a `u64` for integer fields.
+//! (escapes, unknown or repeated keys, `true`/`false`, exponents, integers of more than 19 digits, a
+//! missing field, trailing bytes) takes that path. Numbers agree to the bit because both paths round
+//! correctly: serde_json with its `float_roundtrip` feature (enabled in Cargo.toml, so that tests, where a
+//! dev-dependency turns it on anyway, and the release build parse alike), and here either one exact
+//! division (when both operands are exact doubles) or `str::parse` (longer numbers, as phone SDKs write
+//! full-precision doubles, `0.0026222750406521477` among them: 20 digits with the leading zeros). Up to
+//! 19 digits the mantissa fits a `u64` for integer fields.
 
 /// A number that passed JSON's grammar (without an exponent), as its digits read as an integer and the
 /// count of fraction digits: `-12.345` is mantissa 12345, 3 fraction digits, negative.
@@ -302,8 +302,8 @@ impl<'a> Scanner<'a> {
             mantissa = u64::MAX;
         }
         self.at = i;
-        // Nineteen digits at most (or the mantissa set aside above, below u64::MAX): the wrapping
-        // arithmetic never wrapped into a mantissa that is used.
+        // Nineteen digits stay below u64::MAX, so the wrapping arithmetic did not wrap; longer fractions
+        // had their wrapped mantissa replaced above.
         Some(Number {
             text: self.text.get(start..i)?,
             integer,
