@@ -382,6 +382,19 @@ mod tests {
     }
 
     #[test]
+    fn a_partition_whose_commit_is_not_known_yet_is_committed_again() {
+        let mut progress = Progress::default();
+        progress.assign(4, None);
+        // Nothing processed: nothing to commit, whatever the client knows.
+        assert!(!progress.behind_durable(&[(4, -1)]));
+        progress.processed(4, 0);
+        progress.stage(1);
+        assert_eq!(progress.advance(1, &mut Recorder::default()), Ok(true));
+        assert!(progress.behind_durable(&[(4, -1)]));
+        assert!(progress.is_dirty());
+    }
+
+    #[test]
     fn records_of_partitions_not_owned_are_not_progress() {
         let mut progress = Progress::default();
         progress.processed(9, 1);

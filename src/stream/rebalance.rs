@@ -5,10 +5,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
-use rdkafka::TopicPartitionList;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::stream::lock;
 use crate::telemetry::PipelineMetrics;
@@ -24,8 +25,13 @@ pub trait PartitionHandler {
         revoked: &[i32],
         lost: bool,
     );
-    /// After `assigned` come: restore their users as of the committed positions.
-    fn assign<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, assigned: &[i32]);
+    /// Before `assigned` are handed to the consumer: restore their users as of the committed positions,
+    /// and return those positions (`None`: nothing committed), which is where fetching then starts.
+    fn assign<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        assigned: &[i32],
+    ) -> Vec<(i32, Option<i64>)>;
     /// The group's committed offsets as librdkafka last saw them (assigned partitions with a commit).
     fn committed_seen(&mut self, _committed: &[(i32, i64)]) {}
 }
@@ -34,6 +40,9 @@ pub trait PartitionHandler {
 pub struct GroupContext<H> {
     handler: Arc<Mutex<H>>,
     input_topic: String,
+    /// Where a partition with no committed offset starts (`auto.offset.reset`), made explicit so that
+    /// fetching starts exactly where the restored state belongs (see `rebalance`).
+    start_without_commit: Offset,
     metrics: PipelineMetrics,
     /// An asynchronous commit failed since the processor last asked: its positions must be committed
     /// again even if no record arrives (see `take_commit_failure`).
@@ -42,10 +51,16 @@ pub struct GroupContext<H> {
 
 impl<H> GroupContext<H> {
     #[must_use]
-    pub fn new(handler: Arc<Mutex<H>>, input_topic: String, metrics: PipelineMetrics) -> Self {
+    pub fn new(
+        handler: Arc<Mutex<H>>,
+        input_topic: String,
+        offset_reset: Option<&str>,
+        metrics: PipelineMetrics,
+    ) -> Self {
         Self {
             handler,
             input_topic,
+            start_without_commit: start_without_commit(offset_reset),
             metrics,
             commit_failed: AtomicBool::new(false),
         }
@@ -94,11 +109,12 @@ impl<H: PartitionHandler + Send + 'static> ClientContext for GroupContext<H> {
         // The result of an asynchronous commit is not reliably reported back (librdkafka answers it on
         // the main queue; in the failover test no callback ever arrived, and a commit refused during a
         // rebalance left the survivor's positions uncommitted for good). The statistics carry what the
-        // group really has committed: the processor compares it with what it believes is durable.
+        // group really has committed: the processor compares it with what it believes is durable. A
+        // partition assigned at an explicit offset has no committed offset there (-1001) until a
+        // commit of this member succeeds, so "none known" counts as behind everything.
         let committed: Vec<(i32, i64)> = assigned
             .iter()
-            .filter(|p| p.committed_offset >= 0)
-            .map(|p| (p.partition, p.committed_offset))
+            .map(|p| (p.partition, p.committed_offset.max(-1)))
             .collect();
         if !committed.is_empty() {
             lock(&self.handler).committed_seen(&committed);
@@ -106,25 +122,74 @@ impl<H: PartitionHandler + Send + 'static> ClientContext for GroupContext<H> {
     }
 }
 
-impl<H: PartitionHandler + Send + 'static> ConsumerContext for GroupContext<H> {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(list) = rebalance {
-            self.metrics.rebalances.inc();
-            let revoked = self.partitions(list);
-            lock(&self.handler).revoke(consumer, &revoked, consumer.assignment_lost());
-        }
+fn unassign<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    revoked: &TopicPartitionList,
+    cooperative: bool,
+) -> KafkaResult<()> {
+    if cooperative {
+        consumer.incremental_unassign(revoked)
+    } else {
+        consumer.unassign()
     }
+}
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(list) => {
-                let assigned = self.partitions(list);
-                if !assigned.is_empty() {
-                    lock(&self.handler).assign(consumer, &assigned);
+/// The explicit start of a partition nobody committed, from `auto.offset.reset` (librdkafka's names
+/// and aliases; unset means its default, `latest`). `error` stays librdkafka's to raise.
+fn start_without_commit(offset_reset: Option<&str>) -> Offset {
+    match offset_reset {
+        Some("smallest" | "earliest" | "beginning") => Offset::Beginning,
+        Some("error") => Offset::Invalid,
+        _ => Offset::End,
+    }
+}
+
+impl<H: PartitionHandler + Send + 'static> ConsumerContext for GroupContext<H> {
+    /// Replaces rust-rdkafka's default so that assigned partitions start at explicit offsets: the ones
+    /// the state was restored for. Left to itself, librdkafka fetches the committed offsets on its own,
+    /// after this callback; a commit this member sent before its assignment was lost can land in
+    /// between, and fetching would then start past records whose effect the restored state lacks (a
+    /// user who left and came back in those records would never be told they are eligible again).
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let result = if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
+            let assigned = self.partitions(tpl);
+            if !assigned.is_empty() {
+                let starts = lock(&self.handler).assign(consumer, &assigned);
+                for (partition, committed) in starts {
+                    let start = committed.map_or(self.start_without_commit, Offset::Offset);
+                    if let Err(error) =
+                        tpl.set_partition_offset(&self.input_topic, partition, start)
+                    {
+                        tracing::error!(%error, partition, "setting where an assigned partition starts");
+                    }
                 }
             }
-            Rebalance::Error(error) => tracing::error!(%error, "rebalance error"),
-            Rebalance::Revoke(_) => {}
+            if cooperative {
+                consumer.incremental_assign(tpl)
+            } else {
+                consumer.assign(tpl)
+            }
+        } else {
+            if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+                self.metrics.rebalances.inc();
+            } else {
+                tracing::error!(error = %RDKafkaErrorCode::from(err), "rebalance error");
+            }
+            let revoked = self.partitions(tpl);
+            lock(&self.handler).revoke(consumer, &revoked, consumer.assignment_lost());
+            unassign(consumer, tpl, cooperative)
+        };
+        if let Err(error) = result {
+            tracing::error!(%error, "applying a rebalance");
         }
     }
 
@@ -155,5 +220,110 @@ impl<H: PartitionHandler + Send + 'static> ConsumerContext for GroupContext<H> {
             }
             Ok(()) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use rdkafka::consumer::CommitMode;
+    use rdkafka::message::Message;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::ClientConfig;
+
+    use super::*;
+    use crate::config::KafkaSettings;
+    use crate::stream::client::processor_consumer_config;
+    use crate::stream::embedded::EmbeddedBroker;
+
+    /// Restores nothing and says each partition's state belongs at a fixed position.
+    struct RestoredAt(Vec<(i32, Option<i64>)>);
+
+    impl PartitionHandler for RestoredAt {
+        fn revoke<C: ConsumerContext>(&mut self, _: &BaseConsumer<C>, _: &[i32], _: bool) {}
+
+        fn assign<C: ConsumerContext>(
+            &mut self,
+            _: &BaseConsumer<C>,
+            assigned: &[i32],
+        ) -> Vec<(i32, Option<i64>)> {
+            self.0
+                .iter()
+                .filter(|(partition, _)| assigned.contains(partition))
+                .copied()
+                .collect()
+        }
+    }
+
+    #[test]
+    fn fetching_starts_where_the_state_was_restored_not_where_the_group_committed_since() {
+        let mut settings = KafkaSettings::default();
+        EmbeddedBroker::tune_client_settings(&mut settings);
+        let broker = EmbeddedBroker::start(&settings, 1).unwrap();
+        let brokers = broker.bootstrap_servers();
+        let topic = settings.input_topic.clone();
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .unwrap();
+        for partition in 0..2 {
+            for n in 0..10 {
+                producer
+                    .send(
+                        BaseRecord::<[u8], [u8]>::to(&topic)
+                            .partition(partition)
+                            .payload(format!("{n}").as_bytes()),
+                    )
+                    .unwrap();
+            }
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+
+        // The group's committed offsets are what a commit landing after the state restore left: not
+        // where the restored state belongs.
+        let committer: BaseConsumer = processor_consumer_config(&settings, brokers)
+            .create()
+            .unwrap();
+        let mut committed = TopicPartitionList::new();
+        committed
+            .add_partition_offset(&topic, 0, Offset::Offset(2))
+            .unwrap();
+        committed
+            .add_partition_offset(&topic, 1, Offset::Offset(3))
+            .unwrap();
+        committer.commit(&committed, CommitMode::Sync).unwrap();
+        drop(committer);
+
+        let handler = Arc::new(Mutex::new(RestoredAt(vec![(0, Some(6)), (1, None)])));
+        let config = processor_consumer_config(&settings, brokers);
+        let consumer: BaseConsumer<GroupContext<RestoredAt>> = config
+            .create_with_context(GroupContext::new(
+                handler,
+                topic.clone(),
+                config.get("auto.offset.reset"),
+                PipelineMetrics::default(),
+            ))
+            .unwrap();
+        consumer.subscribe(&[&topic]).unwrap();
+        let mut first_offsets = [None, None];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while first_offsets.contains(&None) && Instant::now() < deadline {
+            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+                let first = &mut first_offsets[usize::try_from(message.partition()).unwrap()];
+                first.get_or_insert(message.offset());
+            }
+        }
+        // Partition 1 has no restored position: it starts as `auto.offset.reset` (earliest) says.
+        assert_eq!(first_offsets, [Some(6), Some(0)]);
+    }
+
+    #[test]
+    fn a_partition_nobody_committed_starts_as_the_offset_reset_says() {
+        assert_eq!(start_without_commit(Some("earliest")), Offset::Beginning);
+        assert_eq!(start_without_commit(Some("smallest")), Offset::Beginning);
+        assert_eq!(start_without_commit(Some("latest")), Offset::End);
+        assert_eq!(start_without_commit(None), Offset::End);
+        assert_eq!(start_without_commit(Some("error")), Offset::Invalid);
     }
 }

@@ -198,11 +198,12 @@ impl Core {
         )
     }
 
+    /// Restores the users of `assigned` as of their committed positions, and returns those positions.
     fn try_assign<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
         assigned: &[i32],
-    ) -> Result<(), StreamError> {
+    ) -> Result<Vec<(i32, Option<i64>)>, StreamError> {
         let mut query = TopicPartitionList::new();
         for &partition in assigned {
             query.add_partition(&self.settings.input_topic, partition);
@@ -224,7 +225,7 @@ impl Core {
         let started = Instant::now();
         let mut restored = self.restore(&targets)?;
         let mut users_restored = 0;
-        for (partition, committed) in targets {
+        for &(partition, committed) in &targets {
             let users = restored.remove(&partition).unwrap_or_default();
             users_restored += users.len();
             self.dispatch.assign(partition, users);
@@ -233,14 +234,23 @@ impl Core {
         self.metrics
             .state_restored_users
             .inc_by(users_restored as u64);
-        tracing::info!(partitions = ?assigned, users_restored, elapsed = ?started.elapsed(), "partitions assigned");
-        Ok(())
+        tracing::info!(partitions = ?assigned, starts = ?targets, users_restored, elapsed = ?started.elapsed(), "partitions assigned");
+        Ok(targets)
     }
 }
 
 impl PartitionHandler for Core {
     fn committed_seen(&mut self, committed: &[(i32, i64)]) {
-        if self.progress.behind_durable(committed) {
+        if !self.progress.behind_durable(committed) {
+            return;
+        }
+        // -1: none known yet, as after every assignment until this member's first commit lands.
+        if committed.iter().all(|&(_, offset)| offset < 0) {
+            tracing::debug!(
+                ?committed,
+                "no committed offsets known for the assigned partitions yet; committing again"
+            );
+        } else {
             tracing::warn!(
                 ?committed,
                 "the group's committed offsets are behind what was committed; committing again"
@@ -282,11 +292,18 @@ impl PartitionHandler for Core {
         tracing::info!(partitions = ?revoked, "partitions revoked");
     }
 
-    /// Partitions were assigned: load their users from the changelog as of the committed positions.
-    fn assign<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, assigned: &[i32]) {
-        if let Err(error) = self.try_assign(consumer, assigned) {
+    /// Partitions are being assigned: load their users from the changelog as of the committed
+    /// positions, where fetching will start.
+    fn assign<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        assigned: &[i32],
+    ) -> Vec<(i32, Option<i64>)> {
+        self.try_assign(consumer, assigned).unwrap_or_else(|error| {
+            // The loop stops on the fatal error before any record of these partitions is decided.
             tracing::error!(%error, "restoring state for assigned partitions failed");
             self.fatal.get_or_insert(error);
-        }
+            Vec::new()
+        })
     }
 }

@@ -146,14 +146,15 @@ impl Processor {
             trace_name: Box::leak(format!("process {}", settings.input_topic).into_boxed_str()),
             dead_letter_limit: producer_message_limit(settings, &self.brokers),
         }));
-        let consumer: BaseConsumer<GroupContext<Core>> =
-            processor_consumer_config(settings, &self.brokers)
-                .create_with_context(GroupContext::new(
-                    core.clone(),
-                    settings.input_topic.clone(),
-                    self.metrics.clone(),
-                ))
-                .map_err(StreamError::Client)?;
+        let consumer_config = processor_consumer_config(settings, &self.brokers);
+        let consumer: BaseConsumer<GroupContext<Core>> = consumer_config
+            .create_with_context(GroupContext::new(
+                core.clone(),
+                settings.input_topic.clone(),
+                consumer_config.get("auto.offset.reset"),
+                self.metrics.clone(),
+            ))
+            .map_err(StreamError::Client)?;
         consumer
             .subscribe(&[&settings.input_topic])
             .map_err(|source| StreamError::kafka("subscribing to the input topic", source))?;
