@@ -17,7 +17,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -85,6 +86,20 @@ pub fn decode_state(payload: Option<&[u8]>) -> Result<Option<(i64, UserState)>, 
     Ok(Some((record.input_offset, record.state)))
 }
 
+/// The restore reader's client context: reaching a partition's end is how a restore knows it is done,
+/// which librdkafka also reports as a client-wide error (logged at ERROR by rust-rdkafka's default).
+struct RestoreContext;
+
+impl ClientContext for RestoreContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!(%error, reason, "librdkafka error while restoring state");
+        }
+    }
+}
+
+impl ConsumerContext for RestoreContext {}
+
 /// Reads the changelog partitions that mirror `partitions` (input partition, committed input offset or
 /// `None` when nothing was ever committed) and rebuilds their users.
 pub fn restore(
@@ -111,7 +126,9 @@ pub fn restore(
                 "read_uncommitted"
             },
         );
-    let consumer: BaseConsumer = config.create().map_err(StreamError::Client)?;
+    let consumer: BaseConsumer<RestoreContext> = config
+        .create_with_context(RestoreContext)
+        .map_err(StreamError::Client)?;
     let topic = settings.state_topic.as_str();
     let mut tpl = TopicPartitionList::new();
     let mut end: HashMap<i32, i64> = HashMap::new();
