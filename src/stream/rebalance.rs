@@ -258,8 +258,23 @@ mod tests {
 
     #[test]
     fn fetching_starts_where_the_state_was_restored_not_where_the_group_committed_since() {
+        first_offsets_read_with(None);
+    }
+
+    /// Operators may choose an eager strategy; the explicit starts hold there too.
+    #[test]
+    fn the_restored_starts_hold_with_an_eager_assignment_strategy() {
+        first_offsets_read_with(Some("range"));
+    }
+
+    fn first_offsets_read_with(strategy: Option<&str>) {
         let mut settings = KafkaSettings::default();
         EmbeddedBroker::tune_client_settings(&mut settings);
+        if let Some(strategy) = strategy {
+            settings
+                .consumer_properties
+                .insert("partition.assignment.strategy".into(), strategy.into());
+        }
         let broker = EmbeddedBroker::start(&settings, 1).unwrap();
         let brokers = broker.bootstrap_servers();
         let topic = settings.input_topic.clone();
