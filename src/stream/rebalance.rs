@@ -32,7 +32,8 @@ pub trait PartitionHandler {
         consumer: &BaseConsumer<C>,
         assigned: &[i32],
     ) -> Vec<(i32, Option<i64>)>;
-    /// The group's committed offsets as librdkafka last saw them (assigned partitions with a commit).
+    /// The group's committed offsets of the assigned partitions as librdkafka last saw them (-1: none
+    /// known, as until this member's first commit of a newly assigned partition lands).
     fn committed_seen(&mut self, _committed: &[(i32, i64)]) {}
 }
 
