@@ -271,7 +271,9 @@ fn a_broker_outage_loses_nothing() {
     std::thread::sleep(Duration::from_secs(3));
     broker.cluster().broker_up(1).unwrap();
     producing.join().unwrap();
-    running.wait_consumed(4000, Duration::from_secs(60));
+    // Not "4000 consumed": when the outage makes the group drop the assignment, records read before it
+    // are read again, and counting reads would stop the processor before the replay is done.
+    running.wait_committed_to_end(&settings, &brokers, Duration::from_secs(60));
     running.stop();
 
     let output = consume(

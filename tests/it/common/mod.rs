@@ -109,6 +109,54 @@ impl Running {
         }
     }
 
+    /// Waits until the group has committed every record of `settings.input_topic` (or panics after
+    /// `timeout`): everything produced so far was processed and its outputs acknowledged. Unlike
+    /// [`Self::wait_consumed`], records read twice (a replay after a lost assignment) do not count.
+    pub fn wait_committed_to_end(
+        &self,
+        settings: &KafkaSettings,
+        brokers: &str,
+        timeout: Duration,
+    ) {
+        let reader: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", &settings.group_id)
+            .create()
+            .unwrap();
+        let topic = settings.input_topic.as_str();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut list = rdkafka::TopicPartitionList::new();
+            for partition in 0..settings.embedded_partitions {
+                list.add_partition(topic, partition);
+            }
+            let behind: Vec<(i32, i64)> = reader
+                .committed_offsets(list, Duration::from_secs(10))
+                .map(|committed| {
+                    committed
+                        .elements()
+                        .iter()
+                        .map(|e| {
+                            let (_, end) = reader
+                                .fetch_watermarks(topic, e.partition(), Duration::from_secs(10))
+                                .unwrap_or((0, i64::MAX));
+                            (e.partition(), end - e.offset().to_raw().unwrap_or(0).max(0))
+                        })
+                        .collect()
+                })
+                .unwrap_or_else(|_| vec![(-1, i64::MAX)]);
+            if behind.iter().all(|&(_, records)| records == 0) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "committed offsets still behind the input's ends after {timeout:?}: {behind:?}"
+            );
+            assert!(!self.handle.is_finished(), "processor stopped early");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn stop(self) -> ProcessorReport {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().unwrap().unwrap()
