@@ -20,7 +20,10 @@ use rdkafka::mocking::{MockCluster, MockCoordinator};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use crate::common::process::{geopromo, get, post_json, Running};
-use crate::common::{catalog, expected_event_ids, fresh_postgres_url, process_config, traffic};
+use crate::common::{
+    catalog, committed_behind, expected_event_ids, fresh_postgres_url, group_reader,
+    process_config, traffic,
+};
 
 const TOPICS: [&str; 4] = [
     "gps-events",
@@ -107,34 +110,6 @@ fn wait_drained(processors: &[&Running], within: Duration) -> f64 {
         }
     }
     smallest
-}
-
-/// Per input partition, how far the group's committed offset is behind the end of the partition, as the
-/// broker has them (the ground truth the lag metric is computed from).
-fn committed_behind(brokers: &str) -> Vec<(i32, i64)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "geopromo")
-        .create()
-        .unwrap();
-    let mut list = rdkafka::TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        list.add_partition("gps-events", partition);
-    }
-    let committed = consumer
-        .committed_offsets(list, Duration::from_secs(10))
-        .unwrap();
-    committed
-        .elements()
-        .iter()
-        .map(|e| {
-            let (_, high) = consumer
-                .fetch_watermarks("gps-events", e.partition(), Duration::from_secs(10))
-                .unwrap();
-            let at = e.offset().to_raw().unwrap_or(0).max(0);
-            (e.partition(), high - at)
-        })
-        .collect()
 }
 
 /// A working directory with the processors' settings on `brokers`, and a fresh PostgreSQL database.
@@ -426,7 +401,12 @@ fn a_broker_loss_and_a_killed_processor_lose_no_eligibility_event() {
 
     // Everything expected arrives; wait for the stream to drain.
     let lag_end = wait_drained(&[&processor_b, &processor_a], Duration::from_secs(120));
-    let behind = committed_behind(&brokers);
+    let behind = committed_behind(
+        &group_reader(&brokers, "geopromo"),
+        "gps-events",
+        PARTITIONS,
+    )
+    .unwrap();
     stop_reading.store(true, Ordering::Relaxed);
     let arrived = reader.join().unwrap();
 

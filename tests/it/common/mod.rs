@@ -20,6 +20,7 @@ use geopromo::stream::{Processor, ProcessorReport, StreamError};
 use geopromo::telemetry::PipelineMetrics;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
@@ -118,34 +119,15 @@ impl Running {
         brokers: &str,
         timeout: Duration,
     ) {
-        let reader: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("group.id", &settings.group_id)
-            .create()
-            .unwrap();
-        let topic = settings.input_topic.as_str();
+        let reader = group_reader(brokers, &settings.group_id);
         let deadline = Instant::now() + timeout;
         loop {
-            let mut list = rdkafka::TopicPartitionList::new();
-            for partition in 0..settings.embedded_partitions {
-                list.add_partition(topic, partition);
-            }
-            let behind: Vec<(i32, i64)> = reader
-                .committed_offsets(list, Duration::from_secs(10))
-                .map(|committed| {
-                    committed
-                        .elements()
-                        .iter()
-                        .map(|e| {
-                            let (_, end) = reader
-                                .fetch_watermarks(topic, e.partition(), Duration::from_secs(10))
-                                .unwrap_or((0, i64::MAX));
-                            (e.partition(), end - e.offset().to_raw().unwrap_or(0).max(0))
-                        })
-                        .collect()
-                })
-                .unwrap_or_else(|_| vec![(-1, i64::MAX)]);
-            if behind.iter().all(|&(_, records)| records == 0) {
+            let behind =
+                committed_behind(&reader, &settings.input_topic, settings.embedded_partitions);
+            if behind
+                .as_ref()
+                .is_ok_and(|behind| behind.iter().all(|&(_, records)| records == 0))
+            {
                 return;
             }
             assert!(
@@ -175,6 +157,39 @@ impl Running {
         }
         self.handle.join().unwrap()
     }
+}
+
+/// A client that reads `group`'s committed offsets without joining it.
+pub fn group_reader(brokers: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap()
+}
+
+/// Per partition of `topic` (`0..partitions`), how far the reader's group's committed offset is behind
+/// the partition's end, as the broker has them (the ground truth the lag metric is computed from).
+pub fn committed_behind(
+    reader: &BaseConsumer,
+    topic: &str,
+    partitions: i32,
+) -> KafkaResult<Vec<(i32, i64)>> {
+    let mut list = rdkafka::TopicPartitionList::new();
+    for partition in 0..partitions {
+        list.add_partition(topic, partition);
+    }
+    let committed = reader.committed_offsets(list, Duration::from_secs(10))?;
+    committed
+        .elements()
+        .iter()
+        .map(|e| {
+            let (_, end) =
+                reader.fetch_watermarks(topic, e.partition(), Duration::from_secs(10))?;
+            let at = e.offset().to_raw().unwrap_or(0).max(0);
+            Ok((e.partition(), end - at))
+        })
+        .collect()
 }
 
 pub fn producer(brokers: &str) -> BaseProducer {
