@@ -23,6 +23,7 @@ use super::fence::Fence;
 use super::metric::{degrees_spanned, LocalMetric};
 use super::part::PreparedPart;
 use super::point::GeoPoint;
+use super::prefetch::{prefetch, prefetch_run};
 use super::raster::{rasterize_part, CellLookup, PartRaster, Raster, RasterGrid};
 
 /// A point this close to a boundary (metres) counts as on it, and boundaries belong to their fence.
@@ -376,44 +377,55 @@ impl FenceIndex {
             for (lookup, point) in lookups.iter_mut().zip(group) {
                 *lookup = self.raster.lookup_tile(point.lat(), point.lon());
             }
-            for lookup in lookups.iter_mut() {
-                self.raster.descend(lookup);
+            for _level in 0..2 {
+                for lookup in lookups.iter() {
+                    self.raster.prefetch_descent(lookup);
+                }
+                for lookup in lookups.iter_mut() {
+                    self.raster.descend(lookup);
+                }
             }
-            for lookup in lookups.iter_mut() {
-                self.raster.descend(lookup);
+            // Bring the group's entries, and the geometry their parts' searches read first, into
+            // cache together: one step across all (point, part) pairs at a time, each step reading
+            // what the last one prefetched and prefetching what the next one reads.
+            for lookup in lookups.iter() {
+                prefetch(self.entries.as_ptr().wrapping_add(lookup.value as usize));
             }
-            // Bring the group's entries, and the geometry their parts will read first, into cache
-            // together as well.
-            let mut touched = 0u32;
             for lookup in lookups.iter() {
                 let entry = &self.entries[lookup.value as usize];
-                touched ^= entry.inside.first().copied().unwrap_or(0);
-                touched ^= entry.boundary.first().copied().unwrap_or(0);
+                prefetch_run(entry.inside.as_ptr(), entry.inside.len().min(16));
+                prefetch_run(entry.boundary.as_ptr(), entry.boundary.len().min(16));
             }
-            // Then the distance search's first reads, one array at a time across the (point, part)
-            // pairs: the grid cell's offsets, its first entry, that chain's first vertex.
+            for lookup in lookups.iter() {
+                for &part in self.entries[lookup.value as usize].boundary.iter() {
+                    self.parts[part as usize].warm_part();
+                }
+            }
             let mut warming = 0;
             for (lookup, point) in lookups.iter().zip(group) {
                 for &part in self.entries[lookup.value as usize].boundary.iter() {
                     let prepared = &self.parts[part as usize];
                     let lon = prepared.local_lon(point.lon());
-                    if let (Some(entry), Some(slot)) = (
+                    if let (Some(bucket), Some(slot)) = (
                         prepared.warm_grid_cell(point.lat(), lon),
                         pairs.get_mut(warming),
                     ) {
-                        *slot = (part, entry);
+                        *slot = (part, bucket);
                         warming += 1;
                     }
                 }
             }
-            let pairs = &mut pairs[..warming];
-            for (part, value) in pairs.iter_mut() {
-                *value = self.parts[*part as usize].warm_grid_entry(*value);
+            let mut chains = 0;
+            for index in 0..warming {
+                let (part, bucket) = pairs[index];
+                if let Some(entry) = self.parts[part as usize].warm_grid_entries(bucket) {
+                    pairs[chains] = (part, entry);
+                    chains += 1;
+                }
             }
-            for &(part, value) in pairs.iter() {
-                touched ^= self.parts[part as usize].warm_vertex(value);
+            for &(part, entry) in &pairs[..chains] {
+                self.parts[part as usize].warm_chain(entry);
             }
-            std::hint::black_box(touched);
             for (lookup, &point) in lookups.iter().zip(group) {
                 if lookup.value != 0 {
                     let start = out.len();

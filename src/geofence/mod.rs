@@ -11,6 +11,7 @@ pub mod metric;
 pub mod part;
 pub mod point;
 mod polar;
+mod prefetch;
 mod raster;
 pub mod sample;
 mod validate;

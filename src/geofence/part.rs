@@ -9,6 +9,7 @@
 
 use super::fence::{Circle, Polygon};
 use super::metric::{degrees_spanned, distance_m, wrap_lon_delta, LocalMetric};
+use super::prefetch::prefetch_run;
 
 /// Margin on approximate (local-metric) distances before the exact evaluation decides: the local metric is
 /// within 1% of the ellipsoidal one inside a 100 km radius below 85° latitude.
@@ -95,6 +96,9 @@ const CELL_OF_REACH: f64 = 0.25;
 /// Chains nearest a cell's centre whose edges are measured to bound the cell's nearest-edge distance
 /// from above (see [`PreparedPart::fill_grid_cells`]).
 const PRUNE_PROBES: usize = 4;
+
+/// Grid entries of a cell prefetched for a batch's search (two cache lines): about what a search walks.
+const WARM_ENTRIES: u32 = 8;
 
 /// Mean entries per occupied cell above which the grid is laid out again with cells half as wide.
 const DENSE_CELL_ENTRIES: usize = 32;
@@ -534,32 +538,51 @@ impl PreparedPart {
         east % 2 == 1
     }
 
-    /// Warming a part for a batch of points, in steps that each read one array, so that a batch can run
-    /// one step across all its (point, part) pairs before the next and their cache misses overlap
-    /// instead of following each other. Step 1: the position of the first entry of the point's distance
-    /// grid cell (reads the part and the cell's offsets); `None` for a circle, or outside the grid.
+    /// Warming a part for a batch of points, in steps that each read what the previous step's
+    /// prefetches brought in and prefetch what the next step reads, so that a batch runs one step across
+    /// all its (point, part) pairs before the next and their cache misses overlap instead of following
+    /// each other. Step 0: the part's own fields.
+    pub fn warm_part(&self) {
+        prefetch_run(self, 1);
+    }
+
+    /// Step 1 (reads the part's fields): the distance-grid bucket of the point, whose offsets are
+    /// prefetched; `None` for a circle, or outside the grid.
     #[must_use]
     pub fn warm_grid_cell(&self, lat: f64, lon: f64) -> Option<u32> {
         if self.circle.is_some() {
             return None;
         }
         let (bucket, _) = self.grid_cell(lat, lon)?;
-        let entry = self.grid_offsets[bucket];
-        (entry < self.grid_offsets[bucket + 1]).then_some(entry)
+        prefetch_run(self.grid_offsets.as_ptr().wrapping_add(bucket), 2);
+        Some(bucket as u32)
     }
 
-    /// Step 2: the first vertex of the chain at a grid entry from step 1 (reads the entry).
+    /// Step 2 (reads a bucket's offsets from step 1): the bucket's first grid entry, whose line and the
+    /// next are prefetched (about the entries a search walks); `None` when the bucket is empty.
     #[must_use]
-    pub fn warm_grid_entry(&self, entry: u32) -> u32 {
-        self.grid_entries[entry as usize].first_vertex()
+    pub fn warm_grid_entries(&self, bucket: u32) -> Option<u32> {
+        let bucket = bucket as usize;
+        let (first, end) = (self.grid_offsets[bucket], self.grid_offsets[bucket + 1]);
+        let walked = (end - first).min(WARM_ENTRIES) as usize;
+        prefetch_run(
+            self.grid_entries.as_ptr().wrapping_add(first as usize),
+            walked,
+        );
+        (first < end).then_some(first)
     }
 
-    /// Step 3: reads a vertex from step 2 and returns bits of it (so the load is not optimised away).
-    #[must_use]
-    pub fn warm_vertex(&self, vertex: u32) -> u32 {
-        self.vertices
-            .get(vertex as usize)
-            .map_or(0, |v| v[0].to_bits() as u32)
+    /// Step 3 (reads an entry from step 2): prefetches the vertices of its chain, and the ring starts a
+    /// vertex answer looks up.
+    pub fn warm_chain(&self, entry: u32) {
+        let entry = &self.grid_entries[entry as usize];
+        prefetch_run(
+            self.vertices
+                .as_ptr()
+                .wrapping_add(entry.first_vertex() as usize),
+            entry.len() as usize + 1,
+        );
+        prefetch_run(self.ring_starts.as_ptr(), self.ring_starts.len().min(16));
     }
 
     /// The grid bucket holding the point and the point's position in that cell from its low corner, in

@@ -16,6 +16,7 @@
 
 use super::metric::degrees_spanned;
 use super::part::PreparedPart;
+use super::prefetch::prefetch;
 
 /// Tile and block values with this bit are dense (an index into the next level); otherwise the value is
 /// the entry of every cell below (0: no fence near).
@@ -447,23 +448,45 @@ impl Raster {
     /// One level down, when the value found so far is a dense tile or block: one load.
     #[inline]
     pub(crate) fn descend(&self, lookup: &mut CellLookup) {
+        if let Some((level, index)) = self.descent(lookup) {
+            lookup.value = level[index];
+            lookup.in_tile = false;
+        }
+    }
+
+    /// Prefetches what [`Self::descend`] will read for `lookup` (see `match_batch`).
+    #[inline]
+    pub(crate) fn prefetch_descent(&self, lookup: &CellLookup) {
+        if let Some((level, index)) = self.descent(lookup) {
+            prefetch(level.as_ptr().wrapping_add(index));
+        }
+    }
+
+    /// The array and position the next level of `lookup` is read from, if its value is not final.
+    #[inline]
+    fn descent(&self, lookup: &CellLookup) -> Option<(&[u32], usize)> {
         let value = lookup.value;
         if value & DENSE_BIT == 0 {
-            return;
+            return None;
         }
         let (cx, cy) = (lookup.cx as usize, lookup.cy as usize);
         let shift = self.shift;
-        if lookup.in_tile {
-            lookup.value = self.blocks[(value & !DENSE_BIT) as usize * self.m * self.m
-                + (cy >> shift) * self.m
-                + (cx >> shift)];
-            lookup.in_tile = false;
+        Some(if lookup.in_tile {
+            (
+                &self.blocks,
+                (value & !DENSE_BIT) as usize * self.m * self.m
+                    + (cy >> shift) * self.m
+                    + (cx >> shift),
+            )
         } else {
             let mask = (1 << shift) - 1;
-            lookup.value = self.cells[(((value & !DENSE_BIT) as usize) << (2 * shift))
-                + ((cy & mask) << shift)
-                + (cx & mask)];
-        }
+            (
+                &self.cells,
+                (((value & !DENSE_BIT) as usize) << (2 * shift))
+                    + ((cy & mask) << shift)
+                    + (cx & mask),
+            )
+        })
     }
 
     pub(crate) fn dense_blocks(&self) -> usize {
