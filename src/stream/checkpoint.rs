@@ -26,6 +26,9 @@ struct PartitionPosition {
     next: Option<i64>,
     /// Where a rewind goes: the last committed position, or the first offset seen before any commit.
     durable: Option<i64>,
+    /// The group's committed offset as last seen behind `durable`: one sighting may be a snapshot taken
+    /// while the commit was in flight; the same offset still behind in the next one means it was lost.
+    behind_seen: Option<i64>,
 }
 
 /// Positions waiting for their outputs to be acknowledged.
@@ -53,6 +56,7 @@ impl Progress {
             PartitionPosition {
                 next: None,
                 durable: committed,
+                behind_seen: None,
             },
         );
     }
@@ -102,17 +106,33 @@ impl Progress {
         }
     }
 
-    /// The group's committed offsets as the client last saw them: where one is behind the position this
-    /// member counts as durable, a commit it sent was lost (refused during a rebalance, say), and the next
-    /// checkpoint commits again. Returns whether that happened. (Seeing a commit still in flight only
-    /// costs one more commit of the same positions.)
+    /// The group's committed offsets as the client last saw them (librdkafka's statistics, one snapshot
+    /// every `statistics.interval.ms`): where one is behind the position this member counts as durable in
+    /// two snapshots in a row, with no commit landing in between, a commit it sent was lost (refused
+    /// during a rebalance, say), and the next checkpoint commits again. Returns whether that happened.
+    /// One snapshot alone proves nothing: it may have been taken while the commit was in flight (an
+    /// asynchronous commit counts as durable once sent), or, at shutdown, before the final commit's
+    /// acknowledgement and served after it.
     pub fn behind_durable(&mut self, committed: &[(i32, i64)]) -> bool {
-        let behind = committed.iter().any(|&(partition, offset)| {
-            self.partitions
-                .get(&partition)
-                .and_then(|p| p.durable.filter(|_| p.next.is_some()))
-                .is_some_and(|durable| durable > offset)
-        });
+        let mut behind = false;
+        for &(partition, offset) in committed {
+            let Some(position) = self.partitions.get_mut(&partition) else {
+                continue;
+            };
+            let lags = position
+                .durable
+                .filter(|_| position.next.is_some())
+                .is_some_and(|durable| durable > offset);
+            if !lags {
+                position.behind_seen = None;
+            } else if position.behind_seen == Some(offset) {
+                behind = true;
+                // A new pair of sightings is needed before the next alarm: the commit now sent may land.
+                position.behind_seen = None;
+            } else {
+                position.behind_seen = Some(offset);
+            }
+        }
         if behind {
             self.dirty = true;
         }
@@ -369,7 +389,9 @@ mod tests {
         progress.stage(1);
         assert_eq!(progress.advance(1, &mut Recorder::default()), Ok(true));
         assert!(!progress.is_dirty());
-        // The group still has 100: the commit of 102 was lost.
+        // The group still has 100, twice in a row: the commit of 102 was lost.
+        assert!(!progress.behind_durable(&[(3, 100)]));
+        assert!(!progress.is_dirty());
         assert!(progress.behind_durable(&[(3, 100)]));
         assert!(progress.is_dirty());
         progress.stage(1);
@@ -382,14 +404,40 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_taken_while_the_commit_was_in_flight_is_not_a_lost_commit() {
+        let mut progress = Progress::default();
+        progress.assign(3, Some(100));
+        progress.processed(3, 100);
+        progress.stage(1);
+        assert_eq!(progress.advance(1, &mut Recorder::default()), Ok(true));
+        // Taken before the commit of 101 landed, then one taken after it.
+        assert!(!progress.behind_durable(&[(3, 100)]));
+        assert!(!progress.behind_durable(&[(3, 101)]));
+        assert!(!progress.is_dirty());
+        // Behind, but at a newer offset each time (commits landing, each a little late): not lost.
+        progress.processed(3, 101);
+        progress.processed(3, 102);
+        progress.stage(2);
+        assert_eq!(progress.advance(2, &mut Recorder::default()), Ok(true));
+        assert!(!progress.behind_durable(&[(3, 101)]));
+        progress.processed(3, 103);
+        progress.stage(3);
+        assert_eq!(progress.advance(3, &mut Recorder::default()), Ok(true));
+        assert!(!progress.behind_durable(&[(3, 103)]));
+        assert!(!progress.is_dirty());
+    }
+
+    #[test]
     fn a_partition_whose_commit_is_not_known_yet_is_committed_again() {
         let mut progress = Progress::default();
         progress.assign(4, None);
         // Nothing processed: nothing to commit, whatever the client knows.
         assert!(!progress.behind_durable(&[(4, -1)]));
+        assert!(!progress.behind_durable(&[(4, -1)]));
         progress.processed(4, 0);
         progress.stage(1);
         assert_eq!(progress.advance(1, &mut Recorder::default()), Ok(true));
+        assert!(!progress.behind_durable(&[(4, -1)]));
         assert!(progress.behind_durable(&[(4, -1)]));
         assert!(progress.is_dirty());
     }
