@@ -2,18 +2,21 @@
 //! or as one FeatureCollection), one NDJSON line of matches out per point, in input order.
 //!
 //! Three stages overlap: the calling thread reads block N+1 and writes the output of block N−1 while a
-//! worker has block N parsed, matched and formatted on all cores (in chunks split at line ends, each told
-//! its first line number by a parallel newline count). The common CSV row (no quotes) is parsed in place
-//! and its id escaped straight into the output; anything else takes the general path, which words the
-//! errors.
+//! worker has block N parsed, matched and formatted on all cores: parsed and formatted in chunks split at
+//! line ends (each told its first line number by a parallel newline count), matched as one set of points
+//! taken in spatial order, so that neighbouring points share what their lookups bring into cache. The
+//! common CSV row (no quotes) is parsed in place and its id escaped straight into the output; anything
+//! else takes the general path, which words the errors.
 
+use std::borrow::Cow;
 use std::io::{self, Read, Write};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use crate::geofence::{FenceIndex, FenceMatch, GeoPoint, Strategy};
+use crate::geofence::prefetch::{prefetch, prefetch_run};
+use crate::geofence::{FenceIndex, FenceMatch, GeoPoint, SpatialOrder, Strategy};
 
 /// Bytes read per block: large enough to keep both cores busy, small enough to stream.
 const BLOCK_BYTES: usize = 4 << 20;
@@ -21,6 +24,11 @@ const BLOCK_BYTES: usize = 4 << 20;
 const CHUNK_BYTES: usize = 128 << 10;
 /// GeoJSON features per parallel chunk.
 const CHUNK_LINES: usize = 4096;
+/// Points per parallel matching run: a block's points go to the cores in runs of this many, in spatial
+/// order.
+const MATCH_RUN: usize = 4096;
+/// Rows ahead of the one being written whose matches are asked into cache (see [`BlockMatches`]).
+const FORMAT_LOOKAHEAD: usize = 8;
 
 /// Column names people give latitudes and longitudes (matched case-insensitively).
 const LAT_NAMES: &[&str] = &["lat", "latitude"];
@@ -470,6 +478,58 @@ impl<'a> MatchWriter<'a> {
         out.extend_from_slice(b"]}\n");
     }
 
+    /// Matches a block's points (`scratch.points`) on all cores: one segment of the block per core,
+    /// each taken in spatial order ([`SpatialOrder`]) so that neighbouring points share the cache lines
+    /// their lookups read (see the README's geofence engine figures), in runs of [`MATCH_RUN`] points.
+    /// A segment is ordered and matched whole on one core: no step waits on another core.
+    fn match_block<'s>(&self, scratch: &'s mut BlockScratch) -> BlockMatches<'s> {
+        let BlockScratch { points, segments } = scratch;
+        let count = rayon::current_num_threads().clamp(1, points.len().div_ceil(MATCH_RUN).max(1));
+        let length = points.len().div_ceil(count).max(1);
+        if segments.len() < count {
+            segments.resize_with(count, Segment::default);
+        }
+        segments[..count]
+            .par_iter_mut()
+            .zip(points.par_chunks(length))
+            .for_each(|(segment, points)| self.match_segment(segment, points));
+        BlockMatches {
+            length,
+            segments: &segments[..count],
+        }
+    }
+
+    fn match_segment(&self, segment: &mut Segment, points: &[GeoPoint]) {
+        let Segment {
+            order,
+            identity,
+            rank,
+            runs,
+        } = segment;
+        let order: &[u32] = if self.strategy == Strategy::Raster {
+            order.sort(points)
+        } else {
+            identity.clear();
+            identity.extend(0..points.len() as u32);
+            identity
+        };
+        let count = order.len().div_ceil(MATCH_RUN);
+        if runs.len() < count {
+            runs.resize_with(count, Run::default);
+        }
+        for (run, indices) in runs.iter_mut().zip(order.chunks(MATCH_RUN)) {
+            run.points.clear();
+            run.points
+                .extend(indices.iter().map(|&i| points[i as usize]));
+            self.match_points(&run.points, &mut run.out, &mut run.ends);
+        }
+        rank.clear();
+        rank.resize(points.len(), 0);
+        for (position, &point) in order.iter().enumerate() {
+            rank[point as usize] = position as u32;
+        }
+    }
+
     /// Matches many points through the configured strategy: point `i`'s matches are
     /// `out[ends[i - 1]..ends[i]]`. The raster matches them as a batch ([`FenceIndex::match_batch`]).
     pub fn match_points(
@@ -512,18 +572,93 @@ enum PendingId<'a> {
     Json(String),
 }
 
-/// Parses, matches and formats the lines of one chunk; `first_line` is the line number of its first.
-/// The chunk's points are matched together ([`MatchWriter::match_points`]), then written in order.
-fn process_chunk(
-    writer: &MatchWriter<'_>,
-    text: &str,
+/// Buffers one block's matching leaves for the next: a job allocates (and faults in) them once.
+#[derive(Default)]
+struct BlockScratch {
+    /// The block's points, in input order.
+    points: Vec<GeoPoint>,
+    segments: Vec<Segment>,
+}
+
+/// A stretch of a block's points, matched on one core in spatial order.
+#[derive(Default)]
+struct Segment {
+    order: SpatialOrder,
+    /// The order when it is the input's.
+    identity: Vec<u32>,
+    /// Point `i` of the segment was matched `rank[i]`-th, in run `rank[i] / MATCH_RUN`.
+    rank: Vec<u32>,
+    runs: Vec<Run>,
+}
+
+/// One run of points matched together, and their matches: point `k`'s are `out[ends[k - 1]..ends[k]]`.
+#[derive(Default)]
+struct Run {
+    points: Vec<GeoPoint>,
+    out: Vec<FenceMatch>,
+    ends: Vec<usize>,
+}
+
+/// The matches of a block's points: point `i` (in input order) is point `i % length` of segment
+/// `i / length`.
+struct BlockMatches<'a> {
+    length: usize,
+    segments: &'a [Segment],
+}
+
+impl BlockMatches<'_> {
+    /// The matches of point `i` (in input order).
+    fn of(&self, i: usize) -> &[FenceMatch] {
+        let (out, ends, k) = self.place(i).expect("a point of the block");
+        let from = if k == 0 { 0 } else { ends[k - 1] };
+        &out[from..ends[k]]
+    }
+
+    /// Where point `i`'s matches are: its run's matches and ends, and its place in the run.
+    fn place(&self, i: usize) -> Option<(&[FenceMatch], &[usize], usize)> {
+        let segment = self.segments.get(i / self.length)?;
+        let rank = *segment.rank.get(i % self.length)? as usize;
+        let run = &segment.runs[rank / MATCH_RUN];
+        Some((&run.out, &run.ends, rank % MATCH_RUN))
+    }
+
+    /// Read in input order, the matches are scattered over the runs: a reader a few points ahead asks
+    /// for point `i`'s end offsets first ...
+    fn prefetch_ends(&self, i: usize) {
+        if let Some((_, ends, k)) = self.place(i) {
+            prefetch_run(ends.as_ptr().wrapping_add(k.saturating_sub(1)), 2);
+        }
+    }
+
+    /// ... and, once they are in, for its matches.
+    fn prefetch_matches(&self, i: usize) {
+        if let Some((out, ends, k)) = self.place(i) {
+            let from = if k == 0 { 0 } else { ends[k - 1] };
+            prefetch(out.as_ptr().wrapping_add(from));
+        }
+    }
+}
+
+/// The rows of one chunk, parsed: each good row's id and point, in input order, and the bad rows.
+struct ParsedChunk<'a> {
+    ids: Vec<PendingId<'a>>,
+    points: Vec<GeoPoint>,
+    bad: Vec<BadRow>,
+}
+
+/// Parses the lines of one chunk; `first_line` is the line number of its first.
+fn parse_chunk<'a>(
+    text: &'a str,
     first_line: u64,
     format: &PointFormat,
     names: &ColumnNames,
-) -> ChunkResult {
-    let mut result = ChunkResult::with_capacity(text.len() / 24);
+) -> ParsedChunk<'a> {
     let rows = text.len() / 24 + 1;
-    let (mut ids, mut points) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
+    let mut parsed = ParsedChunk {
+        ids: Vec::with_capacity(rows),
+        points: Vec::with_capacity(rows),
+        bad: Vec::new(),
+    };
     for (line_no, raw) in (first_line..).zip(text.split_terminator('\n')) {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         if line.trim().is_empty() {
@@ -531,35 +666,48 @@ fn process_chunk(
         }
         if let PointFormat::Csv { id, lat, lon } = *format {
             if let Some((id, point)) = fast_csv_row(line, id, lat, lon) {
-                ids.push(id.map_or(PendingId::Line(line_no), PendingId::Text));
-                points.push(point);
+                parsed
+                    .ids
+                    .push(id.map_or(PendingId::Line(line_no), PendingId::Text));
+                parsed.points.push(point);
                 continue;
             }
         }
         match parse_row(line, line_no, format, names) {
             Ok(row) => {
-                ids.push(PendingId::Json(row.id_json));
-                points.push(row.point);
+                parsed.ids.push(PendingId::Json(row.id_json));
+                parsed.points.push(row.point);
             }
-            Err(reason) => result.bad.push(BadRow {
+            Err(reason) => parsed.bad.push(BadRow {
                 at: RowAt::Line(line_no),
                 reason,
             }),
         }
     }
-    let (mut matches, mut ends) = (Vec::new(), Vec::new());
-    writer.match_points(&points, &mut matches, &mut ends);
-    let mut from = 0;
-    for (id, &to) in ids.iter().zip(&ends) {
+    parsed
+}
+
+/// Writes the output lines of one parsed chunk, whose first point is point `first` of the block.
+fn format_chunk(
+    writer: &MatchWriter<'_>,
+    parsed: ParsedChunk<'_>,
+    matches: &BlockMatches<'_>,
+    first: usize,
+) -> ChunkResult {
+    let mut result = ChunkResult::with_capacity(parsed.ids.len());
+    result.bad = parsed.bad;
+    for (i, id) in (first..).zip(&parsed.ids) {
+        matches.prefetch_ends(i + 2 * FORMAT_LOOKAHEAD);
+        matches.prefetch_matches(i + FORMAT_LOOKAHEAD);
         let id = match id {
             PendingId::Text(text) => RowId::Text(text),
             PendingId::Line(line) => RowId::Line(*line),
             PendingId::Json(json) => RowId::Json(json),
         };
+        let found = matches.of(i);
         result.points += 1;
-        result.matched += u64::from(to > from);
-        writer.write_line(&mut result.output, id, &matches[from..to]);
-        from = to;
+        result.matched += u64::from(!found.is_empty());
+        writer.write_line(&mut result.output, id, found);
     }
     result
 }
@@ -711,8 +859,10 @@ fn pipeline<R: Read>(
     std::thread::scope(|scope| {
         scope.spawn(move || {
             let mut line = first_line;
+            let mut scratch = BlockScratch::default();
             for (block, skip) in block_rx {
-                let (results, lines) = process_block(writer, &block[skip..], line, format, names);
+                let (results, lines) =
+                    process_block(writer, &mut scratch, &block[skip..], line, format, names);
                 line += lines;
                 if result_tx.send(results).is_err() {
                     break;
@@ -746,10 +896,12 @@ fn worker_gone() -> BatchError {
 }
 
 /// Splits a block into chunks at line ends, counts their lines in parallel (so each knows its first
-/// line number), then parses, matches and formats them in parallel. Returns the results in order and
-/// the number of lines in the block.
+/// line number), parses them in parallel, matches all the block's points together
+/// ([`MatchWriter::match_block`]), and formats the chunks in parallel. Returns the results in order
+/// and the number of lines in the block.
 fn process_block(
     writer: &MatchWriter<'_>,
+    scratch: &mut BlockScratch,
     block: &[u8],
     first_line: u64,
     format: &PointFormat,
@@ -770,6 +922,11 @@ fn process_block(
         chunks.push(chunk);
         rest = tail;
     }
+    // Chunks end at line ends, so no character is split between two of them.
+    let texts: Vec<Cow<'_, str>> = chunks
+        .par_iter()
+        .map(|chunk| String::from_utf8_lossy(chunk))
+        .collect();
     let lines: Vec<u64> = chunks.par_iter().map(|chunk| count_lines(chunk)).collect();
     let mut starts = Vec::with_capacity(chunks.len());
     let mut line = first_line;
@@ -777,14 +934,22 @@ fn process_block(
         starts.push(line);
         line += n;
     }
-    let results = chunks
+    let parsed: Vec<ParsedChunk<'_>> = texts
         .par_iter()
         .zip(starts)
-        .map(|(chunk, start)| {
-            // Chunks end at line ends, so no character is split between two of them.
-            let text = String::from_utf8_lossy(chunk);
-            process_chunk(writer, &text, start, format, names)
-        })
+        .map(|(text, start)| parse_chunk(text, start, format, names))
+        .collect();
+    scratch.points.clear();
+    let mut firsts = Vec::with_capacity(parsed.len());
+    for chunk in &parsed {
+        firsts.push(scratch.points.len());
+        scratch.points.extend_from_slice(&chunk.points);
+    }
+    let matches = writer.match_block(scratch);
+    let results = parsed
+        .into_par_iter()
+        .zip(firsts)
+        .map(|(chunk, first)| format_chunk(writer, chunk, &matches, first))
         .collect();
     (results, line - first_line)
 }
@@ -1030,6 +1195,55 @@ mod tests {
                 at: RowAt::Line(rows as u64 + 4),
                 reason: "lat \"x\" is not a number".into()
             }]
+        );
+    }
+
+    #[test]
+    fn points_matched_in_spatial_order_come_out_in_input_order_with_their_own_matches() {
+        // Points near every city's boundary and spread over the world, shuffled: a block of several
+        // segments and runs, each reordered. Every output line must be its own row's, with what
+        // one-by-one matching finds.
+        let index = cities();
+        let fences: Vec<_> = {
+            let bytes = include_bytes!("../geodata/cities.geojson");
+            crate::geofence::parse_fences(bytes, &crate::geofence::ParseOptions::default())
+                .unwrap()
+                .fences
+        };
+        let mut points = crate::geofence::sample::near_boundary_points(&fences, 60_000, 2_000.0, 9);
+        points.extend(crate::geofence::sample::uniform_points(
+            (-60.0, -180.0, 70.0, 180.0),
+            40_000,
+            9,
+        ));
+        let mut rng = crate::geofence::sample::SampleRng::new(3);
+        for i in (1..points.len()).rev() {
+            points.swap(i, (rng.range(0.0, (i + 1) as f64) as usize).min(i));
+        }
+        let mut input = b"id,lat,lon\n".to_vec();
+        for (i, p) in points.iter().enumerate() {
+            input.extend_from_slice(format!("p{i},{},{}\n", p.lat(), p.lon()).as_bytes());
+        }
+        let (summary, lines) = run(&input);
+        assert_eq!(summary.points, points.len() as u64);
+        let mut expected = Vec::new();
+        let mut matched = 0;
+        for (i, (line, &point)) in lines.iter().zip(&points).enumerate() {
+            assert_eq!(line["id"], format!("p{i}"));
+            index.match_point(point, &mut expected);
+            let fences: Vec<&str> = line["matches"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["fence"].as_str().unwrap())
+                .collect();
+            let want: Vec<&str> = expected.iter().map(|m| &*index.fence(m.fence).id).collect();
+            assert_eq!(fences, want, "row {i} at {point}");
+            matched += usize::from(!want.is_empty());
+        }
+        assert!(
+            matched > 30_000,
+            "the sample is near fences: {matched} matched"
         );
     }
 
