@@ -3,10 +3,10 @@
 //!
 //! Three stages overlap: the calling thread reads block N+1 and writes the output of block N−1 while a
 //! worker has block N parsed, matched and formatted on all cores: parsed and formatted in chunks split at
-//! line ends (each told its first line number by a parallel newline count), matched as one set of points
-//! taken in spatial order, so that neighbouring points share what their lookups bring into cache. The
-//! common CSV row (no quotes) is parsed in place and its id escaped straight into the output; anything
-//! else takes the general path, which words the errors.
+//! line ends (each told its first line number by a parallel newline count), matched in segments of the
+//! whole block, one per core, each in spatial order, so that neighbouring points share what their lookups
+//! bring into cache. The common CSV row (no quotes) is parsed in place and its id escaped straight into
+//! the output; anything else takes the general path, which words the errors.
 
 use std::borrow::Cow;
 use std::io::{self, Read, Write};
