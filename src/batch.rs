@@ -1150,13 +1150,15 @@ mod tests {
         assert_eq!((row.point.lat(), row.point.lon()), (1.0, 2.0));
     }
 
-    fn cities() -> FenceIndex {
+    fn city_fences() -> Vec<crate::geofence::Fence> {
         let bytes = include_bytes!("../geodata/cities.geojson");
-        let fences =
-            crate::geofence::parse_fences(bytes, &crate::geofence::ParseOptions::default())
-                .unwrap()
-                .fences;
-        FenceIndex::build(&fences, crate::geofence::IndexOptions::default())
+        crate::geofence::parse_fences(bytes, &crate::geofence::ParseOptions::default())
+            .unwrap()
+            .fences
+    }
+
+    fn cities() -> FenceIndex {
+        FenceIndex::build(&city_fences(), crate::geofence::IndexOptions::default())
     }
 
     fn run(input: &[u8]) -> (BatchSummary, Vec<serde_json::Value>) {
@@ -1204,13 +1206,8 @@ mod tests {
         // segments and runs, each reordered. Every output line must be its own row's, with what
         // one-by-one matching finds.
         let index = cities();
-        let fences: Vec<_> = {
-            let bytes = include_bytes!("../geodata/cities.geojson");
-            crate::geofence::parse_fences(bytes, &crate::geofence::ParseOptions::default())
-                .unwrap()
-                .fences
-        };
-        let mut points = crate::geofence::sample::near_boundary_points(&fences, 60_000, 2_000.0, 9);
+        let mut points =
+            crate::geofence::sample::near_boundary_points(&city_fences(), 60_000, 2_000.0, 9);
         points.extend(crate::geofence::sample::uniform_points(
             (-60.0, -180.0, 70.0, 180.0),
             40_000,
