@@ -500,19 +500,9 @@ impl<'a> MatchWriter<'a> {
     }
 
     fn match_segment(&self, segment: &mut Segment, points: &[GeoPoint]) {
-        let Segment {
-            order,
-            identity,
-            rank,
-            runs,
-        } = segment;
-        let order: &[u32] = if self.strategy == Strategy::Raster {
-            order.sort(points)
-        } else {
-            identity.clear();
-            identity.extend(0..points.len() as u32);
-            identity
-        };
+        let Segment { order, rank, runs } = segment;
+        // Every lookup path reads less memory in this order; each point's answer does not depend on it.
+        let order = order.sort(points);
         let count = order.len().div_ceil(MATCH_RUN);
         if runs.len() < count {
             runs.resize_with(count, Run::default);
@@ -584,8 +574,6 @@ struct BlockScratch {
 #[derive(Default)]
 struct Segment {
     order: SpatialOrder,
-    /// The order when it is the input's.
-    identity: Vec<u32>,
     /// Point `i` of the segment was matched `rank[i]`-th, in run `rank[i] / MATCH_RUN`.
     rank: Vec<u32>,
     runs: Vec<Run>,

@@ -37,39 +37,38 @@ impl SpatialOrder {
         );
         self.keys.clear();
         self.keys.extend(points.iter().map(|&p| z_order(p)));
-        self.half_sorted.clear();
-        self.half_sorted.extend(0..points.len() as u32);
-        // Least significant half first; each pass is stable, so the second keeps the first's order
-        // within equal high halves.
+        // Least significant half first, from the input order; each pass is stable, so the second keeps
+        // the first's order within equal high halves.
         let keys = &self.keys;
         radix_pass(
-            &self.half_sorted,
+            0..points.len() as u32,
             |i| keys[i as usize] & 0xFFFF,
-            &mut self.counts,
-            &mut self.sorted,
-        );
-        radix_pass(
-            &self.sorted,
-            |i| keys[i as usize] >> 16,
             &mut self.counts,
             &mut self.half_sorted,
         );
-        std::mem::swap(&mut self.sorted, &mut self.half_sorted);
+        radix_pass(
+            self.half_sorted.iter().copied(),
+            |i| keys[i as usize] >> 16,
+            &mut self.counts,
+            &mut self.sorted,
+        );
         &self.sorted
     }
 }
 
 /// `indices` stably sorted by a 16-bit digit into `sorted`.
 fn radix_pass(
-    indices: &[u32],
+    indices: impl Iterator<Item = u32> + Clone,
     digit: impl Fn(u32) -> u32,
     starts: &mut Vec<u32>,
     sorted: &mut Vec<u32>,
 ) {
     starts.clear();
     starts.resize(1 << 16, 0);
-    for &i in indices {
+    let mut len = 0;
+    for i in indices.clone() {
         starts[digit(i) as usize] += 1;
+        len += 1;
     }
     let mut next = 0;
     for count in starts.iter_mut() {
@@ -78,8 +77,8 @@ fn radix_pass(
         next += n;
     }
     sorted.clear();
-    sorted.resize(indices.len(), 0);
-    for &i in indices {
+    sorted.resize(len, 0);
+    for i in indices {
         let slot = &mut starts[digit(i) as usize];
         sorted[*slot as usize] = i;
         *slot += 1;
