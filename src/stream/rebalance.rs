@@ -48,6 +48,8 @@ pub struct GroupContext<H> {
     /// An asynchronous commit failed since the processor last asked: its positions must be committed
     /// again even if no record arrives (see `take_commit_failure`).
     commit_failed: AtomicBool,
+    /// Whether the consumer reads committed records only: its log ends at the last stable offset.
+    read_committed: bool,
 }
 
 impl<H> GroupContext<H> {
@@ -64,7 +66,16 @@ impl<H> GroupContext<H> {
             start_without_commit: start_without_commit(offset_reset),
             metrics,
             commit_failed: AtomicBool::new(false),
+            read_committed: false,
         }
+    }
+
+    /// Measures lag to the last stable offset, as a consumer with `isolation.level` `read_committed`
+    /// sees the log (librdkafka's default, `read_uncommitted`, reads to the high watermark).
+    #[must_use]
+    pub fn with_isolation(mut self, isolation_level: Option<&str>) -> Self {
+        self.read_committed = isolation_level == Some("read_committed");
+        self
     }
 
     /// Whether an asynchronous commit was reported failed since the last call. Where librdkafka
@@ -100,8 +111,14 @@ impl<H: PartitionHandler + Send + 'static> ClientContext for GroupContext<H> {
             .unwrap_or_default();
         let lags: Vec<(i32, i64)> = assigned
             .iter()
-            .filter(|p| p.consumer_lag >= 0)
-            .map(|p| (p.partition, p.consumer_lag))
+            .filter_map(|p| {
+                let end = if self.read_committed {
+                    p.ls_offset
+                } else {
+                    p.hi_offset
+                };
+                partition_lag(p.consumer_lag, p.app_offset, end).map(|lag| (p.partition, lag))
+            })
             .collect();
         self.metrics
             .consumer_lag
@@ -121,6 +138,19 @@ impl<H: PartitionHandler + Send + 'static> ClientContext for GroupContext<H> {
             lock(&self.handler).committed_seen(&committed);
         }
     }
+}
+
+/// The lag of one assigned partition: librdkafka's (the log's end − the group's committed offset) when
+/// it has one. It has none for a partition this member was assigned at an explicit offset until its
+/// first commit of it lands (librdkafka reports -1, which used to read as no lag at all, hiding a
+/// backlog right after a takeover); then the lag is counted from the position consumed so far (less
+/// than the durable lag by the few batches in flight). Unknown (`None`) until the partition's end has
+/// been fetched and a record consumed.
+fn partition_lag(reported: i64, consumed: i64, end: i64) -> Option<i64> {
+    if reported >= 0 {
+        return Some(reported);
+    }
+    (consumed >= 0 && end >= 0).then(|| (end - consumed).max(0))
 }
 
 fn unassign<C: ConsumerContext>(
@@ -332,6 +362,19 @@ mod tests {
         }
         // Partition 1 has no restored position: it starts as `auto.offset.reset` (earliest) says.
         assert_eq!(first_offsets, [Some(6), Some(0)]);
+    }
+
+    #[test]
+    fn a_partition_without_a_known_commit_lags_from_its_consumed_position() {
+        // The group's commit is known: librdkafka's figure stands.
+        assert_eq!(partition_lag(40, 90, 100), Some(40));
+        // Assigned at an explicit offset, nothing committed by this member yet: the backlog shows.
+        assert_eq!(partition_lag(-1, 30, 100), Some(70));
+        // Fetched to the end: no lag, never a negative one.
+        assert_eq!(partition_lag(-1, 101, 100), Some(0));
+        // Nothing consumed or the end not fetched yet: unknown, not zero.
+        assert_eq!(partition_lag(-1, -1001, 100), None);
+        assert_eq!(partition_lag(-1, 30, -1001), None);
     }
 
     #[test]

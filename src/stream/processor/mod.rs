@@ -148,12 +148,15 @@ impl Processor {
         }));
         let consumer_config = processor_consumer_config(settings, &self.brokers);
         let consumer: BaseConsumer<GroupContext<Core>> = consumer_config
-            .create_with_context(GroupContext::new(
-                core.clone(),
-                settings.input_topic.clone(),
-                consumer_config.get("auto.offset.reset"),
-                self.metrics.clone(),
-            ))
+            .create_with_context(
+                GroupContext::new(
+                    core.clone(),
+                    settings.input_topic.clone(),
+                    consumer_config.get("auto.offset.reset"),
+                    self.metrics.clone(),
+                )
+                .with_isolation(consumer_config.get("isolation.level")),
+            )
             .map_err(StreamError::Client)?;
         consumer
             .subscribe(&[&settings.input_topic])
