@@ -136,6 +136,10 @@ pub struct PreparedPart {
     ring_starts: Vec<u32>,
     /// Set for a circle: exact answers come from it, the polygon above only approximates it for covers.
     circle: Option<Circle>,
+    /// `bounds` rounded outwards to `f32` (west, south, east, north): small enough for the first cache
+    /// lines, so that a point-in-polygon test of a point outside the part's box (most tests of a
+    /// candidate part whose band merely touches the point's raster cell) reads nothing else.
+    coarse_bounds: [f32; 4],
     // The fields above are what a search reads first; those below, point-in-polygon and the builders.
     /// Edge `e` runs from `vertices[e]` to `vertices[e + 1]`.
     edges: Vec<u32>,
@@ -225,6 +229,7 @@ impl PreparedPart {
             grid_offsets: vec![0, 0],
             grid_entries: Vec::new(),
             circle: None,
+            coarse_bounds: outward_f32(bounds),
             cover_margin_m: 0.0,
         };
         part.build_slabs();
@@ -530,6 +535,10 @@ impl PreparedPart {
         if let Some(circle) = &self.circle {
             return circle.classify(lat, lon, 0.0).0;
         }
+        let [west, south, east, north] = self.coarse_bounds.map(f64::from);
+        if lat < south || lat > north || lon < west || lon > east {
+            return false;
+        }
         let b = &self.bounds;
         if lat < b.min_lat || lat > b.max_lat || lon < b.min_lon || lon > b.max_lon {
             return false;
@@ -833,6 +842,33 @@ impl PreparedPart {
     }
 }
 
+/// `bounds` as `f32`, each side rounded outwards, so that a point outside them is outside `bounds`.
+fn outward_f32(bounds: Bounds) -> [f32; 4] {
+    // `as` rounds to nearest; one step further out wherever that rounded inwards.
+    let down = |v: f64| {
+        let r = v as f32;
+        if f64::from(r) > v {
+            r.next_down()
+        } else {
+            r
+        }
+    };
+    let up = |v: f64| {
+        let r = v as f32;
+        if f64::from(r) < v {
+            r.next_up()
+        } else {
+            r
+        }
+    };
+    [
+        down(bounds.min_lon),
+        down(bounds.min_lat),
+        up(bounds.max_lon),
+        up(bounds.max_lat),
+    ]
+}
+
 /// One chain in one distance-grid cell, in 16 bytes (four to a cache line): a lower bound (metres) on its
 /// distance from the cell's centre (entries of a cell ascend by it, so a search stops at the first that
 /// cannot beat what it has found), its box in the cell's [`BoxFrame`] (rounded outwards), and its edges:
@@ -970,6 +1006,27 @@ mod tests {
             .first_vertex(),
             77
         );
+    }
+
+    #[test]
+    fn coarse_bounds_never_cut_into_the_bounds() {
+        let mut v = 0.123_456_789_012_345_f64;
+        for _ in 0..10_000 {
+            // A spread of values with every kind of f32 rounding, both signs.
+            v = (v * 7.919 + 0.317).fract();
+            let (lon, lat) = (v * 360.0 - 180.0, v * 170.0 - 85.0);
+            let bounds = Bounds {
+                min_lon: lon,
+                min_lat: lat,
+                max_lon: lon,
+                max_lat: lat,
+            };
+            let [west, south, east, north] = outward_f32(bounds).map(f64::from);
+            assert!(west <= lon && east >= lon, "{lon}: {west}..{east}");
+            assert!(south <= lat && north >= lat, "{lat}: {south}..{north}");
+            // Outwards by at most one f32 step.
+            assert!(east - west <= 2.0 * f64::from(f32::EPSILON) * lon.abs().max(1.0));
+        }
     }
 
     fn square_with_hole() -> Polygon {
