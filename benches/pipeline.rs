@@ -46,6 +46,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 const MAX_AHEAD: u64 = 300_000;
 const PARTITIONS: i32 = 12;
 
+// The allocator `geopromo` itself runs with (src/main.rs), so that the figures are the service's.
+#[global_allocator]
+static ALLOCATOR: geopromo::allocator::SplitAllocator = geopromo::allocator::SplitAllocator;
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)

@@ -15,8 +15,10 @@
 //! - [`batch`]: the `geopromo match` job: points from CSV/NDJSON, matches as NDJSON, on all cores.
 //! - [`cli`]: command-line interface.
 //! - [`error`]: the cause chain of an error in one line, for logs and messages.
+//! - [`allocator`]: the binary's allocator: mimalloc for small blocks, the system's for large ones.
 //! - [`text`]: the rule for ids, names and labels (no control characters), shared by every boundary.
 
+pub mod allocator;
 pub mod api;
 pub mod app;
 pub mod auth;

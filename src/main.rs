@@ -1,3 +1,6 @@
+#[global_allocator]
+static ALLOCATOR: geopromo::allocator::SplitAllocator = geopromo::allocator::SplitAllocator;
+
 fn main() -> std::process::ExitCode {
     geopromo::cli::run()
 }
