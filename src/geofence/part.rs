@@ -844,11 +844,21 @@ impl PreparedPart {
 
 /// `bounds` as `f32`, each side rounded outwards, so that a point outside them is outside `bounds`.
 fn outward_f32(bounds: Bounds) -> [f32; 4] {
-    // `as` rounds to nearest; one step further out wherever that rounded inwards.
+    // `as` rounds to nearest; one step further out wherever that rounded inwards (`f32::next_down` is
+    // newer than the supported Rust version).
+    fn step_down(r: f32) -> f32 {
+        if r > 0.0 {
+            f32::from_bits(r.to_bits() - 1)
+        } else if r == 0.0 {
+            -f32::from_bits(1)
+        } else {
+            f32::from_bits(r.to_bits() + 1)
+        }
+    }
     let down = |v: f64| {
         let r = v as f32;
         if f64::from(r) > v {
-            r.next_down()
+            step_down(r)
         } else {
             r
         }
@@ -856,7 +866,7 @@ fn outward_f32(bounds: Bounds) -> [f32; 4] {
     let up = |v: f64| {
         let r = v as f32;
         if f64::from(r) < v {
-            r.next_up()
+            -step_down(-r)
         } else {
             r
         }
