@@ -863,14 +863,7 @@ fn outward_f32(bounds: Bounds) -> [f32; 4] {
             r
         }
     };
-    let up = |v: f64| {
-        let r = v as f32;
-        if f64::from(r) < v {
-            -step_down(-r)
-        } else {
-            r
-        }
-    };
+    let up = |v: f64| -down(-v);
     [
         down(bounds.min_lon),
         down(bounds.min_lat),
