@@ -80,12 +80,14 @@ impl<'de> Deserialize<'de> for LocationBody {
                 "user_id is not accepted: a location is credited to the caller of the token",
             ));
         }
+        // Read through `serde_path_to_error`: the body was parsed into a `Value` first, which has no
+        // positions, so only the path says where the problem is (`locations[3].lat: invalid type ...`).
         if value.get("locations").is_some() {
-            LocationBatch::deserialize(value)
+            serde_path_to_error::deserialize(value)
                 .map(Self::Batch)
                 .map_err(D::Error::custom)
         } else {
-            PostedLocation::deserialize(value)
+            serde_path_to_error::deserialize(value)
                 .map(Self::One)
                 .map_err(D::Error::custom)
         }

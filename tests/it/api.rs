@@ -309,6 +309,19 @@ async fn locations_are_produced_for_the_caller_only() {
         .as_str()
         .unwrap()
         .starts_with("location 1:"));
+    // A value of the wrong type is named by its path, in a single location and in a batch.
+    for (body, path) in [
+        (r#"{"lat":"x","lon":106.8}"#, "lat: invalid type"),
+        (
+            r#"{"locations":[{"lat":-6.0,"lon":106.0},{"lat":-6.0,"lon":"east"}]}"#,
+            "locations[1].lon: invalid type",
+        ),
+    ] {
+        let reply = call(app, "POST", "/v1/locations", Some("mobile"), Some(body)).await;
+        assert_eq!(reply.status, 422, "{}", reply.body);
+        let detail = reply.json()["detail"].as_str().unwrap().to_owned();
+        assert!(detail.contains(path), "{detail}");
+    }
     assert_eq!(
         call(
             app,
