@@ -80,18 +80,23 @@ impl<'de> Deserialize<'de> for LocationBody {
                 "user_id is not accepted: a location is credited to the caller of the token",
             ));
         }
-        // Read through `serde_path_to_error`: the body was parsed into a `Value` first, which has no
-        // positions, so only the path says where the problem is (`locations[3].lat: invalid type ...`).
         if value.get("locations").is_some() {
-            serde_path_to_error::deserialize(value)
-                .map(Self::Batch)
-                .map_err(D::Error::custom)
+            with_path(&value).map(Self::Batch).map_err(D::Error::custom)
         } else {
-            serde_path_to_error::deserialize(value)
-                .map(Self::One)
-                .map_err(D::Error::custom)
+            with_path(&value).map(Self::One).map_err(D::Error::custom)
         }
     }
+}
+
+/// Deserializes `value`; when that fails, once more through `serde_path_to_error` for the message: a
+/// `Value` has no positions, so only the path says where the problem is (`locations[3].lat: invalid
+/// type ...`). Tracking the path only on failure keeps it off the accepted requests' path.
+fn with_path<'de, T: Deserialize<'de>>(value: &'de serde_json::Value) -> Result<T, String> {
+    T::deserialize(value).map_err(|error| {
+        serde_path_to_error::deserialize::<_, T>(value)
+            .err()
+            .map_or_else(|| error.to_string(), |located| located.to_string())
+    })
 }
 
 #[derive(Debug, Serialize, ToSchema)]
