@@ -67,12 +67,10 @@ fn scrape(process: &Running) -> String {
     }
 }
 
-/// Waits (up to `within`) until every processor's consumer lag is 0, then a moment more for the last
-/// outputs to reach the reader; returns the smallest total lag seen.
 /// Waits (up to `within`) until the group's committed offsets, as the broker has them, reach the input's
 /// partition ends; returns how far behind each partition was at the last look, and how long it took. The
-/// lag metric alone does not show it: a partition whose committed offset the processor does not know yet
-/// reports no lag.
+/// lag metric alone does not show it: until a partition's commit is known, its lag counts from the
+/// position consumed, which can be at the end while the commit is still behind.
 fn wait_committed_to_ends(brokers: &str, within: Duration) -> (Vec<(i32, i64)>, Duration) {
     let reader = group_reader(brokers, "geopromo");
     let started = Instant::now();
@@ -85,6 +83,8 @@ fn wait_committed_to_ends(brokers: &str, within: Duration) -> (Vec<(i32, i64)>, 
     }
 }
 
+/// Waits (up to `within`) until every processor's consumer lag is 0, then a moment more for the last
+/// outputs to reach the reader; returns the smallest total lag seen.
 fn wait_drained(processors: &[&Running], within: Duration) -> f64 {
     let deadline = Instant::now() + within;
     let mut smallest = f64::INFINITY;
