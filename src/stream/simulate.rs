@@ -200,39 +200,54 @@ impl TrafficModel {
                 ),
             }
         } else {
-            write!(
-                out,
-                "{{\"user_id\":\"{}\",\"lat\":{},\"lon\":{},\"ts\":{ts_ms},\"accuracy_m\":{},\"event_id\":\"{}-{}\"}}",
-                user.id,
-                Fixed::<6>(lat),
-                Fixed::<6>(lon),
-                Fixed::<1>(accuracy),
-                user.id,
-                user.sequence
-            )
+            // Byte by byte rather than through `write!`: the formatting machinery was most of what is
+            // left of the simulator's cost once the numbers are fixed-point.
+            let mut digits = itoa::Buffer::new();
+            out.extend_from_slice(b"{\"user_id\":\"");
+            out.extend_from_slice(user.id.as_bytes());
+            out.extend_from_slice(b"\",\"lat\":");
+            write_fixed::<6>(out, lat);
+            out.extend_from_slice(b",\"lon\":");
+            write_fixed::<6>(out, lon);
+            out.extend_from_slice(b",\"ts\":");
+            out.extend_from_slice(digits.format(ts_ms).as_bytes());
+            out.extend_from_slice(b",\"accuracy_m\":");
+            write_fixed::<1>(out, accuracy);
+            out.extend_from_slice(b",\"event_id\":\"");
+            out.extend_from_slice(user.id.as_bytes());
+            out.push(b'-');
+            out.extend_from_slice(digits.format(user.sequence).as_bytes());
+            out.extend_from_slice(b"\"}");
+            Ok(())
         };
         (&self.users[index].id, bad)
     }
 }
 
-/// `value` with `DECIMALS` digits after the point, as `{:.N}` writes it but rounded once in binary
-/// instead of through the exact float-to-decimal conversion, which was the simulator's largest cost
-/// (a last digit may differ on a tie; for simulated positions that is noise below the noise).
-struct Fixed<const DECIMALS: u32>(f64);
-
-impl<const DECIMALS: u32> std::fmt::Display for Fixed<DECIMALS> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let scale = 10u64.pow(DECIMALS);
-        let scaled = (self.0 * scale as f64).round();
-        // Beyond 2^53 units the binary rounding is no longer exact: let the exact conversion do it.
-        if !scaled.is_finite() || scaled.abs() >= 9.0e15 {
-            return write!(f, "{:.*}", DECIMALS as usize, self.0);
-        }
-        let sign = if scaled < 0.0 { "-" } else { "" };
-        let units = scaled.abs() as u64;
-        let width = DECIMALS as usize;
-        write!(f, "{sign}{}.{:0width$}", units / scale, units % scale)
+/// Writes `value` with `DECIMALS` digits after the point, as `{:.N}` writes it but rounded once in
+/// binary instead of through the exact float-to-decimal conversion, which was the simulator's largest
+/// cost (a last digit may differ on a tie; for simulated positions that is noise below the noise).
+fn write_fixed<const DECIMALS: u32>(out: &mut Vec<u8>, value: f64) {
+    let scale = 10u64.pow(DECIMALS);
+    let scaled = (value * scale as f64).round();
+    // Beyond 2^53 units the binary rounding is no longer exact: let the exact conversion do it.
+    if !scaled.is_finite() || scaled.abs() >= 9.0e15 {
+        let _ = write!(out, "{:.*}", DECIMALS as usize, value);
+        return;
     }
+    if scaled < 0.0 {
+        out.push(b'-');
+    }
+    let units = scaled.abs() as u64;
+    let mut digits = itoa::Buffer::new();
+    out.extend_from_slice(digits.format(units / scale).as_bytes());
+    out.push(b'.');
+    let fraction = digits.format(units % scale).as_bytes();
+    out.extend(std::iter::repeat_n(
+        b'0',
+        DECIMALS as usize - fraction.len(),
+    ));
+    out.extend_from_slice(fraction);
 }
 
 /// Produces simulated traffic to `settings.input_topic` until `options` or `stop` says to end.
@@ -305,17 +320,23 @@ mod tests {
     use super::*;
     use crate::promo::decode_gps_event;
 
+    fn fixed<const DECIMALS: u32>(value: f64) -> String {
+        let mut out = Vec::new();
+        write_fixed::<DECIMALS>(&mut out, value);
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn fixed_decimals_write_what_the_exact_conversion_writes() {
         let mut rng = SampleRng::new(7);
         for _ in 0..100_000 {
             let value = rng.range(-180.0, 180.0);
-            assert_eq!(Fixed::<6>(value).to_string(), format!("{value:.6}"));
+            assert_eq!(fixed::<6>(value), format!("{value:.6}"));
             let accuracy = rng.range(0.0, 800.0);
-            assert_eq!(Fixed::<1>(accuracy).to_string(), format!("{accuracy:.1}"));
+            assert_eq!(fixed::<1>(accuracy), format!("{accuracy:.1}"));
         }
         for (value, text) in [(-0.5e-6, "-0.000001"), (-0.4e-6, "0.000000"), (1e300, "")] {
-            let written = Fixed::<6>(value).to_string();
+            let written = fixed::<6>(value);
             if text.is_empty() {
                 assert_eq!(written, format!("{value:.6}"));
             } else {
