@@ -14,6 +14,7 @@ use std::time::Instant;
 use rdkafka::message::{BorrowedMessage, Message};
 
 use super::trace::RecordTrace;
+use crate::geofence::prefetch::prefetch;
 use crate::promo::timestamp::SystemClock;
 use crate::promo::{
     decode_gps_event, Catalog, DecisionTime, DecodeError, EligibilityEvent, EpochMs, Outcome,
@@ -171,6 +172,19 @@ impl Evaluator {
         let catalog = self.catalog.load_full();
         let shared = self.users.clone();
         let mut users = lock(&shared);
+        // Each record's user looked up once ahead (by the record key, which is the user id for keyed
+        // producers) and its standings prefetched: the lookups are independent, so their cache misses
+        // overlap here instead of stalling each record's evaluation in turn.
+        for record in records.iter() {
+            let user_id = record.key.clone().map(|r| std::str::from_utf8(&bytes[r]));
+            if let (Some(partition_users), Some(Ok(user_id))) =
+                (users.get(&record.partition), user_id)
+            {
+                if let Some(user) = partition_users.get(user_id) {
+                    prefetch(user.state.standings.as_ptr());
+                }
+            }
+        }
         for record in records.iter_mut() {
             let Some(partition_users) = users.get_mut(&record.partition) else {
                 verdicts.push(Verdict::Skipped);
