@@ -174,9 +174,9 @@ impl TrafficModel {
         let lat = user.lat + rng.range(-noise, noise) / metric.m_per_deg_lat;
         let lon = user.lon + rng.range(-noise, noise) / metric.m_per_deg_lon;
         let bad = rng.unit() < self.bad_ratio;
-        // Writing into a Vec cannot fail.
-        let _ = if bad {
-            match rng.below(4) {
+        if bad {
+            // Writing into a Vec cannot fail.
+            let _ = match rng.below(4) {
                 0 => write!(
                     out,
                     "{{\"user_id\":\"{}\",\"lat\":{lat:.6},\"lon\":",
@@ -198,7 +198,7 @@ impl TrafficModel {
                     "{{\"user_id\":\"{}\",\"lat\":{lat:.6},\"lon\":{lon:.6}}}",
                     user.id
                 ),
-            }
+            };
         } else {
             // Byte by byte rather than through `write!`: the formatting machinery was most of what is
             // left of the simulator's cost once the numbers are fixed-point.
@@ -218,8 +218,7 @@ impl TrafficModel {
             out.push(b'-');
             out.extend_from_slice(digits.format(user.sequence).as_bytes());
             out.extend_from_slice(b"\"}");
-            Ok(())
-        };
+        }
         (&self.users[index].id, bad)
     }
 }
