@@ -13,6 +13,7 @@ pub mod dead_letter;
 pub mod embedded;
 pub mod error;
 pub mod feed;
+pub mod fetch;
 pub mod output;
 pub mod processor;
 pub mod rebalance;

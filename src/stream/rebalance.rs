@@ -2,7 +2,7 @@
 //! and report the lag librdkafka's statistics carry.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
@@ -11,6 +11,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::stream::fetch::FetchQueue;
 use crate::stream::lock;
 use crate::telemetry::PipelineMetrics;
 
@@ -50,6 +51,8 @@ pub struct GroupContext<H> {
     commit_failed: AtomicBool,
     /// Whether the consumer reads committed records only: its log ends at the last stable offset.
     read_committed: bool,
+    /// Where assigned partitions' records go when the processor takes them in batches.
+    fetch_queue: OnceLock<Arc<FetchQueue>>,
 }
 
 impl<H> GroupContext<H> {
@@ -67,7 +70,14 @@ impl<H> GroupContext<H> {
             metrics,
             commit_failed: AtomicBool::new(false),
             read_committed: false,
+            fetch_queue: OnceLock::new(),
         }
+    }
+
+    /// From now on, partitions are forwarded to `queue` before they are assigned and back when they
+    /// are revoked. Set once, before the consumer's first poll; a second queue is ignored.
+    pub fn forward_fetches_to(&self, queue: Arc<FetchQueue>) {
+        let _ = self.fetch_queue.set(queue);
     }
 
     /// Measures lag to the last stable offset, as a consumer with `isolation.level` `read_committed`
@@ -193,6 +203,9 @@ impl<H: PartitionHandler + Send + 'static> ConsumerContext for GroupContext<H> {
         );
         let result = if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
             let assigned = self.partitions(tpl);
+            if let Some(queue) = self.fetch_queue.get() {
+                queue.forward(&assigned);
+            }
             if !assigned.is_empty() {
                 let starts = lock(&self.handler).assign(consumer, &assigned);
                 for (partition, committed) in starts {
@@ -217,6 +230,9 @@ impl<H: PartitionHandler + Send + 'static> ConsumerContext for GroupContext<H> {
             }
             let revoked = self.partitions(tpl);
             lock(&self.handler).revoke(consumer, &revoked, consumer.assignment_lost());
+            if let Some(queue) = self.fetch_queue.get() {
+                queue.unforward(&revoked);
+            }
             unassign(consumer, tpl, cooperative)
         };
         if let Err(error) = result {

@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedHeaders, Message};
 
 use super::trace::RecordTrace;
 use crate::geofence::prefetch::prefetch;
@@ -73,7 +73,7 @@ pub(super) struct Batch {
 impl Batch {
     pub fn push(
         &mut self,
-        message: &BorrowedMessage<'_>,
+        message: &impl Message<Headers = BorrowedHeaders>,
         sampled: bool,
         trace: Option<RecordTrace>,
     ) {

@@ -34,6 +34,7 @@ use crate::stream::client::{
     BROKER_TIMEOUT,
 };
 use crate::stream::error::StreamError;
+use crate::stream::fetch::{FetchQueue, FetchedBatch};
 use crate::stream::lock;
 use crate::stream::output::TrackedProducer;
 use crate::stream::rebalance::GroupContext;
@@ -171,6 +172,22 @@ impl Processor {
             "processor started"
         );
 
+        // Records come in batches from a queue of their own (see `stream::fetch`); the consumer's
+        // queue is polled every turn for rebalances, commit results and errors. Both the queue and
+        // the batch must go before the consumer does: `fetch_guard` is dropped first, on every path.
+        let fetch_queue = Arc::new(
+            FetchQueue::new(&consumer, &settings.input_topic).map_err(|_| {
+                StreamError::Fatal("the input topic's name holds a NUL byte".into())
+            })?,
+        );
+        consumer
+            .context()
+            .forward_fetches_to(Arc::clone(&fetch_queue));
+        let mut fetch_guard = FetchGuard {
+            queue: fetch_queue,
+            batch: FetchedBatch::with_capacity(FETCH_BATCH),
+        };
+
         let interval = Duration::from_millis(settings.commit_interval_ms);
         // Not taken under the lock: the rebalance callbacks run inside `poll` and take it.
         let mut timeout = Duration::from_millis(100);
@@ -178,24 +195,58 @@ impl Processor {
             if stop.load(Ordering::Relaxed) {
                 break Ok(());
             }
-            let polled = consumer.poll(timeout);
-            // One lock per turn: the record, the results back from the workers and the checkpoints.
+            let FetchGuard { queue, batch } = &mut fetch_guard;
+            // Wait on the fetch queue while partitions forward to it, but not for long: a
+            // rebalance arriving on the consumer's queue meanwhile waits for the next turn.
+            let (poll_wait, fetch_wait) = if queue.has_partitions() {
+                (Duration::ZERO, timeout.min(MAX_FETCH_WAIT))
+            } else {
+                (timeout, Duration::ZERO)
+            };
+            let polled = consumer.poll(poll_wait);
+            let fetch_wait = if polled.is_some() {
+                Duration::ZERO
+            } else {
+                fetch_wait
+            };
+            queue.fill(batch, fetch_wait);
+            // One lock per turn: the records, the results back from the workers and the checkpoints.
             let mut core = lock(&core);
             if let Some(error) = core.fatal.take() {
                 break Err(error);
             }
-            let handed_over = match polled {
+            let mut received = false;
+            let mut handed_over = match polled {
                 Some(Ok(message)) => {
+                    received = true;
                     core.check_position(&consumer, message.partition(), message.offset());
                     core.accept(&message)
                 }
-                // Nothing more for now: what was handed over goes to the workers.
-                None | Some(Err(KafkaError::PartitionEOF(_))) => core.dispatch.send_pending(),
+                None | Some(Err(KafkaError::PartitionEOF(_))) => Ok(()),
                 Some(Err(error)) => {
                     tracing::warn!(%error, "consumer error");
                     Ok(())
                 }
             };
+            for record in batch.iter() {
+                if handed_over.is_err() {
+                    break;
+                }
+                match record.error() {
+                    None => {
+                        received = true;
+                        core.check_position(&consumer, record.partition(), record.offset());
+                        handed_over = core.accept(&record);
+                    }
+                    Some(KafkaError::PartitionEOF(_)) => {}
+                    Some(error) => tracing::warn!(%error, "consumer error"),
+                }
+            }
+            batch.clear();
+            if !received {
+                // Nothing more for now: what was handed over goes to the workers.
+                handed_over = handed_over.and_then(|()| core.dispatch.send_pending());
+            }
             if let Err(error) = handed_over.and_then(|()| core.apply_finished(false)) {
                 break Err(error);
             }
@@ -222,6 +273,7 @@ impl Processor {
                 break;
             }
         }
+        drop(fetch_guard);
         drop(consumer);
         let report = lock(&core).report;
         tracing::info!(?report, "processor stopped");
@@ -252,6 +304,27 @@ impl Processor {
             });
         }
         Ok(())
+    }
+}
+
+/// Records taken from the fetch queue per turn: enough to spread a turn's fixed costs thin, few enough
+/// that a turn stays short (the evaluation workers' batches are 256 records).
+const FETCH_BATCH: usize = 512;
+
+/// The longest wait on the fetch queue: how late a rebalance may be seen while records are quiet.
+const MAX_FETCH_WAIT: Duration = Duration::from_millis(10);
+
+/// The processor's fetch queue and its batch, closed and released when dropped: before the consumer,
+/// whose destruction waits for its application queues.
+struct FetchGuard {
+    queue: Arc<FetchQueue>,
+    batch: FetchedBatch,
+}
+
+impl Drop for FetchGuard {
+    fn drop(&mut self) {
+        self.batch.clear();
+        self.queue.close();
     }
 }
 

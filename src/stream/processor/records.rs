@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedHeaders, Message, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 
 use super::evaluate::{Batch, Record, Verdict};
@@ -73,7 +73,10 @@ impl Core {
     }
 
     /// Hands a polled record to its partition's evaluation worker.
-    pub(super) fn accept(&mut self, message: &BorrowedMessage<'_>) -> Result<(), StreamError> {
+    pub(super) fn accept(
+        &mut self,
+        message: &impl Message<Headers = BorrowedHeaders>,
+    ) -> Result<(), StreamError> {
         if !self.progress.owns(message.partition()) {
             // Fetched before a revoke took effect; another member owns it now.
             return Ok(());

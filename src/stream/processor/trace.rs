@@ -4,7 +4,7 @@
 
 use opentelemetry::trace::{SpanContext, TraceContextExt as _, Tracer as _};
 use opentelemetry::{Array, Context, StringValue, Value};
-use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedHeaders, Message, OwnedHeaders};
 
 use crate::otel::{self, KeyValue, Span as _, SpanKind, Status, Tracer};
 use crate::promo::Outcome;
@@ -28,7 +28,7 @@ impl RecordTrace {
     pub(super) fn start(
         tracer: &Tracer,
         name: &'static str,
-        message: &BorrowedMessage<'_>,
+        message: &impl Message<Headers = BorrowedHeaders>,
     ) -> Self {
         let parent = otel::context_from_kafka(message.headers());
         if !parent.span().span_context().is_valid() {

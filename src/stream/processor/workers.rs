@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedHeaders, Message};
 
 use super::evaluate::{Batch, Evaluator, SharedUsers};
 use super::trace::RecordTrace;
@@ -161,7 +161,7 @@ impl Dispatcher {
     /// Copies `message` into its worker's batch, and sends the batch off when it is full.
     pub fn push(
         &mut self,
-        message: &BorrowedMessage<'_>,
+        message: &impl Message<Headers = BorrowedHeaders>,
         sampled: bool,
         trace: Option<RecordTrace>,
     ) -> Result<(), StreamError> {
