@@ -39,6 +39,8 @@ pub struct FetchQueue {
     topic: CString,
     /// How many partitions forward here now.
     forwarded: AtomicUsize,
+    /// The consumer's own queue (a handle of ours): its length says whether events wait there.
+    consumer_queue: AtomicPtr<rdsys::rd_kafka_queue_t>,
 }
 
 // SAFETY: librdkafka's queue and client handles may be used from any thread.
@@ -58,12 +60,18 @@ impl FetchQueue {
         let client = consumer.client().native_ptr();
         let topic = CString::new(topic)?;
         // SAFETY: `client` is a live consumer handle.
-        let queue = unsafe { rdsys::rd_kafka_queue_new(client) };
+        let (queue, consumer_queue) = unsafe {
+            (
+                rdsys::rd_kafka_queue_new(client),
+                rdsys::rd_kafka_queue_get_consumer(client),
+            )
+        };
         Ok(Self {
             queue: AtomicPtr::new(queue),
             client,
             topic,
             forwarded: AtomicUsize::new(0),
+            consumer_queue: AtomicPtr::new(consumer_queue),
         })
     }
 
@@ -122,6 +130,19 @@ impl FetchQueue {
         }
     }
 
+    /// How many events (rebalances, commit results, errors, statistics) wait on the consumer's own
+    /// queue. A `poll` with no wait serves one at most and says nothing of the rest, so the processor
+    /// asks this to keep polling while they queue up (a broker outage raises many errors at once).
+    #[must_use]
+    pub fn consumer_backlog(&self) -> usize {
+        let consumer_queue = self.consumer_queue.load(Ordering::Acquire);
+        if consumer_queue.is_null() {
+            return 0;
+        }
+        // SAFETY: our own handle of the consumer queue, released only by `close`.
+        unsafe { rdsys::rd_kafka_queue_length(consumer_queue) }
+    }
+
     /// Moves up to `into`'s capacity of waiting records into it, waiting up to `wait` for the first
     /// when none is there. Returns how many arrived.
     pub fn fill(&self, into: &mut FetchedBatch, wait: Duration) -> usize {
@@ -145,10 +166,13 @@ impl FetchQueue {
     /// Destroys the queue; the records still in it are dropped (they are fetched again from the last
     /// checkpoint by whoever owns their partition next). Idempotent.
     pub fn close(&self) {
-        let queue = self.queue.swap(ptr::null_mut(), Ordering::AcqRel);
-        if !queue.is_null() {
-            // SAFETY: the queue came from `rd_kafka_queue_new` and is destroyed once (the swap).
-            unsafe { rdsys::rd_kafka_queue_destroy(queue) };
+        for handle in [&self.queue, &self.consumer_queue] {
+            let queue = handle.swap(ptr::null_mut(), Ordering::AcqRel);
+            if !queue.is_null() {
+                // SAFETY: both handles are ours (`rd_kafka_queue_new`, `rd_kafka_queue_get_consumer`)
+                // and each is destroyed once (the swap).
+                unsafe { rdsys::rd_kafka_queue_destroy(queue) };
+            }
         }
     }
 }

@@ -203,7 +203,14 @@ impl Processor {
             } else {
                 (timeout, Duration::ZERO)
             };
-            let polled = consumer.poll(poll_wait);
+            let mut polled = consumer.poll(poll_wait);
+            // Events served one per call: keep going while more wait (a turn's bound keeps the
+            // records moving even if they keep coming).
+            let mut served = 1;
+            while polled.is_none() && served < MAX_EVENTS_PER_TURN && queue.consumer_backlog() > 0 {
+                polled = consumer.poll(Duration::ZERO);
+                served += 1;
+            }
             let fetch_wait = if polled.is_some() {
                 Duration::ZERO
             } else {
@@ -310,6 +317,9 @@ impl Processor {
 /// Records taken from the fetch queue per turn: enough to spread a turn's fixed costs thin, few enough
 /// that a turn stays short (the evaluation workers' batches are 256 records).
 const FETCH_BATCH: usize = 512;
+
+/// The most events taken from the consumer's queue in one turn.
+const MAX_EVENTS_PER_TURN: usize = 256;
 
 /// The longest wait on the fetch queue: how late a rebalance may be seen while records are quiet.
 const MAX_FETCH_WAIT: Duration = Duration::from_millis(10);
