@@ -406,6 +406,19 @@ mod tests {
         (broker, settings)
     }
 
+    /// A consumer of the input topic (not yet assigned anything) and its fetch queue.
+    fn consumer_with_queue(
+        broker: &EmbeddedBroker,
+        settings: &KafkaSettings,
+    ) -> (BaseConsumer, FetchQueue) {
+        let consumer: BaseConsumer =
+            processor_consumer_config(settings, broker.bootstrap_servers())
+                .create()
+                .unwrap();
+        let queue = FetchQueue::new(&consumer, &settings.input_topic).unwrap();
+        (consumer, queue)
+    }
+
     fn assign_both(consumer: &BaseConsumer, topic: &str) {
         let mut list = TopicPartitionList::new();
         for partition in 0..2 {
@@ -419,11 +432,7 @@ mod tests {
     fn forwarded_partitions_arrive_in_batches_in_order_with_their_fields() {
         let (broker, settings) = broker_with_records();
         let topic = &settings.input_topic;
-        let consumer: BaseConsumer =
-            processor_consumer_config(&settings, broker.bootstrap_servers())
-                .create()
-                .unwrap();
-        let queue = FetchQueue::new(&consumer, topic).unwrap();
+        let (consumer, queue) = consumer_with_queue(&broker, &settings);
         queue.forward(&[0, 1]);
         assert!(queue.has_partitions());
         assign_both(&consumer, topic);
@@ -484,11 +493,7 @@ mod tests {
     fn unforwarded_partitions_go_back_to_the_consumer() {
         let (broker, settings) = broker_with_records();
         let topic = &settings.input_topic;
-        let consumer: BaseConsumer =
-            processor_consumer_config(&settings, broker.bootstrap_servers())
-                .create()
-                .unwrap();
-        let queue = FetchQueue::new(&consumer, topic).unwrap();
+        let (consumer, queue) = consumer_with_queue(&broker, &settings);
         queue.forward(&[0, 1]);
         queue.unforward(&[1]);
         assert!(queue.has_partitions());
