@@ -21,8 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
 
 use opentelemetry::trace::SpanContext;
 
@@ -224,30 +222,17 @@ impl Processor {
             }
             let mut received = false;
             let mut handed_over = match polled {
-                Some(Ok(message)) => {
-                    received = true;
-                    core.check_position(&consumer, message.partition(), message.offset());
-                    core.accept(&message)
-                }
-                None | Some(Err(KafkaError::PartitionEOF(_))) => Ok(()),
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "consumer error");
-                    Ok(())
-                }
+                Some(polled) => core
+                    .take(&consumer, polled.as_ref().map_err(Clone::clone))
+                    .map(|taken| received |= taken),
+                None => Ok(()),
             };
             for record in batch.iter() {
                 if handed_over.is_err() {
                     break;
                 }
-                match record.error() {
-                    None => {
-                        received = true;
-                        core.check_position(&consumer, record.partition(), record.offset());
-                        handed_over = core.accept(&record);
-                    }
-                    Some(KafkaError::PartitionEOF(_)) => {}
-                    Some(error) => tracing::warn!(%error, "consumer error"),
-                }
+                let record = record.error().map_or(Ok(&record), Err);
+                handed_over = core.take(&consumer, record).map(|taken| received |= taken);
             }
             batch.clear();
             if !received {

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedHeaders, Message, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 
@@ -68,6 +69,26 @@ impl Core {
                     "OFFSET RESET: the position fell out of the retained log; {skipped} input records were \
                      never processed (the consumer is too far behind the broker's retention)"
                 );
+            }
+        }
+    }
+
+    /// Takes what either queue gave: a record is checked against its partition's position and handed
+    /// over (`Ok(true)`); the end of a partition is nothing, other consumer errors are logged.
+    pub(super) fn take<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        polled: Result<&impl Message<Headers = BorrowedHeaders>, KafkaError>,
+    ) -> Result<bool, StreamError> {
+        match polled {
+            Ok(record) => {
+                self.check_position(consumer, record.partition(), record.offset());
+                self.accept(record).map(|()| true)
+            }
+            Err(KafkaError::PartitionEOF(_)) => Ok(false),
+            Err(error) => {
+                tracing::warn!(%error, "consumer error");
+                Ok(false)
             }
         }
     }
