@@ -32,22 +32,19 @@ pub fn client_config(settings: &KafkaSettings, brokers: &str, kind: KafkaClient)
     for (key, value) in settings.properties.iter().chain(specific) {
         config.set(key, value);
     }
-    if kind == KafkaClient::Consumer {
-        // A fetch in flight to a broker that vanished without closing the connection (a crashed host,
-        // a partition; librdkafka's mock broker does it too) is given up only after this long, and
-        // until then the partitions it led stay unfetched: librdkafka's 60 s stalled the failover test
-        // for 23-60 s after the leaders moved (docs/operations.md). Fetches wait at most
-        // `fetch.wait.max.ms` (500 ms by default) on top of it.
-        set_defaults(
-            &mut config,
-            &[("socket.timeout.ms", CONSUMER_SOCKET_TIMEOUT_MS)],
-        );
-    }
+    // A request in flight to a broker that vanished without closing the connection (a crashed host, a
+    // partition; librdkafka's mock broker does it too) is given up only after this long, and until then
+    // what it carried waits: a consumer's fetch holds the partitions that broker led, a producer's
+    // produce request holds its records (librdkafka bounds it by this, not by `request.timeout.ms`).
+    // librdkafka's 60 s stalled the failover test's output for 23-60 s after the leaders had moved
+    // (docs/operations.md). A fetch waits `fetch.wait.max.ms` on top of it, so long polls are unaffected;
+    // an idempotent producer's retry of a request that timed out is deduplicated by the broker.
+    set_defaults(&mut config, &[("socket.timeout.ms", SOCKET_TIMEOUT_MS)]);
     config
 }
 
-/// librdkafka's `socket.timeout.ms` for the consumers this service creates, unless configured.
-pub const CONSUMER_SOCKET_TIMEOUT_MS: &str = "10000";
+/// librdkafka's `socket.timeout.ms` for every client this service creates, unless configured.
+pub const SOCKET_TIMEOUT_MS: &str = "10000";
 
 /// Fails with a clear message when the brokers cannot be reached or a topic is missing, instead of
 /// letting librdkafka retry silently forever.
@@ -191,21 +188,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn consumers_give_up_a_silent_broker_sooner_unless_configured() {
+    fn clients_give_up_a_silent_broker_sooner_unless_configured() {
         let mut settings = KafkaSettings::default();
         let consumer = processor_consumer_config(&settings, "b:9092");
         assert_eq!(consumer.get("socket.timeout.ms"), Some("10000"));
-        let producer = client_config(&settings, "b:9092", KafkaClient::Producer);
-        assert_eq!(
-            producer.get("socket.timeout.ms"),
-            None,
-            "the producer keeps librdkafka's"
-        );
+        let producer = processor_producer_config(&settings, "b:9092", None).unwrap();
+        assert_eq!(producer.get("socket.timeout.ms"), Some("10000"));
         settings
-            .properties
+            .consumer_properties
             .insert("socket.timeout.ms".into(), "30000".into());
         let consumer = client_config(&settings, "b:9092", KafkaClient::Consumer);
         assert_eq!(consumer.get("socket.timeout.ms"), Some("30000"));
+        let producer = client_config(&settings, "b:9092", KafkaClient::Producer);
+        assert_eq!(producer.get("socket.timeout.ms"), Some("10000"));
     }
 
     #[test]
