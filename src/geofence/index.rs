@@ -23,7 +23,7 @@ use super::fence::Fence;
 use super::metric::{degrees_spanned, LocalMetric};
 use super::part::PreparedPart;
 use super::point::GeoPoint;
-use super::prefetch::{prefetch, prefetch_run};
+use super::prefetch::prefetch_run;
 use super::raster::{rasterize_part, CellLookup, PartRaster, Raster, RasterGrid};
 
 /// A point this close to a boundary (metres) counts as on it, and boundaries belong to their fence.
@@ -130,12 +130,71 @@ pub struct IndexStats {
     pub build_time: Duration,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub(crate) struct CellEntry {
+/// What one raster cell (or H3 key) holds, borrowed from the [`EntryTable`].
+#[derive(Debug, Clone, Copy)]
+struct CellEntry<'a> {
     /// Fences the whole cell is inside (sorted).
-    inside: Box<[u32]>,
+    inside: &'a [u32],
     /// Parts whose boundary band meets the cell, of fences not already in `inside` (sorted).
-    boundary: Box<[u32]>,
+    boundary: &'a [u32],
+}
+
+/// The distinct cell entries laid out in one array, each named by where it starts: `[inside count,
+/// boundary count, inside..., boundary...]`. A cell's value leads straight to its lists, on the cache line
+/// or two a batch prefetches, instead of to a record pointing at two more allocations.
+#[derive(Debug)]
+struct EntryTable {
+    words: Vec<u32>,
+    count: usize,
+}
+
+/// Ids of an entry a batch prefetches with its counts (the rest, rare, are read when needed).
+const WARM_ENTRY_IDS: usize = 14;
+
+/// Where the empty entry (nothing near) starts.
+const EMPTY_ENTRY: u32 = 0;
+
+impl EntryTable {
+    fn new() -> Self {
+        Self {
+            words: vec![0, 0],
+            count: 1,
+        }
+    }
+
+    fn push(&mut self, inside: &[u32], boundary: &[u32]) -> u32 {
+        let at = self.words.len();
+        // The raster keeps its top bit for itself; 2^31 words would take 8 GiB of entries.
+        assert!(
+            at + 2 + inside.len() + boundary.len() < 1 << 31,
+            "cell entries exceed 2^31 words"
+        );
+        self.words.push(inside.len() as u32);
+        self.words.push(boundary.len() as u32);
+        self.words.extend_from_slice(inside);
+        self.words.extend_from_slice(boundary);
+        self.count += 1;
+        at as u32
+    }
+
+    fn get(&self, at: u32) -> CellEntry<'_> {
+        let at = at as usize;
+        let (inside, boundary) = (self.words[at] as usize, self.words[at + 1] as usize);
+        let (inside, boundary) = self.words[at + 2..at + 2 + inside + boundary].split_at(inside);
+        CellEntry { inside, boundary }
+    }
+
+    /// Asks for entry `at` with its first [`WARM_ENTRY_IDS`] ids: all of most entries, in one step.
+    fn prefetch(&self, at: u32) {
+        prefetch_run(
+            self.words.as_ptr().wrapping_add(at as usize),
+            2 + WARM_ENTRY_IDS,
+        );
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.words.capacity() * 4
+    }
 }
 
 type PartBox = GeomWithData<Rectangle<[f64; 2]>, u32>;
@@ -147,8 +206,8 @@ pub struct FenceIndex {
     /// How far from its boundary each fence matches: tolerance + [`IndexOptions::extra_reach_m`].
     reach_m: Vec<f64>,
     parts: Vec<PreparedPart>,
-    /// Entry 0 is empty: nothing near.
-    entries: Vec<CellEntry>,
+    /// Entry [`EMPTY_ENTRY`] is empty: nothing near.
+    entries: EntryTable,
     raster: Raster,
     h3: Option<H3Table>,
     rtree: RTree<PartBox>,
@@ -173,7 +232,7 @@ const BATCH_GROUP: usize = 16;
 /// allocating: the raster interns every cell of its dense blocks.
 struct Interner<'a> {
     parts: &'a [PreparedPart],
-    entries: Vec<CellEntry>,
+    entries: EntryTable,
     ids: FxHashMap<Box<[u32]>, u32>,
     key: Vec<u32>,
 }
@@ -181,10 +240,10 @@ struct Interner<'a> {
 impl<'a> Interner<'a> {
     fn new(parts: &'a [PreparedPart]) -> Self {
         let mut ids = FxHashMap::default();
-        ids.insert(vec![0u32].into_boxed_slice(), 0);
+        ids.insert(vec![0u32].into_boxed_slice(), EMPTY_ENTRY);
         Self {
             parts,
-            entries: vec![CellEntry::default()],
+            entries: EntryTable::new(),
             ids,
             key: Vec::new(),
         }
@@ -205,11 +264,7 @@ impl<'a> Interner<'a> {
         if let Some(&id) = self.ids.get(self.key.as_slice()) {
             return id;
         }
-        let id = self.entries.len() as u32;
-        self.entries.push(CellEntry {
-            inside: inside.into(),
-            boundary: self.key[1 + inside.len()..].into(),
-        });
+        let id = self.entries.push(inside, &self.key[1 + inside.len()..]);
         self.ids.insert(self.key.as_slice().into(), id);
         id
     }
@@ -309,17 +364,14 @@ impl FenceIndex {
             + h3.as_ref().map_or(0, |t| {
                 t.table.capacity() * 16 + t.levels_below.capacity() * 12
             })
-            + entries
-                .iter()
-                .map(|e| 32 + 4 * (e.inside.len() + e.boundary.len()))
-                .sum::<usize>();
+            + entries.heap_bytes();
         let stats = IndexStats {
             fences: infos.len(),
             parts: parts.len(),
             vertices: infos.iter().map(|f| f.vertex_count).sum(),
             raster_cells: raster.cell_count(),
             raster_dense_blocks: raster.dense_blocks(),
-            distinct_entries: entries.len(),
+            distinct_entries: entries.count,
             h3_cells_per_resolution,
             approx_heap_bytes,
             build_time: started.elapsed(),
@@ -389,21 +441,16 @@ impl FenceIndex {
             // cache together: one step across all (point, part) pairs at a time, each step reading
             // what the last one prefetched and prefetching what the next one reads.
             for lookup in lookups.iter() {
-                prefetch(self.entries.as_ptr().wrapping_add(lookup.value as usize));
+                self.entries.prefetch(lookup.value);
             }
             for lookup in lookups.iter() {
-                let entry = &self.entries[lookup.value as usize];
-                prefetch_run(entry.inside.as_ptr(), entry.inside.len().min(16));
-                prefetch_run(entry.boundary.as_ptr(), entry.boundary.len().min(16));
-            }
-            for lookup in lookups.iter() {
-                for &part in self.entries[lookup.value as usize].boundary.iter() {
+                for &part in self.entries.get(lookup.value).boundary {
                     self.parts[part as usize].warm_part();
                 }
             }
             let mut warming = 0;
             for (lookup, point) in lookups.iter().zip(group) {
-                for &part in self.entries[lookup.value as usize].boundary.iter() {
+                for &part in self.entries.get(lookup.value).boundary {
                     let prepared = &self.parts[part as usize];
                     let lon = prepared.local_lon(point.lon());
                     if let (Some(bucket), Some(slot)) = (
@@ -427,9 +474,9 @@ impl FenceIndex {
                 self.parts[part as usize].warm_chain(entry);
             }
             for (lookup, &point) in lookups.iter().zip(group) {
-                if lookup.value != 0 {
+                if lookup.value != EMPTY_ENTRY {
                     let start = out.len();
-                    self.resolve_entry(&self.entries[lookup.value as usize], point, out, 0);
+                    self.resolve_entry(self.entries.get(lookup.value), point, out, 0);
                     if out.len() - start > 1 {
                         out[start..].sort_unstable_by_key(|m| m.fence);
                     }
@@ -484,9 +531,9 @@ impl FenceIndex {
 
     fn collect_raster(&self, point: GeoPoint, out: &mut Vec<FenceMatch>, offset: u32) {
         let entry = self.raster.entry_at(point.lat(), point.lon());
-        if entry != 0 {
+        if entry != EMPTY_ENTRY {
             let start = out.len();
-            self.resolve_entry(&self.entries[entry as usize], point, out, offset);
+            self.resolve_entry(self.entries.get(entry), point, out, offset);
             if out.len() - start > 1 {
                 out[start..].sort_unstable_by_key(|m| m.fence);
             }
@@ -516,7 +563,7 @@ impl FenceIndex {
                 .ok()
                 .and_then(|r| cell.parent(r));
             if let Some(&entry) = key.and_then(|k| h3.table.get(&k)) {
-                self.resolve_entry(&self.entries[entry as usize], point, out, offset);
+                self.resolve_entry(self.entries.get(entry), point, out, offset);
                 break;
             }
         }
@@ -535,7 +582,7 @@ impl FenceIndex {
             .table
             .iter()
             .filter_map(|(&cell, &entry)| {
-                let e = &self.entries[entry as usize];
+                let e = self.entries.get(entry);
                 if e.inside.contains(&fence) {
                     Some((cell, true))
                 } else if e
@@ -598,7 +645,7 @@ impl FenceIndex {
 
     fn resolve_entry(
         &self,
-        entry: &CellEntry,
+        entry: CellEntry<'_>,
         point: GeoPoint,
         out: &mut Vec<FenceMatch>,
         offset: u32,

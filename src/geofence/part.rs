@@ -98,10 +98,17 @@ const CELL_OF_REACH: f64 = 0.25;
 const PRUNE_PROBES: usize = 4;
 
 /// Grid entries of a cell prefetched for a batch's search (two cache lines): about what a search walks.
-const WARM_ENTRIES: u32 = 8;
+const WARM_ENTRIES: usize = 8;
 
 /// Mean entries per occupied cell above which the grid is laid out again with cells half as wide.
 const DENSE_CELL_ENTRIES: usize = 32;
+
+/// Set in a grid offset when its cell's centre is inside the part; the rest of the offset is the index.
+const CENTRE_INSIDE: u32 = 1 << 31;
+
+/// Share of a search's limit within which a point with no edge inside the limit takes its cell centre's
+/// side; under 1 for the `f64` rounding of the distances compared.
+const CENTRE_REACH_SHARE: f64 = 0.99;
 
 /// At most this many edges per chain…
 const CHAIN_EDGES: usize = 16;
@@ -125,9 +132,11 @@ pub struct PreparedPart {
     /// Index of the owning fence in the fence set.
     pub fence: u32,
     grid_frame: BoxFrame,
-    /// Cell `i`'s entries are `grid_entries[grid_offsets[i]..grid_offsets[i + 1]]`: the chains within
-    /// reach of the cell, nearest to its centre first, each with its box inline so that a search reads
-    /// one contiguous run per cell.
+    /// Cell `i`'s entries are `grid_entries[offset(i)..offset(i + 1)]`: the chains within reach of the
+    /// cell, nearest to its centre first, each with its box inline so that a search reads one contiguous
+    /// run per cell. The top bit of `grid_offsets[i]` ([`CENTRE_INSIDE`]) says whether cell `i`'s centre
+    /// is inside the part: a search that finds no edge near the point answers point-in-polygon from it,
+    /// on the cache line it has read anyway (see [`PreparedPart::nearest_edge_within`]).
     grid_offsets: Vec<u32>,
     grid_entries: Vec<GridEntry>,
     /// Closed rings, concatenated.
@@ -377,6 +386,47 @@ impl PreparedPart {
             ];
             self.lay_out_grid(&chains, [dlon, dlat], cell);
         }
+        self.mark_inside_cells();
+    }
+
+    /// Sets [`CENTRE_INSIDE`] on the offsets of the cells whose centre is inside, a row at a time from
+    /// the crossings of the row's centre parallel (the arithmetic of [`Self::contains`], so both agree).
+    fn mark_inside_cells(&mut self) {
+        let Some(&total) = self.grid_offsets.last() else {
+            return;
+        };
+        // Offsets that reach the flag's bit cannot carry it (2^31 entries would take 32 GiB: never met).
+        if total >= CENTRE_INSIDE {
+            return;
+        }
+        let [cell_w, cell_h] = self.grid_frame.cell;
+        let mut crossings = Vec::new();
+        for y in 0..self.grid_ny {
+            let centre_lat = self.grid_lat0 + (y as f64 + 0.5) * cell_h;
+            self.crossings(centre_lat, &mut crossings);
+            if crossings.is_empty() {
+                continue;
+            }
+            crossings.sort_unstable_by(f64::total_cmp);
+            let mut west_of = 0;
+            for x in 0..self.grid_nx {
+                let centre_lon = self.grid_lon0 + (x as f64 + 0.5) * cell_w;
+                // `contains` counts the crossings east of the point (`lon < crossing`).
+                west_of += crossings[west_of..].partition_point(|&c| c <= centre_lon);
+                if (crossings.len() - west_of) % 2 == 1 {
+                    self.grid_offsets[y * self.grid_nx + x] |= CENTRE_INSIDE;
+                }
+            }
+        }
+    }
+
+    /// Where cell `bucket`'s grid entries start, and whether its centre is inside.
+    fn grid_offset(&self, bucket: usize) -> (usize, bool) {
+        let offset = self.grid_offsets[bucket];
+        (
+            (offset & !CENTRE_INSIDE) as usize,
+            offset & CENTRE_INSIDE != 0,
+        )
     }
 
     /// Builds the distance grid with cells of `cell` degrees (lon, lat) over the bounds grown by `reach`
@@ -581,13 +631,10 @@ impl PreparedPart {
     #[must_use]
     pub fn warm_grid_entries(&self, bucket: u32) -> Option<u32> {
         let bucket = bucket as usize;
-        let (first, end) = (self.grid_offsets[bucket], self.grid_offsets[bucket + 1]);
-        let walked = (end - first).min(WARM_ENTRIES) as usize;
-        prefetch_run(
-            self.grid_entries.as_ptr().wrapping_add(first as usize),
-            walked,
-        );
-        (first < end).then_some(first)
+        let ((first, _), (end, _)) = (self.grid_offset(bucket), self.grid_offset(bucket + 1));
+        let walked = (end - first).min(WARM_ENTRIES);
+        prefetch_run(self.grid_entries.as_ptr().wrapping_add(first), walked);
+        (first < end).then_some(first as u32)
     }
 
     /// Step 3 (reads an entry from step 2): prefetches the vertices of its chain, and the ring starts a
@@ -673,7 +720,9 @@ impl PreparedPart {
                 }
             };
         }
-        let nearest = self.nearest_edge_within(lat, lon, limit_m, metric)?;
+        let Search::Nearest(nearest) = self.nearest_edge_within(lat, lon, limit_m, metric) else {
+            return None;
+        };
         let d = self.exact_distance_m(lat, lon, &nearest);
         (d <= limit_m).then_some(d)
     }
@@ -704,8 +753,12 @@ impl PreparedPart {
                 self.boundary_distance_within_at(lat, lon, limit_m, metric)
             };
         }
-        let Some(nearest) = self.nearest_edge_within(lat, lon, limit_m, metric) else {
-            return self.contains(lat, lon).then_some(0.0);
+        let nearest = match self.nearest_edge_within(lat, lon, limit_m, metric) {
+            Search::Nearest(nearest) => nearest,
+            Search::Clear {
+                inside: Some(inside),
+            } => return inside.then_some(0.0),
+            Search::Clear { inside: None } => return self.contains(lat, lon).then_some(0.0),
         };
         let on_edge = nearest.t > 0.0 && nearest.t < 1.0;
         let inside = if !on_edge {
@@ -784,8 +837,10 @@ impl PreparedPart {
         lon: f64,
         limit_m: f64,
         metric: &LocalMetric,
-    ) -> Option<NearestEdge> {
-        let (bucket, within) = self.grid_cell(lat, lon)?;
+    ) -> Search {
+        let Some((bucket, within)) = self.grid_cell(lat, lon) else {
+            return Search::Clear { inside: None };
+        };
         let frame = &self.grid_frame;
         let offset = [
             within[0] - 0.5 * frame.cell[0],
@@ -812,8 +867,9 @@ impl PreparedPart {
             (kx / frame.scale[0] * F32_SHRINK) as f32,
             (ky / frame.scale[1] * F32_SHRINK) as f32,
         );
-        let range = self.grid_offsets[bucket] as usize..self.grid_offsets[bucket + 1] as usize;
-        for entry in &self.grid_entries[range] {
+        let ((first, centre_inside), (end, _)) =
+            (self.grid_offset(bucket), self.grid_offset(bucket + 1));
+        for entry in &self.grid_entries[first..end] {
             if f64::from(entry.key) - from_centre >= best_m {
                 break;
             }
@@ -838,7 +894,17 @@ impl PreparedPart {
             }
         }
         let (_, edge, t) = best;
-        (edge != u32::MAX).then_some(NearestEdge { edge, t, side })
+        if edge != u32::MAX {
+            return Search::Nearest(NearestEdge { edge, t, side });
+        }
+        // No edge is within `approx_limit` of the point (in its metric, in which edges and the segment
+        // to the cell's centre are straight), so none crosses that segment when it is shorter: the point
+        // is on the centre's side of the boundary. In a cell without entries no boundary comes near any
+        // of its points, so the whole cell is on one side.
+        let centre_on_same_side = first == end || from_centre < CENTRE_REACH_SHARE * approx_limit;
+        Search::Clear {
+            inside: centre_on_same_side.then_some(centre_inside),
+        }
     }
 }
 
@@ -958,6 +1024,15 @@ struct Projection {
     t: f64,
     distance2: f64,
     side: f64,
+}
+
+/// What a nearest-edge search found.
+enum Search {
+    Nearest(NearestEdge),
+    /// No edge within the limit; `inside` is the point-in-polygon answer when the search could tell it.
+    Clear {
+        inside: Option<bool>,
+    },
 }
 
 /// The nearest edge a search found: the nearest point is at `t` along it, and `side` is positive when
@@ -1114,13 +1189,14 @@ mod tests {
             let brute = (0..part.vertices.len() as u32 - 1)
                 .map(|e| part.project(e, [lon, lat], [kx, ky]).distance2.sqrt())
                 .fold(f64::INFINITY, f64::min);
-            let found = part
-                .nearest_edge_within(lat, lon, 1000.0, &metric)
-                .map(|n| {
+            let found = match part.nearest_edge_within(lat, lon, 1000.0, &metric) {
+                Search::Nearest(n) => {
                     let (a, c) = part.segment(n.edge);
                     let q = [a[0] + n.t * (c[0] - a[0]), a[1] + n.t * (c[1] - a[1])];
-                    ((q[0] - lon) * kx).hypot((q[1] - lat) * ky)
-                });
+                    Some(((q[0] - lon) * kx).hypot((q[1] - lat) * ky))
+                }
+                Search::Clear { .. } => None,
+            };
             if brute <= 1000.0 {
                 let found = found.expect("an edge within reach");
                 assert!(
@@ -1131,5 +1207,41 @@ mod tests {
             }
         }
         assert!(compared > 1_000, "{compared}");
+    }
+
+    /// A search that finds no edge near the point answers point-in-polygon from its cell's centre; that
+    /// answer is the crossing count's wherever it is given, holes included, and it is given for most
+    /// such points near a boundary as dense as a real one (else the flags would be dead weight).
+    #[test]
+    fn a_clear_search_answers_inside_as_the_crossing_count_does() {
+        use crate::geofence::sample::{wobbly_polygon, SampleRng};
+        let mut polygon = wobbly_polygon(-6.2, 106.8, 20_000.0, 2_000, 3);
+        let (lat, lon) = (-6.2, 106.8);
+        polygon.rings.push(vec![
+            [lon - 0.02, lat - 0.02],
+            [lon - 0.02, lat + 0.02],
+            [lon + 0.02, lat + 0.02],
+            [lon + 0.02, lat - 0.02],
+            [lon - 0.02, lat - 0.02],
+        ]);
+        let part = PreparedPart::new(0, &polygon, 1000.0);
+        let b = part.bounds;
+        let mut rng = SampleRng::new(5);
+        let (mut answered, mut inside_answers, mut clear) = (0, 0, 0);
+        for _ in 0..20_000 {
+            let lat = rng.range(b.min_lat - 0.05, b.max_lat + 0.05);
+            let lon = rng.range(b.min_lon - 0.05, b.max_lon + 0.05);
+            let metric = LocalMetric::at_latitude(lat);
+            if let Search::Clear { inside } = part.nearest_edge_within(lat, lon, 1000.0, &metric) {
+                clear += 1;
+                if let Some(inside) = inside {
+                    assert_eq!(inside, part.contains(lat, lon), "at {lat}, {lon}");
+                    answered += 1;
+                    inside_answers += usize::from(inside);
+                }
+            }
+        }
+        assert!(answered * 2 > clear, "{answered} of {clear}");
+        assert!(inside_answers > 1_000, "{inside_answers}");
     }
 }
