@@ -1,4 +1,4 @@
-//! The process's allocator: mimalloc for small blocks, pages straight from the kernel for large ones.
+//! The process's allocator: mimalloc for small blocks and as `malloc`, glibc's malloc for large blocks.
 //!
 //! Why mimalloc, and for C too: the API's requests and the stream's records make many short-lived small
 //! allocations on several threads, where glibc's malloc was an eighth of the tokio workers' samples
@@ -12,74 +12,104 @@
 //!
 //! Why not mimalloc for large blocks: the index builds grow a few very large vectors, which mimalloc
 //! copied and kept: the world countries' raster build took 1.1 s instead of 0.75 s and peaked at 345 MB
-//! instead of 285 MB. Those blocks are mapped pages here, grown in place by `mremap` and returned to the
-//! kernel when freed, as glibc did for them. Each block goes to one side by its size and alignment,
-//! which `dealloc` and `realloc` are given again, so every block is freed by the side that made it.
+//! instead of 285 MB. Those blocks still come from glibc's malloc, reached past the override, which
+//! grows them in place (`mremap`) and returns them to the kernel when freed. Each block goes to one side
+//! by its size and alignment, which `dealloc` and `realloc` are given again, so every block is freed by
+//! the side that made it.
 
 use std::alloc::{GlobalAlloc, Layout};
 
 use mimalloc::MiMalloc;
 
-/// Blocks of at least this many bytes are mapped pages.
+/// Blocks of at least this many bytes come from glibc's malloc.
 pub const LARGE_BLOCK_BYTES: usize = 256 * 1024;
 
-/// mimalloc below [`LARGE_BLOCK_BYTES`], mapped pages from there on.
+/// mimalloc below [`LARGE_BLOCK_BYTES`], glibc's malloc from there on.
 pub struct SplitAllocator;
 
 fn is_large(size: usize, align: usize) -> bool {
     size >= LARGE_BLOCK_BYTES && pages::serves(align)
 }
 
-/// Large blocks as anonymous private mappings (zeroed by the kernel), resized with `mremap`.
-#[cfg(target_os = "linux")]
+/// Large blocks from glibc's own malloc, found past mimalloc's override with `dlsym(RTLD_NEXT, ...)`:
+/// it grows mapped blocks in place with `mremap` and reuses freed heap memory without faulting it in
+/// again (raw mappings per block faulted 7× the pages in `geopromo match` and cost 0.2 s in 1.1).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod pages {
-    /// Mappings start on a page; 4 KiB is the smallest page Linux uses.
-    const PAGE_BYTES: usize = 4096;
+    use std::ffi::{c_void, CStr};
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// glibc's `malloc` returns blocks aligned to 16 bytes on 64-bit targets.
+    const MALLOC_ALIGN: usize = 16;
+    /// Larger alignments are left to mimalloc, so that glibc needs no `memalign`/`realloc` pairing.
     pub fn serves(align: usize) -> bool {
-        align <= PAGE_BYTES
+        align <= MALLOC_ALIGN
     }
+
+    struct Symbol {
+        name: &'static CStr,
+        address: AtomicUsize,
+    }
+
+    impl Symbol {
+        const fn new(name: &'static CStr) -> Self {
+            Self {
+                name,
+                address: AtomicUsize::new(0),
+            }
+        }
+
+        /// The next definition after this executable's (glibc's), resolved once; `dlsym` may allocate,
+        /// which goes to mimalloc, never back here.
+        fn address(&self) -> usize {
+            let cached = self.address.load(Ordering::Acquire);
+            if cached != 0 {
+                return cached;
+            }
+            let found = unsafe { libc::dlsym(libc::RTLD_NEXT, self.name.as_ptr()) } as usize;
+            assert!(found != 0, "glibc's {:?} not found", self.name);
+            self.address.store(found, Ordering::Release);
+            found
+        }
+    }
+
+    static MALLOC: Symbol = Symbol::new(c"malloc");
+    static CALLOC: Symbol = Symbol::new(c"calloc");
+    static REALLOC: Symbol = Symbol::new(c"realloc");
+    static FREE: Symbol = Symbol::new(c"free");
 
     pub unsafe fn alloc(size: usize) -> *mut u8 {
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            std::ptr::null_mut()
-        } else {
-            ptr.cast()
-        }
+        let malloc: unsafe extern "C" fn(usize) -> *mut c_void =
+            unsafe { std::mem::transmute(MALLOC.address()) };
+        unsafe { malloc(size) }.cast()
     }
 
-    pub unsafe fn dealloc(ptr: *mut u8, size: usize) {
-        // Fails only for an address this module did not map.
-        unsafe { libc::munmap(ptr.cast(), size) };
+    pub unsafe fn alloc_zeroed(size: usize) -> *mut u8 {
+        let calloc: unsafe extern "C" fn(usize, usize) -> *mut c_void =
+            unsafe { std::mem::transmute(CALLOC.address()) };
+        unsafe { calloc(1, size) }.cast()
     }
 
-    pub unsafe fn realloc(ptr: *mut u8, size: usize, new_size: usize) -> *mut u8 {
-        let moved = unsafe { libc::mremap(ptr.cast(), size, new_size, libc::MREMAP_MAYMOVE) };
-        if moved == libc::MAP_FAILED {
-            std::ptr::null_mut()
-        } else {
-            moved.cast()
-        }
+    pub unsafe fn dealloc(ptr: *mut u8, _size: usize) {
+        let free: unsafe extern "C" fn(*mut c_void) =
+            unsafe { std::mem::transmute(FREE.address()) };
+        unsafe { free(ptr.cast()) }
+    }
+
+    pub unsafe fn realloc(ptr: *mut u8, _size: usize, new_size: usize) -> *mut u8 {
+        let realloc: unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void =
+            unsafe { std::mem::transmute(REALLOC.address()) };
+        unsafe { realloc(ptr.cast(), new_size) }.cast()
     }
 }
 
 /// Elsewhere the system allocator serves large blocks.
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 mod pages {
     use std::alloc::{GlobalAlloc, Layout, System};
 
-    pub fn serves(_align: usize) -> bool {
-        true
+    pub fn serves(align: usize) -> bool {
+        align <= 4096
     }
 
     fn layout(size: usize) -> Layout {
@@ -88,6 +118,10 @@ mod pages {
     }
 
     pub unsafe fn alloc(size: usize) -> *mut u8 {
+        unsafe { System.alloc(layout(size)) }
+    }
+
+    pub unsafe fn alloc_zeroed(size: usize) -> *mut u8 {
         unsafe { System.alloc_zeroed(layout(size)) }
     }
 
@@ -103,7 +137,7 @@ mod pages {
 // SAFETY: every call is forwarded to the side chosen by the block's size and alignment, which are what
 // the block was allocated with (the `GlobalAlloc` contract passes the same layout to `dealloc` and
 // `realloc`); a `realloc` that crosses the threshold allocates on the other side, copies and frees the
-// old block. Mapped blocks are page-aligned, which serves every alignment `is_large` admits.
+// old block. `is_large` admits only alignments the large side's blocks always have.
 unsafe impl GlobalAlloc for SplitAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if is_large(layout.size(), layout.align()) {
@@ -115,8 +149,7 @@ unsafe impl GlobalAlloc for SplitAllocator {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if is_large(layout.size(), layout.align()) {
-            // Fresh mappings are zero.
-            unsafe { pages::alloc(layout.size()) }
+            unsafe { pages::alloc_zeroed(layout.size()) }
         } else {
             unsafe { MiMalloc.alloc_zeroed(layout) }
         }
@@ -181,7 +214,7 @@ mod tests {
                 let ptr = allocator.alloc(layout);
                 assert!(!ptr.is_null());
                 fill(ptr, small, 7);
-                // Small → large: moves to mapped pages (mimalloc keeps alignments over a page), keeps the bytes,
+                // Small → large: moves to glibc (mimalloc keeps alignments over 16 bytes), keeps the bytes,
                 // keeps the alignment.
                 let grown = allocator.realloc(ptr, layout, large);
                 assert!(!grown.is_null());
