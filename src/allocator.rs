@@ -28,14 +28,15 @@ pub const LARGE_BLOCK_BYTES: usize = 256 * 1024;
 pub struct SplitAllocator;
 
 fn is_large(size: usize, align: usize) -> bool {
-    size >= LARGE_BLOCK_BYTES && pages::serves(align)
+    size >= LARGE_BLOCK_BYTES && large::serves(align)
 }
 
 /// Large blocks from glibc's own malloc, found past mimalloc's override with `dlsym(RTLD_NEXT, ...)`:
 /// it grows mapped blocks in place with `mremap` and reuses freed heap memory without faulting it in
 /// again (raw mappings per block faulted 7× the pages in `geopromo match` and cost 0.2 s in 1.1).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-mod pages {
+mod large {
+    use std::alloc::Layout;
     use std::ffi::{c_void, CStr};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -78,59 +79,54 @@ mod pages {
     static REALLOC: Symbol = Symbol::new(c"realloc");
     static FREE: Symbol = Symbol::new(c"free");
 
-    pub unsafe fn alloc(size: usize) -> *mut u8 {
+    pub unsafe fn alloc(layout: Layout) -> *mut u8 {
         let malloc: unsafe extern "C" fn(usize) -> *mut c_void =
             unsafe { std::mem::transmute(MALLOC.address()) };
-        unsafe { malloc(size) }.cast()
+        unsafe { malloc(layout.size()) }.cast()
     }
 
-    pub unsafe fn alloc_zeroed(size: usize) -> *mut u8 {
+    pub unsafe fn alloc_zeroed(layout: Layout) -> *mut u8 {
         let calloc: unsafe extern "C" fn(usize, usize) -> *mut c_void =
             unsafe { std::mem::transmute(CALLOC.address()) };
-        unsafe { calloc(1, size) }.cast()
+        unsafe { calloc(1, layout.size()) }.cast()
     }
 
-    pub unsafe fn dealloc(ptr: *mut u8, _size: usize) {
+    pub unsafe fn dealloc(ptr: *mut u8, _layout: Layout) {
         let free: unsafe extern "C" fn(*mut c_void) =
             unsafe { std::mem::transmute(FREE.address()) };
         unsafe { free(ptr.cast()) }
     }
 
-    pub unsafe fn realloc(ptr: *mut u8, _size: usize, new_size: usize) -> *mut u8 {
+    pub unsafe fn realloc(ptr: *mut u8, _layout: Layout, new_size: usize) -> *mut u8 {
         let realloc: unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void =
             unsafe { std::mem::transmute(REALLOC.address()) };
         unsafe { realloc(ptr.cast(), new_size) }.cast()
     }
 }
 
-/// Elsewhere the system allocator serves large blocks.
+/// Elsewhere the system allocator serves large blocks, with their own layouts.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-mod pages {
+mod large {
     use std::alloc::{GlobalAlloc, Layout, System};
 
-    pub fn serves(align: usize) -> bool {
-        align <= 4096
+    pub fn serves(_align: usize) -> bool {
+        true
     }
 
-    fn layout(size: usize) -> Layout {
-        // Large blocks of any alignment up to a page: ask for a page's, so that every call agrees.
-        Layout::from_size_align(size, 4096).expect("a large block's layout")
+    pub unsafe fn alloc(layout: Layout) -> *mut u8 {
+        unsafe { System.alloc(layout) }
     }
 
-    pub unsafe fn alloc(size: usize) -> *mut u8 {
-        unsafe { System.alloc(layout(size)) }
+    pub unsafe fn alloc_zeroed(layout: Layout) -> *mut u8 {
+        unsafe { System.alloc_zeroed(layout) }
     }
 
-    pub unsafe fn alloc_zeroed(size: usize) -> *mut u8 {
-        unsafe { System.alloc_zeroed(layout(size)) }
+    pub unsafe fn dealloc(ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
     }
 
-    pub unsafe fn dealloc(ptr: *mut u8, size: usize) {
-        unsafe { System.dealloc(ptr, layout(size)) }
-    }
-
-    pub unsafe fn realloc(ptr: *mut u8, size: usize, new_size: usize) -> *mut u8 {
-        unsafe { System.realloc(ptr, layout(size), new_size) }
+    pub unsafe fn realloc(ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
 
@@ -141,7 +137,7 @@ mod pages {
 unsafe impl GlobalAlloc for SplitAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if is_large(layout.size(), layout.align()) {
-            unsafe { pages::alloc(layout.size()) }
+            unsafe { large::alloc(layout) }
         } else {
             unsafe { MiMalloc.alloc(layout) }
         }
@@ -149,7 +145,7 @@ unsafe impl GlobalAlloc for SplitAllocator {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if is_large(layout.size(), layout.align()) {
-            unsafe { pages::alloc_zeroed(layout.size()) }
+            unsafe { large::alloc_zeroed(layout) }
         } else {
             unsafe { MiMalloc.alloc_zeroed(layout) }
         }
@@ -157,7 +153,7 @@ unsafe impl GlobalAlloc for SplitAllocator {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if is_large(layout.size(), layout.align()) {
-            unsafe { pages::dealloc(ptr, layout.size()) }
+            unsafe { large::dealloc(ptr, layout) }
         } else {
             unsafe { MiMalloc.dealloc(ptr, layout) }
         }
@@ -166,7 +162,7 @@ unsafe impl GlobalAlloc for SplitAllocator {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let align = layout.align();
         match (is_large(layout.size(), align), is_large(new_size, align)) {
-            (true, true) => unsafe { pages::realloc(ptr, layout.size(), new_size) },
+            (true, true) => unsafe { large::realloc(ptr, layout, new_size) },
             (false, false) => unsafe { MiMalloc.realloc(ptr, layout, new_size) },
             _ => {
                 // SAFETY (of the layout): `realloc`'s contract makes `new_size` valid for this alignment.
