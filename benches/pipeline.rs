@@ -51,6 +51,7 @@ const PARTITIONS: i32 = 12;
 static ALLOCATOR: geopromo::allocator::SplitAllocator = geopromo::allocator::SplitAllocator;
 
 fn main() {
+    geopromo::allocator::configure();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))

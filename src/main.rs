@@ -2,5 +2,6 @@
 static ALLOCATOR: geopromo::allocator::SplitAllocator = geopromo::allocator::SplitAllocator;
 
 fn main() -> std::process::ExitCode {
+    geopromo::allocator::configure();
     geopromo::cli::run()
 }
