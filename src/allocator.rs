@@ -34,7 +34,6 @@ pub const PURGE_DELAY_MS: c_long = 1000;
 const MI_OPTION_PURGE_DELAY: c_int = 15;
 
 extern "C" {
-    fn mi_option_get(option: c_int) -> c_long;
     fn mi_option_set(option: c_int, value: c_long);
 }
 
@@ -45,13 +44,6 @@ pub fn configure() {
         // SAFETY: mimalloc's options may be set at any time from any thread.
         unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
     }
-}
-
-/// mimalloc's purge delay in milliseconds now.
-#[must_use]
-pub fn purge_delay_ms() -> c_long {
-    // SAFETY: reading an option has no precondition.
-    unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) }
 }
 
 /// Blocks of at least this many bytes come from glibc's malloc.
@@ -267,6 +259,15 @@ mod tests {
                 allocator.dealloc(shrunk, layout);
             }
         }
+    }
+
+    extern "C" {
+        fn mi_option_get(option: c_int) -> c_long;
+    }
+
+    fn purge_delay_ms() -> c_long {
+        // SAFETY: reading an option has no precondition.
+        unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) }
     }
 
     #[test]

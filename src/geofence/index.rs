@@ -423,21 +423,13 @@ impl FenceIndex {
         out.clear();
         ends.clear();
         for group in points.chunks(BATCH_GROUP) {
-            self.match_group(group, out, 0, |end| ends.push(end));
+            self.match_group(group, out, ends);
         }
     }
 
-    /// Appends the matches of at most [`BATCH_GROUP`] points to `out`, fences shifted by `offset`,
-    /// calling `ended` with `out.len()` after each point's. Each step of the lookups runs across all the
-    /// group's (point, part) pairs before the next, so that their cache misses overlap: a single point's
-    /// candidate parts overlap theirs too.
-    fn match_group(
-        &self,
-        group: &[GeoPoint],
-        out: &mut Vec<FenceMatch>,
-        offset: u32,
-        mut ended: impl FnMut(usize),
-    ) {
+    /// [`Self::match_batch`] for at most [`BATCH_GROUP`] points: each step of the lookups runs across
+    /// the whole group before the next, so that the points' cache misses overlap.
+    fn match_group(&self, group: &[GeoPoint], out: &mut Vec<FenceMatch>, ends: &mut Vec<usize>) {
         debug_assert!(group.len() <= BATCH_GROUP);
         let mut lookups = [CellLookup::default(); BATCH_GROUP];
         let lookups = &mut lookups[..group.len()];
@@ -463,12 +455,12 @@ impl FenceIndex {
         for (lookup, &point) in lookups.iter().zip(group) {
             if lookup.value != EMPTY_ENTRY {
                 let start = out.len();
-                self.resolve_entry(self.entries.get(lookup.value), point, out, offset);
+                self.resolve_entry(self.entries.get(lookup.value), point, out, 0);
                 if out.len() - start > 1 {
                     out[start..].sort_unstable_by_key(|m| m.fence);
                 }
             }
-            ended(out.len());
+            ends.push(out.len());
         }
     }
 
@@ -555,7 +547,7 @@ impl FenceIndex {
         }
         let entry = self.entries.get(entry);
         // Near a boundary shared by several parts (two counties' common line, a coast and its islands)
-        // their searches are independent: warmed together, their cache misses overlap (+15–23% one
+        // their searches are independent: warmed together, their cache misses overlap (+15–19% one
         // point at a time near county lines); a single part has nothing to overlap with.
         if entry.boundary.len() > 1 {
             self.warm_searches(entry.boundary.iter().map(|&part| (part, point)));
