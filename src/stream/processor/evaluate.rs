@@ -175,11 +175,18 @@ impl Evaluator {
         // Each record's user looked up once ahead (by the record key, which is the user id for keyed
         // producers) and its standings prefetched: the lookups are independent, so their cache misses
         // overlap here instead of stalling each record's evaluation in turn.
+        // A batch holds runs of one partition's records: its users' map is looked up once per run.
+        let mut run: Option<(i32, Option<&PartitionUsers>)> = None;
         for record in records.iter() {
+            let partition_users = match run {
+                Some((partition, found)) if partition == record.partition => found,
+                _ => {
+                    run.insert((record.partition, users.get(&record.partition)))
+                        .1
+                }
+            };
             let user_id = record.key.clone().map(|r| std::str::from_utf8(&bytes[r]));
-            if let (Some(partition_users), Some(Ok(user_id))) =
-                (users.get(&record.partition), user_id)
-            {
+            if let (Some(partition_users), Some(Ok(user_id))) = (partition_users, user_id) {
                 if let Some(user) = partition_users.get(user_id) {
                     prefetch(user.state.standings.as_ptr());
                 }
