@@ -174,8 +174,8 @@ impl Evaluator {
         let mut users = lock(&shared);
         // Each record's user looked up once ahead (by the record key, which is the user id for keyed
         // producers) and its standings prefetched: the lookups are independent, so their cache misses
-        // overlap here instead of stalling each record's evaluation in turn.
-        // A batch holds runs of one partition's records: its users' map is looked up once per run.
+        // overlap here instead of stalling each record's evaluation in turn. A batch holds runs of one
+        // partition's records, so the partition's map is looked up once per run.
         let mut run: Option<(i32, Option<&PartitionUsers>)> = None;
         for record in records.iter() {
             let partition_users = match run {
