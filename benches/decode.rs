@@ -1,5 +1,7 @@
 //! Decoding input events: `decode_gps_event` on the simulator's payloads (numeric `ts`, as the pipeline
-//! benchmark sends them) and on payloads with an RFC 3339 `ts`, as many mobile SDKs send them.
+//! benchmark sends them) and on payloads with an RFC 3339 `ts`, as many mobile SDKs send them; and the
+//! other per-record codec on the processor's path, encoding a user's state for the changelog (against
+//! serde_json writing the same bytes).
 //! Run: `cargo bench --bench decode`.
 
 use std::hint::black_box;
@@ -88,6 +90,71 @@ mod decode_gps_event {
     }
 }
 
+mod encode_state {
+    use super::*;
+    use geopromo::promo::{EpochMs, PromotionStanding, UserState};
+    use geopromo::stream::changelog::{encode_state, STATE_RECORD_VERSION};
+
+    #[derive(serde::Serialize)]
+    struct StateRecordOut<'a> {
+        v: u32,
+        input_offset: i64,
+        state: &'a UserState,
+    }
+
+    /// 4,096 states as a checkpoint writes them: most users with no standing, some with one or two.
+    fn states() -> Vec<UserState> {
+        (0..4096i64)
+            .map(|i| UserState {
+                last_ts: EpochMs::from_millis(1_764_000_000_000 + i),
+                standings: (0..[0, 0, 0, 1, 1, 2][i as usize % 6])
+                    .map(|k| PromotionStanding {
+                        promotion_id: format!("promo-{k}").into(),
+                        fence_id: format!("city-{}", i % 40).into(),
+                        eligible: k == 0,
+                        last_enter: EpochMs::from_millis(1_763_999_000_000 + i),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    pub fn changelog(c: &mut Criterion) {
+        let states = states();
+        let mut group = c.benchmark_group("encode_state");
+        group.throughput(Throughput::Elements(states.len() as u64));
+        let mut buffer = Vec::with_capacity(512);
+        group.bench_function("geopromo", |b| {
+            b.iter(|| {
+                let mut bytes = 0;
+                for (offset, state) in states.iter().enumerate() {
+                    buffer.clear();
+                    encode_state(&mut buffer, offset as i64, black_box(state));
+                    bytes += buffer.len();
+                }
+                bytes
+            })
+        });
+        group.bench_function("serde_json", |b| {
+            b.iter(|| {
+                let mut bytes = 0;
+                for (offset, state) in states.iter().enumerate() {
+                    buffer.clear();
+                    let record = StateRecordOut {
+                        v: STATE_RECORD_VERSION,
+                        input_offset: offset as i64,
+                        state: black_box(state),
+                    };
+                    serde_json::to_writer(&mut buffer, &record).unwrap();
+                    bytes += buffer.len();
+                }
+                bytes
+            })
+        });
+        group.finish();
+    }
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(20)
@@ -98,6 +165,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = decode_gps_event::simulated
+    targets = decode_gps_event::simulated, encode_state::changelog
 }
 criterion_main!(benches);

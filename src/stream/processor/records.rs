@@ -222,6 +222,9 @@ impl Core {
     /// Writes the state of every user changed since the last checkpoint to the changelog, so that a
     /// restore at the offsets this checkpoint commits finds exactly the state the run had there.
     pub(super) fn flush_state(&mut self) -> Result<(), StreamError> {
+        // One create time for the whole flush, given to librdkafka: left to it, it reads the wall clock
+        // for every record, and a flush writes one per user a point was applied to.
+        let written_at = EpochMs::now().as_millis();
         for mut shard in self.dispatch.shards() {
             for (&partition, users) in shard.iter_mut() {
                 for (user_id, user) in users.iter_mut() {
@@ -236,6 +239,7 @@ impl Core {
                     )
                     .key(user_id.as_bytes())
                     .partition(partition)
+                    .timestamp(written_at)
                     .payload(&self.buffer[..]);
                     self.producer.send(record, Source { partition, offset })?;
                 }
