@@ -703,4 +703,37 @@ mod tests {
             assert!(decode(payload.as_bytes()).is_none(), "{payload}");
         }
     }
+
+    /// A byte that is not UTF-8 anywhere declines, so that serde words the error; valid multi-byte text in
+    /// a string is taken.
+    #[test]
+    fn declines_bytes_that_are_not_utf8_wherever_they_are() {
+        let good = r#"{"user_id":"Zürich-東京","lat":1,"lon":2,"ts":1764000000000,"event_id":"e"}"#;
+        assert_eq!(
+            decode(good.as_bytes()).map(|f| f.user_id),
+            Some("Zürich-東京")
+        );
+        // A byte that is never valid UTF-8 where it stands: in each string value, in a key, between
+        // tokens, inside a number.
+        for (after, byte) in [
+            (r#"{"user_id":"Z"#, 0xFC),
+            (
+                r#"{"user_id":"Zürich-東京","lat":1,"lon":2,"ts":1764000000000,"event_id":"e"#,
+                0xC3,
+            ),
+            (r#"{"user_id":"Zürich-東京","l"#, 0xE1),
+            (r#"{"user_id":"Zürich-東京","lat":1,"#, 0xA0),
+            (r#"{"user_id":"Zürich-東京","lat":1,"lon":2,"ts":17"#, 0xB9),
+        ] {
+            let mut payload = after.as_bytes().to_vec();
+            payload.push(byte);
+            payload.extend_from_slice(&good.as_bytes()[after.len()..]);
+            assert!(std::str::from_utf8(&payload).is_err());
+            assert!(
+                decode(&payload).is_none(),
+                "{}",
+                String::from_utf8_lossy(&payload)
+            );
+        }
+    }
 }
