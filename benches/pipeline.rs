@@ -349,6 +349,20 @@ fn print_stages(metrics_text: &str) {
             sum / count.max(1.0) * 1e9
         );
     }
+    // The consumer's loop hands nothing over while it checkpoints (the changelog flush is most of it):
+    // what this costs the latency's tail.
+    let sum = metric_value(
+        metrics_text,
+        "geopromo_stage_seconds_sum{stage=\"checkpoint\"}",
+    );
+    let count = metric_value(
+        metrics_text,
+        "geopromo_stage_seconds_count{stage=\"checkpoint\"}",
+    );
+    println!(
+        "  checkpoints {count:.0}, mean {:.1} ms each",
+        sum / count.max(1.0) * 1e3
+    );
 }
 
 fn print_threads(threads: &[(String, f64)], elapsed: Duration) {
