@@ -59,10 +59,10 @@ struct StateRecordIn {
     state: UserState,
 }
 
-/// Appends the JSON changelog value for `state` to `out`: the bytes serde writes for
-/// the record `{v, input_offset, state}`, written directly. A checkpoint encodes one record per user a point was applied to
-/// (100 k per second in `benches/pipeline.rs`), all on the consumer's thread while the workers wait, and
-/// serde's map machinery was a quarter of that flush.
+/// Appends the JSON changelog value for `state` to `out`: the bytes serde writes for the record
+/// `{v, input_offset, state}`, written directly. A checkpoint encodes one record per user a point was
+/// applied to (100 k per second in `benches/pipeline.rs`), all on the consumer's thread while the
+/// workers wait, and serde's map machinery was a quarter of that flush.
 pub fn encode_state(out: &mut Vec<u8>, input_offset: i64, state: &UserState) {
     let mut digits = itoa::Buffer::new();
     out.extend_from_slice(b"{\"v\":");
