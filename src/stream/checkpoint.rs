@@ -6,7 +6,9 @@
 //! - `processed` moves a partition's position forward.
 //! - At-least-once without stalling the loop: `stage` records the current positions together with the
 //!   sequence number of the next record to be produced; `advance` commits the newest staged positions
-//!   whose every earlier output is acknowledged.
+//!   whose every earlier output is acknowledged. When the checkpoint's own state records are still to be
+//!   produced, `stage_unsealed` takes the positions and `seal` gives that sequence number later;
+//!   nothing staged after unsealed positions commits before them.
 //! - `all_durable`: a synchronous checkpoint (or a committed transaction) made everything durable.
 //! - A rewind goes back to the last durable positions and discards everything staged: staged positions
 //!   cover outputs that may have failed, so committing them after the rewind would skip inputs.
@@ -34,8 +36,9 @@ struct PartitionPosition {
 /// Positions waiting for their outputs to be acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Staged {
-    /// Sequence number of the first record produced after these positions were taken.
-    bound: u64,
+    /// Sequence number of the first record produced after these positions' records; `None` while their
+    /// state records are still being produced (see [`Progress::stage_unsealed`]).
+    bound: Option<u64>,
     positions: Vec<(i32, i64)>,
 }
 
@@ -161,9 +164,27 @@ impl Progress {
     /// Takes the current positions for a commit once every record with a sequence number below `bound`
     /// is acknowledged.
     pub fn stage(&mut self, bound: u64) {
+        self.stage_unsealed();
+        self.seal(bound);
+    }
+
+    /// Takes the current positions for a commit whose records are not all produced yet: nothing from
+    /// here on commits until [`Self::seal`] gives the sequence number that follows the last of them.
+    /// Lets a checkpoint encode its state records at once and produce them over the next loop turns.
+    pub fn stage_unsealed(&mut self) {
         let positions = self.positions();
-        self.staged.push_back(Staged { bound, positions });
+        self.staged.push_back(Staged {
+            bound: None,
+            positions,
+        });
         self.dirty = false;
+    }
+
+    /// Every record of the newest staged positions is produced; `bound` is the next sequence number.
+    pub fn seal(&mut self, bound: u64) {
+        if let Some(staged) = self.staged.iter_mut().find(|s| s.bound.is_none()) {
+            staged.bound = Some(bound);
+        }
     }
 
     /// Commits the newest staged positions whose outputs are all acknowledged (`acknowledged_below`: the
@@ -180,7 +201,7 @@ impl Progress {
         while self
             .staged
             .front()
-            .is_some_and(|s| s.bound <= acknowledged_below)
+            .is_some_and(|s| s.bound.is_some_and(|bound| bound <= acknowledged_below))
         {
             newest = self.staged.pop_front();
         }
@@ -276,6 +297,38 @@ mod tests {
         progress.stage(14);
         assert_eq!(progress.advance(u64::MAX, &mut recorder), Ok(true));
         assert_eq!(recorder.commits.last().unwrap(), &vec![(0, 14), (1, 1)]);
+        assert!(!progress.has_staged());
+    }
+
+    #[test]
+    fn unsealed_positions_wait_for_their_seal_and_hold_back_later_ones() {
+        let mut progress = Progress::default();
+        progress.assign(0, Some(10));
+        progress.assign(1, None);
+        progress.processed(0, 10);
+        progress.processed(1, 0);
+        progress.stage_unsealed();
+        assert!(!progress.is_dirty());
+        progress.processed(0, 11);
+        let mut recorder = Recorder::default();
+        // Nothing in flight, but the state records of those positions are not all produced yet.
+        assert_eq!(progress.advance(u64::MAX, &mut recorder), Ok(false));
+        assert!(recorder.commits.is_empty());
+        progress.seal(7);
+        progress.stage(9);
+        assert_eq!(progress.advance(6, &mut recorder), Ok(false));
+        assert_eq!(progress.advance(7, &mut recorder), Ok(true));
+        assert_eq!(recorder.commits, [vec![(0, 11), (1, 1)]]);
+        // A revoked partition leaves unsealed positions too; a rewind drops them.
+        progress.processed(0, 12);
+        progress.stage_unsealed();
+        progress.revoke(1);
+        progress.seal(20);
+        assert_eq!(progress.advance(20, &mut recorder), Ok(true));
+        assert_eq!(recorder.commits.last().unwrap(), &vec![(0, 13)]);
+        progress.processed(0, 13);
+        progress.stage_unsealed();
+        progress.rewound();
         assert!(!progress.has_staged());
     }
 

@@ -56,8 +56,15 @@ impl Core {
         self.last_checkpoint = started;
         // The users are flushed as of the positions committed: every record handed over is applied first.
         self.apply_finished(true)?;
+        // The previous checkpoint's state records not produced yet go first: a user's stay in order.
+        self.write_states(usize::MAX)?;
         if self.progress.is_dirty() {
-            self.flush_state()?;
+            self.encode_states();
+        }
+        let deferred =
+            self.settings.guarantee == Guarantee::AtLeastOnce && matches!(mode, CommitMode::Async);
+        if !deferred {
+            self.write_states(usize::MAX)?;
         }
         self.metrics.users_in_state.set(
             self.dispatch
@@ -77,9 +84,13 @@ impl Core {
         };
         match self.settings.guarantee {
             Guarantee::AtLeastOnce if matches!(mode, CommitMode::Async) => {
-                // Commit these positions once everything produced so far is acknowledged, without
-                // stalling the loop to wait for that (see `advance`).
-                self.progress.stage(self.producer.next_sequence());
+                // Commit these positions once their state records are produced (over the next loop
+                // turns, see `write_states`) and everything produced until then is acknowledged,
+                // without stalling the loop to wait for either (see `advance`).
+                self.progress.stage_unsealed();
+                if self.states.is_empty() {
+                    self.progress.seal(self.producer.next_sequence());
+                }
                 self.metrics
                     .checkpoint_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -160,8 +171,10 @@ impl Core {
         consumer: &BaseConsumer<C>,
     ) -> Result<(), StreamError> {
         self.metrics.rewinds.inc();
-        // Records handed over after the last durable position are read again.
+        // Records handed over after the last durable position are read again, and the users restored
+        // as of it: state records of a later checkpoint not produced yet are moot.
         self.dispatch.discard()?;
+        self.states.clear();
         let targets = self.progress.rewind_targets();
         let mut restored = self.restore(&targets)?;
         for &(partition, rewind_to) in &targets {
@@ -269,6 +282,9 @@ impl PartitionHandler for Core {
         if lost {
             tracing::warn!(partitions = ?revoked, "assignment lost; dropping uncommitted work");
             self.progress.lose_uncommitted();
+            // Their next owner may already be writing these users' states: older ones written now
+            // could land after its own.
+            self.states.clear();
             if let Err(error) = self.dispatch.discard() {
                 self.fatal.get_or_insert(error);
             }

@@ -9,7 +9,9 @@
 //!
 //! Progress is checkpointed every `commit_interval_ms`, on rebalance and on shutdown:
 //! - at-least-once: wait until every output, dead letter and state record produced so far is
-//!   acknowledged, then commit the input offsets. A failed delivery rewinds to the last checkpoint.
+//!   acknowledged, then commit the input offsets. A failed delivery rewinds to the last checkpoint. The
+//!   state records are encoded at the checkpoint and produced over the next loop turns, so that records
+//!   keep flowing meanwhile; the commit waits for them too.
 //! - exactly-once: the same records and the input offsets commit in one transaction; an aborted
 //!   transaction rewinds to the last checkpoint.
 //!
@@ -47,6 +49,10 @@ mod workers;
 
 /// Stage timings are taken for 1 event in this many, so that timing does not cost more than the work.
 const SAMPLE_EVERY: u64 = 64;
+
+/// State records a loop turn produces after an at-least-once checkpoint: a millisecond or two of the
+/// consumer's thread, so that records keep flowing while a checkpoint's ~100 k are written.
+const STATES_PER_TURN: usize = 1024;
 
 /// Totals of one run, for logs and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -136,7 +142,7 @@ impl Processor {
             progress: Progress::default(),
             fatal: None,
             diverged: false,
-            buffer: Vec::new(),
+            states: records::EncodedStates::default(),
             report: ProcessorReport::default(),
             last_checkpoint: Instant::now(),
             on_emit: self.on_emit.take(),
@@ -250,12 +256,21 @@ impl Processor {
                     break Err(error);
                 }
             }
+            if !core.states.is_empty() {
+                if let Err(error) = core.write_states(STATES_PER_TURN) {
+                    break Err(error);
+                }
+            }
             if core.producer.is_doomed() || core.last_checkpoint.elapsed() >= interval {
                 if let Err(error) = core.checkpoint(&consumer, CommitMode::Async) {
                     break Err(error);
                 }
             }
-            timeout = core.dispatch.poll_timeout();
+            timeout = if core.states.is_empty() {
+                core.dispatch.poll_timeout()
+            } else {
+                Duration::ZERO
+            };
         };
         let final_checkpoint = lock(&core).checkpoint(&consumer, CommitMode::Sync);
         // Leaving the group runs the revoke callback, which checkpoints again (a no-op by now).
@@ -338,8 +353,8 @@ pub(crate) struct Core {
     /// Producing a decided record failed and the records after it were dropped: the users hold decisions
     /// no position covers, so no checkpoint may be taken any more.
     diverged: bool,
-    /// Changelog records are encoded here (reused).
-    buffer: Vec<u8>,
+    /// The last checkpoint's state records, until they are all produced.
+    states: records::EncodedStates,
     report: ProcessorReport,
     last_checkpoint: Instant,
     on_emit: Option<EmitHook>,
