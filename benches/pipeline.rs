@@ -349,8 +349,9 @@ fn print_stages(metrics_text: &str) {
             sum / count.max(1.0) * 1e9
         );
     }
-    // The consumer's loop hands nothing over while it checkpoints (the changelog flush is most of it):
-    // what this costs the latency's tail.
+    // The consumer's loop hands nothing over while it checkpoints (encoding the changed users' states is
+    // most of it; at least once, they are produced over the following turns): what this costs the
+    // latency's tail.
     let sum = metric_value(
         metrics_text,
         "geopromo_stage_seconds_sum{stage=\"checkpoint\"}",
