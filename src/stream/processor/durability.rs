@@ -87,9 +87,10 @@ impl Core {
                 // Commit these positions once their state records are produced (over the next loop
                 // turns, see `write_states`) and everything produced until then is acknowledged,
                 // without stalling the loop to wait for either (see `advance`).
-                self.progress.stage_unsealed();
                 if self.states.is_empty() {
-                    self.progress.seal(self.producer.next_sequence());
+                    self.progress.stage(self.producer.next_sequence());
+                } else {
+                    self.progress.stage_unsealed();
                 }
                 self.metrics
                     .checkpoint_seconds

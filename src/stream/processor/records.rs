@@ -235,8 +235,8 @@ impl Core {
     }
 
     /// Produces up to `limit` of the encoded state records; once none is left, seals the positions
-    /// staged for them. Returns whether none is left.
-    pub(super) fn write_states(&mut self, limit: usize) -> Result<bool, StreamError> {
+    /// staged for them.
+    pub(super) fn write_states(&mut self, limit: usize) -> Result<(), StreamError> {
         // One create time for the whole flush, given to librdkafka: left to it, it reads the wall clock
         // for every record, and a flush writes one per user a point was applied to.
         let written_at = EpochMs::now().as_millis();
@@ -252,12 +252,11 @@ impl Core {
                     .payload(payload);
             self.producer.send(record, source)?;
         }
-        if !self.states.is_empty() {
-            return Ok(false);
+        if self.states.is_empty() {
+            self.states.clear();
+            self.progress.seal(self.producer.next_sequence());
         }
-        self.states.clear();
-        self.progress.seal(self.producer.next_sequence());
-        Ok(true)
+        Ok(())
     }
 
     /// Sends the original record to the dead-letter topic with the reason and its origin in headers
