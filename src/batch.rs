@@ -480,7 +480,7 @@ impl<'a> MatchWriter<'a> {
 
     /// Matches a block's points (`scratch.points`) on all cores: one segment of the block per core,
     /// each taken in spatial order ([`SpatialOrder`]) so that neighbouring points share the cache lines
-    /// their lookups read (see the README's geofence engine figures), in runs of [`MATCH_RUN`] points.
+    /// their lookups read (see docs/performance.md, "Geofence engine"), in runs of [`MATCH_RUN`] points.
     /// A segment is ordered and matched whole on one core: no step waits on another core.
     fn match_block<'s>(&self, scratch: &'s mut BlockScratch) -> BlockMatches<'s> {
         let BlockScratch { points, segments } = scratch;

@@ -1,7 +1,7 @@
 //! A spatial order for a batch of points: matched in that order, points near one another follow each
 //! other and reuse the raster tiles, parts, grid cells and vertices the previous ones brought into cache.
 //! Matching a large batch of points spread over a region misses the cache on almost every lookup;
-//! in this order most of those lines are already there (see the README's geofence engine figures).
+//! in this order most of those lines are already there (see docs/performance.md, "Geofence engine").
 
 use super::point::GeoPoint;
 
