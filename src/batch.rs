@@ -350,17 +350,7 @@ impl RowId<'_> {
     fn write_json(self, out: &mut Vec<u8>) {
         match self {
             Self::Json(json) => out.extend_from_slice(json.as_bytes()),
-            Self::Text(text) => {
-                // JSON escapes only quotes, backslashes and control characters: ids seldom hold any.
-                if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-                    out.push(b'"');
-                    out.extend_from_slice(text.as_bytes());
-                    out.push(b'"');
-                } else {
-                    // Writing a str into a Vec cannot fail.
-                    let _ = serde_json::to_writer(&mut *out, text);
-                }
-            }
+            Self::Text(text) => crate::text::write_json_string(out, text),
             Self::Line(line) => write_u64(out, line),
         }
     }

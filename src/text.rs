@@ -25,6 +25,20 @@ pub fn check_printable(field: &'static str, value: &str) -> Result<(), TextError
     }
 }
 
+/// Appends `text` as a JSON string: as is when nothing in it needs an escape (ids nearly always: JSON
+/// escapes only quotes, backslashes and control characters), else as serde_json escapes it. The same
+/// bytes as `serde_json::to_writer` either way, without its per-character work on the common case.
+pub fn write_json_string(out: &mut Vec<u8>, text: &str) {
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a str into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, text);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,9 +77,9 @@ pub fn encode_state(out: &mut Vec<u8>, input_offset: i64, state: &UserState) {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"promotion_id\":");
-        write_json_string(out, &standing.promotion_id);
+        crate::text::write_json_string(out, &standing.promotion_id);
         out.extend_from_slice(b",\"fence_id\":");
-        write_json_string(out, &standing.fence_id);
+        crate::text::write_json_string(out, &standing.fence_id);
         out.extend_from_slice(if standing.eligible {
             b",\"eligible\":true,\"last_enter_ms\":"
         } else {
@@ -89,19 +89,6 @@ pub fn encode_state(out: &mut Vec<u8>, input_offset: i64, state: &UserState) {
         out.push(b'}');
     }
     out.extend_from_slice(b"]}}");
-}
-
-/// `text` as a JSON string: as is when nothing in it needs an escape (ids nearly always), else as
-/// serde_json escapes it.
-fn write_json_string(out: &mut Vec<u8>, text: &str) {
-    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push(b'"');
-        out.extend_from_slice(text.as_bytes());
-        out.push(b'"');
-    } else {
-        // Serializing a string into a Vec cannot fail.
-        let _ = serde_json::to_writer(out, text);
-    }
 }
 
 /// The state and the input offset of one changelog value; `None` for a tombstone.
