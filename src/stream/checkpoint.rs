@@ -181,8 +181,10 @@ impl Progress {
     }
 
     /// Every record of the newest staged positions is produced; `bound` is the next sequence number.
+    /// Only the newest can be unsealed: a checkpoint produces what is left of the last one's records
+    /// before it stages positions of its own.
     pub fn seal(&mut self, bound: u64) {
-        if let Some(staged) = self.staged.iter_mut().find(|s| s.bound.is_none()) {
+        if let Some(staged) = self.staged.back_mut().filter(|s| s.bound.is_none()) {
             staged.bound = Some(bound);
         }
     }
