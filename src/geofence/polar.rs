@@ -28,6 +28,11 @@ pub(crate) fn clip_to_supported_latitudes(
 ) -> Vec<Vec<Ring>> {
     let mut out = Vec::with_capacity(polygons.len());
     for (p, rings) in polygons.into_iter().enumerate() {
+        let rings: Vec<Ring> = rings
+            .into_iter()
+            .enumerate()
+            .map(|(r, ring)| go_round_along_parallels(ring, p, r, repairs))
+            .collect();
         let well_formed = rings.iter().all(|r| {
             r.len() >= 4
                 && r.first() == r.last()
@@ -98,6 +103,37 @@ pub(crate) fn clip_to_supported_latitudes(
             out.push(polygon);
         }
     }
+    out
+}
+
+/// A ring whose every vertex lies on the antimeridian, as a lon/lat envelope round the globe has them
+/// (`[-180, -90, 180, -60]` written as a polygon, what bbox-to-polygon tools give for a polar cap or a
+/// band of latitudes). Read the shortest way, as every other edge is (a jump over 180° crosses the
+/// antimeridian), its edges from -180° to 180° are points and the ring encloses nothing; straight in
+/// lon/lat (RFC 7946) they run the whole way round along their parallel, which is what the writer
+/// meant. Those edges are given vertices every [`STEP_DEG`], which both readings agree on, and each
+/// is reported. Rings with any other vertex keep the shortest-way reading: Natural Earth's Fiji steps
+/// from 180° to -180° at one latitude to cross the line, and means exactly that.
+fn go_round_along_parallels(ring: Ring, p: usize, r: usize, repairs: &mut Vec<String>) -> Ring {
+    let round = |a: [f64; 2], b: [f64; 2]| a[1] == b[1] && a[0].abs() == 180.0 && b[0] == -a[0];
+    if !ring.iter().all(|v| v[0].abs() == 180.0) || !ring.windows(2).any(|e| round(e[0], e[1])) {
+        return ring;
+    }
+    let mut out = Vec::with_capacity(ring.len() + 72);
+    for (e, edge) in ring.windows(2).enumerate() {
+        let (a, b) = (edge[0], edge[1]);
+        out.push(a);
+        if round(a, b) {
+            let steps = (360.0 / STEP_DEG) as usize;
+            out.extend((1..steps).map(|s| [a[0] + (b[0] - a[0]) * s as f64 / steps as f64, a[1]]));
+            repairs.push(format!(
+                "polygon {p} ring {r} edge {e} runs from {}° to {}° longitude along {}°: read as going \
+                 round the globe along that parallel (a straight edge in lon/lat)",
+                a[0], b[0], a[1]
+            ));
+        }
+    }
+    out.extend(ring.last().copied());
     out
 }
 
@@ -280,6 +316,42 @@ mod tests {
             square
         );
         assert!(repairs.is_empty());
+    }
+
+    #[test]
+    fn only_a_ring_wholly_on_the_antimeridian_is_read_round_the_globe() {
+        // An island written Natural Earth's way, stepping from 180° to -180° at one latitude to cross
+        // the line: kept for the shortest-way reading (validation continues its longitudes).
+        let island = vec![
+            [179.5, -16.0],
+            [180.0, -16.0],
+            [-180.0, -16.0],
+            [-179.5, -16.5],
+            [-180.0, -17.0],
+            [180.0, -17.0],
+            [179.5, -16.0],
+        ];
+        let mut repairs = Vec::new();
+        assert_eq!(
+            go_round_along_parallels(island.clone(), 0, 0, &mut repairs),
+            island
+        );
+        assert!(repairs.is_empty());
+        // An envelope of latitudes 10°–20°N: both parallels get a vertex every 10°.
+        let band = vec![
+            [-180.0, 10.0],
+            [180.0, 10.0],
+            [180.0, 20.0],
+            [-180.0, 20.0],
+            [-180.0, 10.0],
+        ];
+        let read = go_round_along_parallels(band, 3, 1, &mut repairs);
+        assert_eq!(read.len(), 2 * 36 + 3);
+        assert!(read
+            .windows(2)
+            .all(|e| (e[1][0] - e[0][0]).abs() <= STEP_DEG));
+        assert_eq!(repairs.len(), 2);
+        assert!(repairs[0].starts_with("polygon 3 ring 1 edge 0 runs from -180° to 180°"));
     }
 
     #[test]

@@ -287,6 +287,57 @@ mod validation {
     }
 
     #[test]
+    fn envelopes_round_the_globe_are_bands_along_their_parallels() {
+        // What bbox-to-polygon tools write for a polar cap and for a band of latitudes: edges from
+        // -180° to 180° along a parallel, which are straight in lon/lat and go the whole way round.
+        let fc = json!({"type": "FeatureCollection", "features": [
+            feature("cap", polygon(json!([[[-180, -90], [180, -90], [180, -60], [-180, -60], [-180, -90]]]))),
+            feature("band", polygon(json!([[[-180, -5], [180, -5], [180, 5], [-180, 5], [-180, -5]]]))),
+        ]});
+        let options = ParseOptions::default().default_tolerance_m(1000.0);
+        let parsed = parse_fences(fc.to_string().as_bytes(), &options).unwrap();
+        assert_eq!(parsed.fences.len(), 2);
+        let round_the_globe = parsed
+            .repairs
+            .iter()
+            .filter(|r| r.what.contains("round the globe along that parallel"))
+            .count();
+        assert_eq!(round_the_globe, 4, "{:?}", parsed.repairs);
+        assert!(parsed.repairs.iter().any(|r| r.what.contains("clipped")));
+        // No H3 cover: at any useful resolution a band round the globe is tens of millions of cells.
+        let index = FenceIndex::build(&parsed.fences, IndexOptions::default());
+        let names = |found: &[FenceMatch]| {
+            found
+                .iter()
+                .map(|m| (&*index.fence(m.fence).id, m.inside))
+                .collect::<Vec<_>>()
+        };
+        for lon in [-180.0, -179.999, -90.0, 0.0, 90.0, 179.999, 180.0] {
+            assert_eq!(
+                names(&matches_everywhere(&index, -70.0, lon)),
+                [("cap", true)],
+                "{lon}"
+            );
+            assert_eq!(
+                names(&matches_everywhere(&index, 0.0, lon)),
+                [("band", true)],
+                "{lon}"
+            );
+            // 0.005° beyond each band's edge: outside, at the distance to the parallel (~553 m).
+            for lat in [-59.995, 5.005, -5.005] {
+                let found = matches_everywhere(&index, lat, lon);
+                assert_eq!(found.len(), 1, "({lat}, {lon}): {found:?}");
+                assert!(!found[0].inside, "({lat}, {lon}): {found:?}");
+                assert!(
+                    (found[0].distance_m - 553.0).abs() < 6.0,
+                    "({lat}, {lon}): {found:?}"
+                );
+            }
+            assert!(matches_everywhere(&index, -50.0, lon).is_empty(), "{lon}");
+        }
+    }
+
+    #[test]
     fn every_bad_feature_is_listed_and_skip_invalid_keeps_the_good_ones() {
         let fc = json!({"type": "FeatureCollection", "features": [
             feature("good", polygon(json!([square(0.0, 0.0, 1.0)]))),
