@@ -193,17 +193,35 @@ pub fn committed_behind(
 }
 
 pub fn producer(brokers: &str) -> BaseProducer {
-    ClientConfig::new()
+    producer_with(brokers, &[])
+}
+
+/// A producer with `extra` client settings on top of the tests' defaults.
+pub fn producer_with(brokers: &str, extra: &[(&str, &str)]) -> BaseProducer {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "1")
-        .set("message.timeout.ms", "60000")
-        .create()
-        .unwrap()
+        .set("message.timeout.ms", "60000");
+    for (name, value) in extra {
+        config.set(*name, *value);
+    }
+    config.create().unwrap()
 }
 
 /// Produces keyed payloads in order and waits for all acknowledgements.
 pub fn produce(brokers: &str, topic: &str, events: &[(String, Vec<u8>)]) {
-    let producer = producer(brokers);
+    produce_with(brokers, topic, events, &[]);
+}
+
+/// [`produce`] through a producer with `extra` client settings (a compression codec, say).
+pub fn produce_with(
+    brokers: &str,
+    topic: &str,
+    events: &[(String, Vec<u8>)],
+    extra: &[(&str, &str)],
+) {
+    let producer = producer_with(brokers, extra);
     for (key, payload) in events {
         let record = BaseRecord::to(topic)
             .key(key.as_str())
