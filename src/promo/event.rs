@@ -145,6 +145,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawTs<'a> {
     }
 }
 
+/// What some serializers put before JSON text.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// Decodes and checks one input payload. `key` is the message key; it must be present and equal the user
 /// id so that all of a user's events land in one partition, in order (an unkeyed event would be spread
 /// over partitions by the producer and split the user's state).
@@ -159,6 +162,9 @@ pub fn decode_gps_event<'a>(
             limit: max_bytes,
         });
     }
+    // RFC 8259 lets a parser ignore a leading byte order mark, and .NET's `Encoding.UTF8` writes one:
+    // an otherwise good event is not dead-lettered for it.
+    let payload = payload.strip_prefix(UTF8_BOM).unwrap_or(payload);
     if payload.is_empty() {
         return Err(DecodeError::Empty);
     }
@@ -354,6 +360,17 @@ mod tests {
         assert_eq!(a.ts, b.ts);
         assert_eq!(b.accuracy_m, Some(5.0));
         assert!(matches!(a.user_id, Cow::Borrowed("u1")));
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_ignored() {
+        let plain = r#"{"user_id":"u1","lat":-6.2,"lon":106.8,"ts":1795334400000}"#;
+        let marked = format!("\u{feff}{plain}");
+        assert_eq!(marked.as_bytes()[..3], *UTF8_BOM);
+        let (a, b) = (decode(plain).unwrap(), decode(&marked).unwrap());
+        assert_eq!((a.point, a.ts), (b.point, b.ts));
+        assert_eq!(a.user_id, b.user_id);
+        assert!(matches!(decode("\u{feff}"), Err(DecodeError::Empty)));
     }
 
     #[test]
