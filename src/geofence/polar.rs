@@ -124,8 +124,7 @@ fn go_round_along_parallels(ring: Ring, p: usize, r: usize, repairs: &mut Vec<St
         let (a, b) = (edge[0], edge[1]);
         out.push(a);
         if round(a, b) {
-            let steps = (360.0 / STEP_DEG) as usize;
-            out.extend((1..steps).map(|s| [a[0] + (b[0] - a[0]) * s as f64 / steps as f64, a[1]]));
+            out.extend(along_parallel(a[0], b[0], a[1]));
             repairs.push(format!(
                 "polygon {p} ring {r} edge {e} runs from {}° to {}° longitude along {}°: read as going \
                  round the globe along that parallel (a straight edge in lon/lat)",
@@ -135,6 +134,13 @@ fn go_round_along_parallels(ring: Ring, p: usize, r: usize, repairs: &mut Vec<St
     }
     out.extend(ring.last().copied());
     out
+}
+
+/// The vertices strictly between longitudes `from` and `to` on the parallel `lat`, evenly spaced at most
+/// [`STEP_DEG`] apart, so that no edge along it spans more than 180°.
+fn along_parallel(from: f64, to: f64, lat: f64) -> impl Iterator<Item = [f64; 2]> {
+    let steps = ((to - from).abs() / STEP_DEG).ceil() as usize;
+    (1..steps).map(move |s| [from + (to - from) * s as f64 / steps as f64, lat])
 }
 
 fn wrap_delta(delta: f64) -> f64 {
@@ -276,10 +282,7 @@ fn clip(ring: &Ring, limit: f64) -> Vec<Ring> {
                 break;
             }
             let (from, to) = (piece[piece.len() - 1][0], chains[next][0][0]);
-            let steps = ((to - from).abs() / STEP_DEG).ceil() as usize;
-            for s in 1..steps {
-                piece.push([from + (to - from) * s as f64 / steps as f64, limit]);
-            }
+            piece.extend(along_parallel(from, to, limit));
             at = next;
         }
         piece.push(piece[0]);
