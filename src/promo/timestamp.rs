@@ -20,8 +20,8 @@ pub enum TimestampError {
     NotInteger(f64),
     #[error("ts {0} is too small for epoch milliseconds (epoch seconds sent by mistake?)")]
     LooksLikeSeconds(i64),
-    #[error("ts {0} is beyond the year 9999")]
-    TooLarge(i64),
+    #[error("ts {0} is beyond the year 9999 (epoch microseconds or nanoseconds sent by mistake?)")]
+    TooLarge(f64),
 }
 
 /// Epoch milliseconds from an RFC 3339 string (any UTC offset, any fraction of a second).
@@ -183,9 +183,13 @@ fn days_in_month(year: i64, month: i64) -> i64 {
 
 /// Accepts a JSON number as epoch milliseconds.
 pub fn epoch_ms_from_f64(value: f64) -> Result<i64, TimestampError> {
-    if !value.is_finite() || value.fract() != 0.0 || value.abs() > LARGEST_EPOCH_MS as f64 * 2.0 {
+    if !value.is_finite() || value.fract() != 0.0 {
         return Err(TimestampError::NotInteger(value));
     }
+    if value > LARGEST_EPOCH_MS as f64 {
+        return Err(TimestampError::TooLarge(value));
+    }
+    // Below `i64::MIN` the cast saturates, which is still too small.
     check_epoch_ms(value as i64)
 }
 
@@ -193,7 +197,7 @@ pub fn check_epoch_ms(ms: i64) -> Result<i64, TimestampError> {
     if ms < SMALLEST_PLAUSIBLE_EPOCH_MS {
         Err(TimestampError::LooksLikeSeconds(ms))
     } else if ms > LARGEST_EPOCH_MS {
-        Err(TimestampError::TooLarge(ms))
+        Err(TimestampError::TooLarge(ms as f64))
     } else {
         Ok(ms)
     }
@@ -426,6 +430,16 @@ mod tests {
         assert!(matches!(
             epoch_ms_from_f64(1.5e12 + 0.5),
             Err(TimestampError::NotInteger(_))
+        ));
+        // Microseconds are an integer too: the message says what they probably are.
+        let micros = epoch_ms_from_f64(1_796_496_032_077_515.0).unwrap_err();
+        assert_eq!(
+            micros.to_string(),
+            "ts 1796496032077515 is beyond the year 9999 (epoch microseconds or nanoseconds sent by mistake?)"
+        );
+        assert!(matches!(
+            epoch_ms_from_f64(-1e300),
+            Err(TimestampError::LooksLikeSeconds(_))
         ));
         assert!(matches!(
             parse_rfc3339_ms("yesterday"),
