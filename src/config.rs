@@ -390,10 +390,18 @@ impl Default for LogSettings {
 /// Why settings could not be loaded; figment's error names the key and the layer it came from.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// figment's message, which names the key and the layer, is this error's own text and not also its
+    /// source: printed as a chain (`{:#}`, as the CLI does) it appeared twice.
     #[error("invalid configuration: {0}")]
-    Invalid(#[from] Box<figment::Error>),
+    Invalid(Box<figment::Error>),
     #[error("invalid configuration: {0}")]
     Rule(String),
+}
+
+impl From<Box<figment::Error>> for ConfigError {
+    fn from(error: Box<figment::Error>) -> Self {
+        Self::Invalid(error)
+    }
 }
 
 impl Settings {
@@ -562,6 +570,18 @@ mod tests {
                 "true"
             );
             assert_eq!(settings.kafka.properties["socket.timeout.ms"], "1500");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_wrongly_typed_variable_is_named_once() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("GEOPROMO__KAFKA__COMMIT_INTERVAL_MS", "abc");
+            let err = anyhow::Error::from(Settings::load(Path::new(".")).unwrap_err());
+            let text = format!("{err:#}");
+            assert!(text.starts_with("invalid configuration: "), "{text}");
+            assert_eq!(text.matches("COMMIT_INTERVAL_MS").count(), 1, "{text}");
             Ok(())
         });
     }
